@@ -1,0 +1,1 @@
+"""The sparse-training core: plain torch, no CLI, Ray or DuckDB imports."""
