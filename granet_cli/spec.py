@@ -15,8 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-METHODS = ("granet", "granet_uniform", "rigl", "set", "gmp", "gmp_uniform", "static", "dense")
-METHOD_ALIASES = {"dst": "rigl"}
+from .sparse.methods import METHODS, PRESETS, canonical_method
+from .sparse.methods import PRESET_FIELDS as CORE_PRESET_FIELDS
+
 SPARSE_INITS = (
     "ERK", "ER", "uniform", "GMP", "dense",
     "prune_uniform", "prune_global", "prune_and_grow_uniform", "prune_and_grow_global",
@@ -27,19 +28,8 @@ PRUNE_INITS = tuple(m for m in SPARSE_INITS if m.startswith("prune"))
 #: sparse-init modes that need a gradient of the dense model before the mask exists
 GRADIENT_INITS = tuple(m for m in PRUNE_INITS if "grow" in m)
 
-# Method presets (DESIGN.md table). "final" means "the run's final_density".
-PRESETS: dict[str, dict[str, Any]] = {
-    "granet": dict(sparse_init="ERK", init_density=0.5, pruning_schedule="global", drop_and_grow=True, growth="gradient"),
-    "granet_uniform": dict(sparse_init="uniform", init_density=0.5, pruning_schedule="uniform", drop_and_grow=True, growth="gradient"),
-    "rigl": dict(sparse_init="ERK", init_density="final", pruning_schedule="none", drop_and_grow=True, growth="gradient"),
-    "set": dict(sparse_init="ERK", init_density="final", pruning_schedule="none", drop_and_grow=True, growth="random"),
-    "gmp": dict(sparse_init="GMP", init_density=1.0, pruning_schedule="global", drop_and_grow=False, growth="gradient"),
-    "gmp_uniform": dict(sparse_init="GMP", init_density=1.0, pruning_schedule="uniform", drop_and_grow=False, growth="gradient"),
-    "static": dict(sparse_init="ERK", init_density="final", pruning_schedule="none", drop_and_grow=False, growth="gradient"),
-    "dense": dict(sparse_init="dense", init_density=1.0, final_density=1.0, pruning_schedule="none", drop_and_grow=False, growth="gradient"),
-}
 #: fields a method preset decides (dropped when a sweep changes the method)
-PRESET_FIELDS = ("sparse_init", "init_density", "pruning_schedule", "drop_and_grow", "growth", "final_prune_epoch")
+PRESET_FIELDS = CORE_PRESET_FIELDS + ("final_prune_epoch",)
 
 
 class SpecError(ValueError):
@@ -125,10 +115,7 @@ class SparsitySpec(_Strict):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        v = METHOD_ALIASES.get(v.lower(), v.lower())
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; choose from {', '.join(METHODS)} (alias: dst)")
-        return v
+        return canonical_method(v)
 
     @field_validator("sparse_init")
     @classmethod
