@@ -1,0 +1,67 @@
+"""Data registry: `dataset_info(spec)` (cheap) and `build_loaders(spec, seed)`.
+
+Nothing is ever downloaded: cifar*/imagenet read `spec.root`, digits ships with
+scikit-learn, synthetic is generated from a fixed seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from granet_cli.spec import DataSpec
+
+from . import cifar, digits, imagenet, synthetic
+from .base import DataError, DatasetInfo
+
+_REGISTRY = {
+    "digits": digits,
+    "cifar10": cifar,
+    "cifar100": cifar,
+    "imagenet": imagenet,
+    "synthetic": synthetic,
+}
+DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    test: DataLoader
+    info: DatasetInfo
+
+
+def _module(spec: DataSpec):
+    mod = _REGISTRY.get(spec.name)
+    if mod is None:
+        raise DataError(f"data.name: unknown dataset {spec.name!r}; choose from {', '.join(DATASET_NAMES)}")
+    return mod
+
+
+def dataset_info(spec: DataSpec) -> DatasetInfo:
+    """Classes, input shape and split sizes without reading cifar/imagenet files."""
+    return _module(spec).info(spec)
+
+
+def build_loaders(spec: DataSpec, seed: int, *, rank: int = 0, world_size: int = 1) -> Loaders:
+    """Train loader shuffled by a generator seeded from `seed` (same seed -> same batch order);
+    with world_size > 1 a DistributedSampler shards it (the trainer calls `set_epoch`)."""
+    mod = _module(spec)
+    info = mod.info(spec)
+    train_ds, test_ds = mod.datasets(spec)
+    if spec.name == "imagenet":  # the real folder may differ from the nominal ImageNet-1k sizes
+        info = DatasetInfo(info.name, len(train_ds.classes), info.input_shape, len(train_ds), len(test_ds))
+    gen = torch.Generator().manual_seed(int(seed))
+    sampler = None
+    if world_size > 1:
+        sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed))
+    common = dict(num_workers=spec.num_workers, pin_memory=torch.cuda.is_available())
+    train = DataLoader(train_ds, batch_size=spec.batch_size, shuffle=sampler is None, sampler=sampler,
+                       generator=gen, drop_last=False, **common)
+    test = DataLoader(test_ds, batch_size=spec.test_batch_size, shuffle=False, drop_last=False, **common)
+    return Loaders(train=train, test=test, info=info)
+
+
+__all__ = ["DATASET_NAMES", "DataError", "DatasetInfo", "Loaders", "build_loaders", "dataset_info"]

@@ -1,0 +1,66 @@
+"""Model registry: `build_model(spec, num_classes, input_shape)`.
+
+Every model takes [N, C, H, W] input of `input_shape` and returns logits
+[N, num_classes]; its last `nn.Linear` is the classifier.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from granet_cli.spec import ModelSpec
+
+from . import imagenet, lenet, mlp, resnet32, resnet_cifar, vgg, wrn
+
+Builder = Callable[[int, tuple[int, ...]], nn.Module]
+
+_REGISTRY: dict[str, Builder] = {
+    "mlp": mlp.mlp,
+    "lenet5": lenet.lenet5,
+    "resnet18": resnet_cifar.resnet18,
+    "resnet32": resnet32.resnet32,
+    "resnet50": resnet_cifar.resnet50,
+    "vgg16": vgg.vgg16,
+    "vgg19": vgg.vgg19,
+    "wrn28_10": wrn.wrn28_10,
+    "wrn16_8": wrn.wrn16_8,
+    "resnet50_imagenet": imagenet.resnet50_imagenet,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+class ModelError(ValueError):
+    """Unknown model name or an input shape the model cannot take."""
+
+
+def fan_in_init_(model: nn.Module) -> nn.Module:
+    """Kaiming-normal fan-in init of every Conv2d/Linear weight, biases zero (ImageNet recipe)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+def build_model(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    builder = _REGISTRY.get(spec.name)
+    if builder is None:
+        raise ModelError(f"model.name: unknown model {spec.name!r}; choose from {', '.join(MODEL_NAMES)}")
+    shape = tuple(int(d) for d in input_shape)
+    if spec.name != "mlp" and len(shape) != 3:
+        raise ModelError(f"model.name: {spec.name} needs a (C, H, W) input shape, got {shape}")
+    model = builder(int(num_classes), shape)
+    if spec.fan_in_init:
+        fan_in_init_(model)
+    return model
+
+
+def classifier(model: nn.Module) -> nn.Linear:
+    """The model's classifier: its last nn.Linear."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+__all__ = ["MODEL_NAMES", "ModelError", "build_model", "classifier", "fan_in_init_"]
