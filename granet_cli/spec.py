@@ -28,8 +28,9 @@ PRUNE_INITS = tuple(m for m in SPARSE_INITS if m.startswith("prune"))
 #: sparse-init modes that need a gradient of the dense model before the mask exists
 GRADIENT_INITS = tuple(m for m in PRUNE_INITS if "grow" in m)
 
-#: fields a method preset decides (dropped when a sweep changes the method)
-PRESET_FIELDS = CORE_PRESET_FIELDS + ("final_prune_epoch",)
+#: fields a method preset decides: when `sparsity.method` is overridden (by --set or a
+#: sweep grid), the base spec's values of these are dropped so the new preset applies
+PRESET_FIELDS = CORE_PRESET_FIELDS
 
 
 class SpecError(ValueError):
@@ -226,9 +227,19 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+def _drop_preset_fields_if_method_changes(data: dict[str, Any], keys: set[str]) -> None:
+    sparsity = data.get("sparsity")
+    if "sparsity.method" in keys and isinstance(sparsity, dict):
+        for field in PRESET_FIELDS:
+            if f"sparsity.{field}" not in keys:
+                sparsity.pop(field, None)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply `key.path=value` overrides to a raw spec dict (before validation)."""
     problems = []
+    _drop_preset_fields_if_method_changes(
+        data, {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item})
     for item in overrides or []:
         if "=" not in item:
             problems.append(f"--set {item}: expected key.path=value")
@@ -289,10 +300,8 @@ def with_overrides(spec: RunSpec, overrides: dict[str, Any]) -> RunSpec:
     preset-governed fields the user set for the old method are dropped too.
     """
     data = spec.model_dump(mode="json", exclude_unset=True)
-    sparsity = data.setdefault("sparsity", {})
-    if "sparsity.method" in overrides:
-        for key in PRESET_FIELDS:
-            sparsity.pop(key, None)
+    data.setdefault("sparsity", {})
+    _drop_preset_fields_if_method_changes(data, set(overrides))
     for key, value in overrides.items():
         node = data
         parts = key.split(".")

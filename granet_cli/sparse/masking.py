@@ -185,7 +185,7 @@ class Masking:
                 grown = self._grow_channels(layer, grad, regrow)
             else:
                 grown = criteria.grow_by_score(grad, ~layer.mask, regrow)
-            layer.mask |= grown
+            layer.mask.bitwise_or_(grown)
 
     def _init_grad(self, layer: SparseLayer, init_grads: dict[str, Tensor] | None) -> Tensor:
         grad = (init_grads or {}).get(layer.name, layer.weight.grad)

@@ -1,0 +1,38 @@
+"""`granet plan`: the initial masks and the pruning schedule of a spec, without training."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import dataset_info
+from .models import build_model
+from .sparse.masking import GRADIENT_INITS, Masking
+from .spec import RunSpec
+
+
+def build_plan(spec: RunSpec) -> dict[str, Any]:
+    """Per-layer initial densities and the schedule's events (step, overall density)."""
+    torch.manual_seed(spec.seed)
+    info = dataset_info(spec.data)
+    model = build_model(spec.model, info.num_classes, tuple(info.input_shape))
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.optim.lr)
+    if spec.sparsity.sparse_init in GRADIENT_INITS:  # one synthetic batch stands in for data
+        x = torch.randn(2, *info.input_shape)
+        nn.functional.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
+    steps_per_epoch = math.ceil(info.train_size / spec.data.batch_size)
+    masking = Masking(model, optimizer, spec.sparsity, steps_per_epoch=steps_per_epoch, epochs=spec.optim.epochs)
+    return {
+        "model": spec.model.name,
+        "total_params": masking.total,
+        "density": masking.density(),
+        "layers": [{k: s[k] for k in ("name", "shape", "numel", "density")} for s in masking.layer_stats()],
+        "schedule": masking.planned_schedule(),
+    }
+
+
+def steps_per_epoch(spec: RunSpec) -> int:
+    return math.ceil(dataset_info(spec.data).train_size / spec.data.batch_size)
