@@ -251,7 +251,7 @@ def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
                     out = net(x)
                     loss = criterion(out, y)
                 if not torch.isfinite(loss):
-                    raise _Diverged(f"loss became {float(loss)} at epoch {epoch + 1}, step {masking.step_count + 1}")
+                    raise _Diverged(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {masking.step_count + 1}")
                 optimizer.zero_grad(set_to_none=False)
                 scaler.scale(loss).backward()
                 if spec.optim.grad_clip:
