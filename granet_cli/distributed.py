@@ -34,7 +34,7 @@ def _worker(rank: int, world: int, port: int, spec_data: dict, run_dir: str, res
     from . import train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    backend = "nccl" if torch.cuda.is_available() and spec_data.get("device") != "cpu" else "gloo"
+    backend = "gloo" if spec_data["device"] == "cpu" else "nccl"
     try:
         dist.init_process_group(backend, rank=rank, world_size=world)
         spec = RunSpec.model_validate(spec_data)
@@ -54,13 +54,23 @@ def _worker(rank: int, world: int, port: int, spec_data: dict, run_dir: str, res
 def run_distributed(spec: RunSpec, run_dir: str | os.PathLike, nproc: int, *, resume: bool = False,
                     on_start: Callable[[], None] | None = None,
                     on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None) -> RunResult:
-    """Run `spec` on `nproc` DDP ranks; callbacks run here, in the parent."""
+    """Run `spec` on `nproc` DDP ranks; callbacks run here, in the parent.
+
+    CUDA DDP needs one GPU per rank (nccl); with fewer GPUs, `device: auto` trains on
+    CPU with gloo and `device: cuda` is an error.
+    """
+    enough_gpus = torch.cuda.device_count() >= nproc
+    if spec.device == "cuda" and not enough_gpus:
+        raise ValueError(f"--nproc {nproc} with device cuda needs {nproc} GPUs, "
+                         f"found {torch.cuda.device_count()}")
+    device = "cuda" if spec.device != "cpu" and enough_gpus else "cpu"
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // nproc)
     port = _free_port()
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(r, nproc, port, spec.model_dump(mode="json"), str(Path(run_dir)), resume, events, threads))
+                         args=(r, nproc, port, {**spec.model_dump(mode="json"), "device": device},
+                               str(Path(run_dir)), resume, events, threads))
              for r in range(nproc)]
     for p in procs:
         p.start()
