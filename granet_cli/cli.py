@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .records import FINAL_KEYS, record_for, store_final  # noqa: F401 (re-exported)
 from .spec import RunSpec, SpecError, load_run_spec
 
 app = typer.Typer(
@@ -182,25 +182,6 @@ def run(
         raise typer.Exit(1)
 
 
-FINAL_KEYS = ("final_test_acc", "best_test_acc", "final_density", "itop_rate",
-              "train_flops_frac", "inference_flops_frac", "wall_seconds")
-
-
-def store_final(final: dict) -> dict:
-    return {k: final.get(k) for k in FINAL_KEYS}
-
-
-def record_for(spec: RunSpec, run_id: str, sweep_id: str | None) -> dict:
-    """The `runs` row written when a run starts."""
-    return {
-        "run_id": run_id, "sweep_id": sweep_id, "spec_hash": spec.spec_hash(),
-        "method": spec.sparsity.method, "model": spec.model.name, "dataset": spec.data.name,
-        "target_density": spec.sparsity.final_density, "seed": spec.seed,
-        "spec_json": json.dumps(spec.normalised(), sort_keys=True),
-        "started_at": datetime.now(timezone.utc).replace(tzinfo=None),
-    }
-
-
 def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
     f = result.final
     table = Table(title=f"run {run_id}: {result.status}", show_header=False)
@@ -226,6 +207,60 @@ def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
+
+
+# ----------------------------------------------------------------------------- sweep
+@app.command()
+def sweep(
+    spec: Annotated[Optional[Path], typer.Argument(
+        help="Base run spec; its top-level `sweep:` section may hold the grid (default: experiments/quickstart.yaml).")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: granet,rigl,gmp); dense = one dense run per seed.")] = None,
+    densities: Annotated[Optional[str], typer.Option("--densities", help="Comma-separated final densities in (0, 1] (default: 0.05,0.1,0.2).")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds (default: 0).")] = None,
+    set_: SetOpt = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Join this Ray cluster (host:port) (default: $RAY_ADDRESS, else a local instance on all CPUs).")] = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option("--cpus-per-trial", help="CPUs per trial, also its torch threads (default: 1).")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option("--gpus-per-trial", help="GPUs per trial (default: 1 if the cluster has GPUs, else 0).")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="At most this many trials at once (default: as resources allow).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Sweep name; the same name resumes the sweep (default: sweep-<hash of spec and grid>).")] = None,
+    db: DbOpt = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Trial checkpoints (sweeps/<sweep id>/<spec hash>/) and Ray Tune files (ray/).")] = Path("runs"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List every point as done / to run; run and write nothing.")] = False,
+) -> None:
+    """Methods x densities x seeds as Ray Tune trials; rerunning the same sweep runs only what is missing."""
+    from .store import StoreError
+    from .sweep import (SweepError, dry_run_table, failures, plan_sweep, point_state, prior_state, run_sweep,
+                        summary_line, summary_table)
+
+    try:
+        plan_ = plan_sweep(spec, set_, methods=methods, densities=densities, seeds=seeds, name=name,
+                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
+    except SpecError as e:
+        fail(str(e))
+    db_path = _db_path(db)
+    try:
+        if dry_run:
+            prior = prior_state(db_path, plan_.sweep_id)
+            out.print(dry_run_table(plan_, prior))
+            done = sum(point_state(prior.get(p.spec_hash)) != "to run" for p in plan_.points)
+            out.print(f"{done} done, {len(plan_.points) - done} to run", highlight=False)
+            return
+        result = run_sweep(plan_, db_path, runs_dir=runs_dir, address=address, console=out)
+    except (StoreError, SweepError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        err.print("interrupted; run the same command again to resume (completed points are skipped)")
+        raise typer.Exit(130)
+    out.print(summary_table(result))
+    for line in failures(result):
+        out.print(f"[red]x[/red] {line}", highlight=False, soft_wrap=True)
+    out.print(summary_line(result), highlight=False)
+    out.print(f"results: {db_path}   report: granet report --sweep {plan_.name}", highlight=False)
+    if result.interrupted:
+        err.print("interrupted; run the same command again to resume (completed points are skipped)")
+        raise typer.Exit(130)
+    if result.count("failed"):
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- report

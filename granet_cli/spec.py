@@ -309,3 +309,72 @@ def with_overrides(spec: RunSpec, overrides: dict[str, Any]) -> RunSpec:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return build_run_spec(data)
+
+
+# ----------------------------------------------------------------------------- sweeps
+class SweepSpec(_Strict):
+    """The grid of `granet sweep`: methods x final densities x seeds over one base RunSpec.
+
+    In YAML it is the top-level `sweep:` section of a run spec; everything else in the
+    file is the base run. `dense` in `methods` means one dense run per seed.
+    """
+
+    name: str | None = Field(None, description="sweep name [default: sweep-<hash of base spec and grid>]")
+    methods: list[str] = Field(default_factory=lambda: ["granet", "rigl", "gmp"])
+    densities: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    cpus_per_trial: float | None = Field(None, gt=0, description="CPUs reserved per trial (torch threads) [default: 1]")
+    gpus_per_trial: float | None = Field(None, ge=0, description="GPUs per trial [default: 1 when the cluster has GPUs]")
+    max_concurrent: int | None = Field(None, gt=0, description="at most this many trials at once [default: as resources allow]")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip() if v is not None else v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one method")
+        out, problems = [], []
+        for m in v:
+            try:
+                m = canonical_method(str(m))
+            except ValueError as e:
+                problems.append(str(e))
+                continue
+            if m not in out:
+                out.append(m)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return out
+
+    @field_validator("densities")
+    @classmethod
+    def _densities(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("needs at least one density")
+        bad = [d for d in v if not 0 < d <= 1]
+        if bad:
+            raise ValueError("\n".join(f"must be in (0, 1], got {d:g}" for d in bad))
+        return list(dict.fromkeys(float(d) for d in v))
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one seed")
+        return list(dict.fromkeys(v))
+
+
+def build_sweep_spec(data: dict[str, Any]) -> SweepSpec:
+    """A `sweep:` mapping (already merged with CLI flags) -> validated SweepSpec; SpecError lines start `sweep.`."""
+    if not isinstance(data, dict):
+        raise SpecError([f"sweep: a mapping of methods/densities/seeds/name, got {type(data).__name__}"])
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_errors(e, prefix="sweep.")) from None

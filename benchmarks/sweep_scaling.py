@@ -1,0 +1,122 @@
+"""Sweep scaling: the same 6 one-CPU trials through `granet sweep`, 2 at a time vs 1 at a time.
+
+    .venv/bin/python benchmarks/sweep_scaling.py [--epochs 120] [--batch-size 16] [--quick] [--keep]
+
+Quickstart (digits, MLP), methods granet,rigl,gmp x densities 0.1,0.2, seed 0, epochs raised
+(and the batch size lowered, so an epoch is ~80 ms of work rather than ~35) so one trial takes
+about 10 s on one core. Each configuration gets a fresh results db and runs folder
+and is timed as a whole command (interpreter start, local Ray start, trials, db writes), so
+the speed-up includes every fixed cost a user pays. The last line is the result:
+
+    sweep_scaling: parallel speed-up = X.XXx (target >= 1.7)
+
+For context it also times the same training without Ray, one process alone and two at once:
+2 x alone / together is the most any 2-way parallelism can reach on the machine (on a VM whose
+two vCPUs slow each other down, that ceiling is itself below 2). Fixed costs (starting Python
+and Ray) are not parallel and are part of both sweep timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed_sweep(work: Path, max_concurrent: int, epochs: int, batch_size: int) -> tuple[float, str]:
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", str(ROOT / "experiments" / "quickstart.yaml"),
+           "--methods", "granet,rigl,gmp", "--densities", "0.1,0.2", "--seeds", "0",
+           "--set", f"optim.epochs={epochs}", "--set", f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
+           "--set", f"data.batch_size={batch_size}",
+           "--cpus-per-trial", "1", "--max-concurrent", str(max_concurrent),
+           "--name", f"scaling-c{max_concurrent}", "--db", str(work / "results.duckdb"), "--runs-dir", str(work / "runs")]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"sweep with --max-concurrent {max_concurrent} failed (exit {proc.returncode})")
+    return wall, proc.stdout
+
+
+BARE = """
+import sys, time
+from granet_cli import train
+from granet_cli.spec import load_run_spec
+spec = load_run_spec(sys.argv[1], sys.argv[3:])
+print(train.run(spec, sys.argv[2], threads=1).final["wall_seconds"])
+"""
+
+
+def bare_ceiling(work: Path, epochs: int, batch_size: int) -> tuple[float, list[float]]:
+    """The same training without Ray: one process alone, then two at once (1 thread each).
+
+    2 x alone / together is the most any 2-way parallelism can give on this machine."""
+    sets = [f"optim.epochs={epochs}", f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
+            f"data.batch_size={batch_size}"]
+
+    def start(tag: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", BARE, str(ROOT / "experiments" / "quickstart.yaml"),
+                                 str(work / f"bare-{tag}"), *sets], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+
+    def seconds(p: subprocess.Popen) -> float:
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"bare training run failed (exit {p.returncode})")
+        return float(out.strip().splitlines()[-1])
+
+    alone = seconds(start("alone"))
+    pair = [start("a"), start("b")]
+    return alone, [seconds(p) for p in pair]
+
+
+def trial_seconds(stdout: str) -> list[float]:
+    return [float(s) for s in re.findall(r"completed, test acc [\d.]+ %, ([\d.]+) s", stdout)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=120, help="epochs per trial (default 120)")
+    ap.add_argument("--batch-size", type=int, default=16,
+                    help="training batch size (default 16: ~10 s per trial on one core, ~80 ms per epoch)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run for `make bench`: 30 epochs, no timing without Ray (speed-up not meaningful)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary dbs and runs folders")
+    args = ap.parse_args()
+    if args.quick:
+        args.epochs = 30
+    base = Path(tempfile.mkdtemp(prefix="granet-sweep-scaling-"))
+    try:
+        results = {}
+        for conc in (2, 1):
+            wall, stdout = timed_sweep(base / f"c{conc}", conc, args.epochs, args.batch_size)
+            secs = trial_seconds(stdout)
+            results[conc] = wall
+            print(f"max-concurrent {conc}: 6 trials in {wall:6.1f} s wall "
+                  f"(trial train time {sum(secs):.1f} s total, {sum(secs) / max(1, len(secs)):.1f} s each)", flush=True)
+        if not args.quick:
+            alone, pair = bare_ceiling(base, args.epochs, args.batch_size)
+            print(f"without Ray (same training, 1 thread): alone {alone:.1f} s; two at once "
+                  f"{pair[0]:.1f} s and {pair[1]:.1f} s -> ceiling for 2-way parallelism "
+                  f"{2 * alone / max(pair):.2f}x on this machine")
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        print(f"machine: {cpus} CPUs; per trial: {args.epochs} epochs at batch size {args.batch_size}, 1 CPU")
+        if args.keep:
+            print(f"kept {base}")
+        print(f"sweep_scaling: parallel speed-up = {results[1] / results[2]:.2f}x (target >= 1.7)")
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Row shapes shared by every writer of the results db (`granet run`, the `granet sweep` driver).
+
+Both commands record a run the same way: `record_for` is the `runs` row written when a
+run starts, `store_final` picks the final metrics `Store.finish_run` / `Store.fail_run` take.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from .spec import RunSpec
+
+FINAL_KEYS = ("final_test_acc", "best_test_acc", "final_density", "itop_rate",
+              "train_flops_frac", "inference_flops_frac", "wall_seconds")
+
+
+def store_final(final: dict) -> dict:
+    return {k: final.get(k) for k in FINAL_KEYS}
+
+
+def record_for(spec: RunSpec, run_id: str, sweep_id: str | None) -> dict:
+    """The `runs` row written when a run starts."""
+    return {
+        "run_id": run_id, "sweep_id": sweep_id, "spec_hash": spec.spec_hash(),
+        "method": spec.sparsity.method, "model": spec.model.name, "dataset": spec.data.name,
+        "target_density": spec.sparsity.final_density, "seed": spec.seed,
+        "spec_json": json.dumps(spec.normalised(), sort_keys=True),
+        "started_at": datetime.now(timezone.utc).replace(tzinfo=None),
+    }

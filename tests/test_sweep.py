@@ -1,0 +1,276 @@
+"""`granet sweep` end to end: Ray Tune trials, the driver-only DuckDB writes, resume after a
+kill, a failing trial, grid validation, and joining a separately started local Ray cluster.
+
+Every Ray test runs `granet sweep` in a subprocess: the Ray instance it starts lives and dies
+with that process (the cluster test starts its own `ray start --head` and stops it by signal).
+"""
+
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+
+from granet_cli import train
+from granet_cli.store import Store
+from granet_cli.sweep import (EPOCH_KEY, FINAL_KEY, UPDATES_KEY, SweepOutcome, TrialOutcome, _Display,
+                              _make_callback, plan_sweep, trial_run_dir)
+
+from .conftest import ROOT
+
+SMALL = ["--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1"]
+SMALL_OVERRIDES = ["optim.epochs=2", "sparsity.final_prune_epoch=1"]
+
+
+def granet_sweep(tmp_path, *args, env=None, timeout=240, db=None):
+    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", *map(str, args),
+           "--db", str(db or tmp_path / "r.duckdb"), "--runs-dir", str(tmp_path / "runs")]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env or os.environ.copy())
+
+
+def rows(db, sql, *params):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+def already_done_ran(stdout: str) -> tuple[int, int]:
+    m = re.search(r"(\d+) already done, (\d+) ran", stdout)
+    assert m, stdout
+    return int(m.group(1)), int(m.group(2))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- no Ray needed
+def test_invalid_grid_exits_2_names_the_field_and_creates_no_db(cli, tmp_path):
+    db = tmp_path / "r.duckdb"
+    result = cli("sweep", "--methods", "granet,bogus", "--densities", "0.1,1.5", "--db", db,
+                 "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert any("sweep.methods" in ln and "bogus" in ln for ln in lines), result.stderr
+    assert any("sweep.densities" in ln and "1.5" in ln for ln in lines), result.stderr
+    assert not db.exists()
+
+    # a grid value that is valid on its own but not for one method: every bad point is listed
+    result = cli("sweep", "--methods", "granet,rigl", "--densities", "0.1,0.6", "--seeds", "0,1", "--db", db)
+    assert result.exit_code == 2
+    bad = [ln for ln in result.stderr.splitlines() if "sparsity.init_density" in ln]
+    assert len(bad) == 2 and all("method=granet density=0.6" in ln for ln in bad), result.stderr
+    assert not db.exists() and not (tmp_path / "runs").exists()
+
+
+def test_yaml_sweep_section_and_flag_overrides(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text((ROOT / "experiments" / "quickstart.yaml").read_text()
+                    + "sweep:\n  name: mine\n  methods: [rigl, dense]\n  densities: [0.2]\n  seeds: [0, 1]\n")
+    plan = plan_sweep(spec, SMALL_OVERRIDES)
+    assert plan.name == "mine" and plan.grid.methods == ["rigl", "dense"]
+    assert [(p.method, p.density, p.seed) for p in plan.points] == [
+        ("rigl", 0.2, 0), ("rigl", 0.2, 1), ("dense", 1.0, 0), ("dense", 1.0, 1)]
+    assert plan.points[2].spec.sparsity.final_density == 1.0
+    flags = plan_sweep(spec, SMALL_OVERRIDES, seeds="3", name="other")
+    assert flags.name == "other" and [p.seed for p in flags.points] == [3, 3]
+    assert flags.sweep_id != plan.sweep_id
+    # the default name (and so the id) is a function of base spec and grid only
+    a = plan_sweep(None, SMALL_OVERRIDES, methods="granet,rigl", densities="0.1,0.2")
+    b = plan_sweep(None, SMALL_OVERRIDES, methods="rigl,granet", densities="0.2,0.1")
+    assert a.name.startswith("sweep-") and (a.name, a.sweep_id) == (b.name, b.sweep_id)
+
+
+def test_driver_callback_writes_run_rows_and_diverged(tmp_path):
+    """The Tune callback alone (fed fake trials): the same rows as `granet run`, diverged kept."""
+    import ray.cloudpickle
+
+    plan = plan_sweep(None, SMALL_OVERRIDES, methods="granet,rigl", densities="0.1")
+    trials = [TrialOutcome(p, f"{p.spec_hash[:8]}-x{i}") for i, p in enumerate(plan.points)]
+    by_run = {t.run_id: t for t in trials}
+    from rich.console import Console
+
+    display = _Display(Console(file=io.StringIO()), plan, len(trials), None)
+    with Store(tmp_path / "r.duckdb") as store:
+        cb = _make_callback(store, plan, by_run, display)
+        ray.cloudpickle.dumps(cb)  # Tune pickles its RunConfig, callbacks included
+        fake = [SimpleNamespace(config={"point": {"run_id": t.run_id}}, error_file=None) for t in trials]
+        row = {"epoch": 1, "step": 10, "lr": 0.05, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0,
+               "test_acc": 0.6, "density": 0.1, "itop_rate": 0.2, "seconds": 0.1}
+        final = {"final_test_acc": 0.6, "best_test_acc": 0.6, "final_density": 0.1, "itop_rate": 0.2,
+                 "train_flops_frac": 0.3, "inference_flops_frac": 0.1, "wall_seconds": 1.0, "samples_per_second": 9.0}
+        upd = [{"step": 10, "target_density": 0.1, "dropped": 3, "grown": 3, "density": 0.1}]
+        for f in fake:
+            cb.on_trial_start(0, [], f)
+            cb.on_trial_result(0, [], f, {EPOCH_KEY: json.dumps(row), UPDATES_KEY: json.dumps(upd)})
+        layers = [{"name": "fc1.weight", "shape": "[64, 64]", "numel": 4096, "final_density": 0.1}]
+        cb.on_trial_result(0, [], fake[0], {FINAL_KEY: json.dumps(
+            {"status": "completed", "error": None, "final": final, "layers": layers})})
+        cb.on_trial_result(0, [], fake[1], {FINAL_KEY: json.dumps(
+            {"status": "diverged", "error": "loss became nan at epoch 2", "final": final, "layers": []})})
+        cb.on_trial_complete(0, [], fake[0])
+        cb.on_trial_complete(0, [], fake[1])
+        got = {r["run_id"]: r for r in store.runs(sweep=plan.sweep_id)}
+        assert got[trials[0].run_id]["status"] == "completed"
+        assert got[trials[1].run_id]["status"] == "diverged"
+        assert got[trials[1].run_id]["error"] == "loss became nan at epoch 2"
+        assert got[trials[0].run_id]["spec_hash"] == plan.points[0].spec_hash
+        assert len(store.epochs([t.run_id for t in trials])) == 2
+        assert len(store.mask_updates([t.run_id for t in trials])) == 2
+        assert len(store.layers([trials[0].run_id])) == 1
+    out = SweepOutcome(plan, trials, 0, 0, 1.0)
+    assert out.count("completed") == 1 and out.count("diverged") == 1
+
+
+# ----------------------------------------------------------------------------- Ray Tune sweeps
+def test_sweep_2x2_completes_tagged_and_rerun_runs_nothing(tmp_path):
+    db = tmp_path / "r.duckdb"
+    args = ["--methods", "granet,rigl", "--densities", "0.1,0.2", *SMALL]
+    r = granet_sweep(tmp_path, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert already_done_ran(r.stdout) == (0, 4)
+    plan = plan_sweep(None, SMALL_OVERRIDES, methods="granet,rigl", densities="0.1,0.2")
+    runs = rows(db, "select run_id, sweep_id, status, spec_hash, method, target_density, final_test_acc from runs")
+    assert len(runs) == 4
+    assert {r_[1] for r_ in runs} == {plan.sweep_id} and all(r_[2] == "completed" for r_ in runs)
+    assert {r_[3] for r_ in runs} == {p.spec_hash for p in plan.points}
+    assert {(r_[4], r_[5]) for r_ in runs} == {(m, d) for m in ("granet", "rigl") for d in (0.1, 0.2)}
+    assert rows(db, "select name from sweeps where sweep_id = ?", plan.sweep_id) == [(plan.name,)]
+    per_run = dict(rows(db, "select run_id, count(*) from epochs group by run_id"))
+    assert sorted(per_run.values()) == [2, 2, 2, 2] and set(per_run) == {r_[0] for r_ in runs}
+    assert rows(db, "select count(distinct run_id) from layers") == [(4,)]
+
+    # each trial is the same train.run as `granet run` (CPU runs are deterministic)
+    point = next(p for p in plan.points if p.method == "granet" and p.density == 0.1)
+    direct = train.run(point.spec, tmp_path / "direct", threads=1)
+    stored = next(r_[6] for r_ in runs if r_[3] == point.spec_hash)
+    assert stored == direct.final["final_test_acc"]
+
+    r = granet_sweep(tmp_path, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert already_done_ran(r.stdout) == (4, 0)
+    assert rows(db, "select count(*) from runs") == [(4,)]
+
+    r = granet_sweep(tmp_path, *args, "--dry-run")
+    assert r.returncode == 0 and r.stdout.count("done") >= 4 and "to run" not in r.stdout.replace("0 to run", "")
+    fresh = tmp_path / "fresh.duckdb"
+    r = granet_sweep(tmp_path, *args, "--dry-run", db=fresh)
+    assert r.returncode == 0 and "0 done, 4 to run" in r.stdout and not fresh.exists()
+
+
+def test_failing_trial_is_recorded_and_the_others_complete(tmp_path):
+    db = tmp_path / "r.duckdb"
+    args = ["--methods", "granet,rigl,gmp", "--densities", "0.1", *SMALL]
+    plan = plan_sweep(None, SMALL_OVERRIDES, methods="granet,rigl,gmp", densities="0.1")
+    victim = next(p for p in plan.points if p.method == "rigl")
+    blocker = trial_run_dir(tmp_path / "runs", plan.sweep_id, victim.spec_hash)  # a file where its folder goes
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+
+    r = granet_sweep(tmp_path, *args)
+    assert r.returncode == 1, r.stdout + r.stderr
+    got = {h: (s, e) for h, s, e in rows(db, "select spec_hash, status, error from runs")}
+    assert got[victim.spec_hash][0] == "failed" and "FileExistsError" in got[victim.spec_hash][1]
+    others = [p.spec_hash for p in plan.points if p is not victim]
+    assert all(got[h] == ("completed", None) for h in others)
+    assert "FileExistsError" in r.stdout
+
+    blocker.unlink()  # fixed: the rerun runs the failed point only
+    r = granet_sweep(tmp_path, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert already_done_ran(r.stdout) == (2, 1)
+    statuses = sorted(s for (s,) in rows(db, "select status from runs where spec_hash = ?", victim.spec_hash))
+    assert statuses == ["completed", "failed"]
+
+
+def test_killed_sweep_resumes_only_missing_points(tmp_path):
+    db = tmp_path / "r.duckdb"
+    args = ["--methods", "granet,rigl,gmp", "--densities", "0.1,0.2", "--seeds", "0,1",
+            "--set", "optim.epochs=20", "--set", "sparsity.final_prune_epoch=10", "--name", "kill-me"]
+    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", *args, "--db", str(db), "--runs-dir", str(tmp_path / "runs")]
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline:
+            time.sleep(0.3)
+            if not db.exists():
+                continue
+            try:  # the sweep holds the write lock: this reads a snapshot copy
+                with Store(db, read_only=True) as st:
+                    completed, running = st.runs(status="completed"), st.runs(status="running")
+            except Exception:
+                continue
+            if completed and running:
+                break
+        else:
+            pytest.fail("no completed run while others were running: " + (tmp_path / "sweep.log").read_text())
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()
+    done_before = {h for (h,) in rows(db, "select spec_hash from runs where status = 'completed'")}
+    left_running = {rid for (rid,) in rows(db, "select run_id from runs where status = 'running'")}
+    assert done_before and left_running and len(done_before) < 12
+
+    r = granet_sweep(tmp_path, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert already_done_ran(r.stdout) == (len(done_before), 12 - len(done_before))
+    assert rows(db, "select count(*), count(distinct spec_hash) from runs where status = 'completed'") == [(12, 12)]
+    marked = dict(rows(db, "select run_id, error from runs where status = 'failed'"))
+    assert set(marked) == left_running and set(marked.values()) == {"interrupted"}
+    assert rows(db, "select count(*) from runs where status = 'running'") == [(0,)]
+
+
+def test_sweep_joins_a_separately_started_local_cluster(tmp_path):
+    ray_bin = Path(sys.executable).with_name("ray")
+    if not ray_bin.exists():
+        pytest.skip("no `ray` executable beside the interpreter")
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="granet-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    log_path = tmp_path / "ray.log"
+    log = open(log_path, "w")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         "--node-ip-address=127.0.0.1", f"--temp-dir={temp}",
+         "--disable-usage-stats", "--block"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while "Ray runtime started" not in log_path.read_text():
+            assert head.poll() is None and time.time() < deadline, log_path.read_text()
+            time.sleep(0.5)
+        r = granet_sweep(tmp_path, "--address", f"127.0.0.1:{port}", "--methods", "granet", "--densities", "0.1",
+                         *SMALL, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"cluster at 127.0.0.1:{port}" in r.stdout
+        assert rows(tmp_path / "r.duckdb", "select status from runs") == [("completed",)]
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops its own processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
