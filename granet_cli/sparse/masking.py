@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import criteria
+from .criteria import count, counts
 from .density import kept_count, layer_densities
 from .flops import FlopsMeter, layer_macs
 from .methods import SparseConfig
@@ -116,10 +117,15 @@ class Masking:
         """Zero inactive weights and their optimizer state (momentum, Adam moments)."""
         if self._all_dense():
             return
+        tensors, masks = [], []
         for layer in self.layers:
-            layer.weight.mul_(layer.mask)
+            mask = layer.mask
+            tensors.append(layer.weight)
+            masks.append(mask)
             for state in self._state_tensors(layer):
-                state.mul_(layer.mask)
+                tensors.append(state)
+                masks.append(mask)
+        torch._foreach_mul_(tensors, masks)  # one call for all: this runs after every step
 
     @torch.no_grad()
     def _zero_at(self, layer: SparseLayer, where: Tensor) -> None:
@@ -132,7 +138,8 @@ class Masking:
 
     def _refresh(self) -> None:
         """Recompute cached counts after the masks changed."""
-        self.active = {layer.name: int(layer.mask.sum()) for layer in self.layers}
+        names = [layer.name for layer in self.layers]
+        self.active = dict(zip(names, counts([layer.mask for layer in self.layers])))
         self._dense = all(self.active[layer.name] == layer.weight.numel() for layer in self.layers)
         for layer in self.layers:
             self.fired[layer.name] |= layer.mask
@@ -164,7 +171,7 @@ class Masking:
             raise ValueError(f"unknown sparse_init {mode!r}")
         for layer in self.layers:
             layer.mask.copy_(layer.weight != 0)
-        before = {layer.name: int(layer.mask.sum()) for layer in self.layers}
+        before = {layer.name: count(layer.mask) for layer in self.layers}
         if "structured" in mode:
             self._prune_channels(cfg.pruning_rate)
         elif mode.endswith("global"):
@@ -180,7 +187,7 @@ class Masking:
         # regrow as many weights as were pruned, by gradient magnitude (reference semantics)
         for layer in self.layers:
             grad = self._init_grad(layer, init_grads)
-            regrow = before[layer.name] - int(layer.mask.sum())
+            regrow = before[layer.name] - count(layer.mask)
             if "structured" in mode:
                 grown = self._grow_channels(layer, grad, regrow)
             else:
@@ -196,21 +203,20 @@ class Masking:
 
     def _prune_layer(self, layer: SparseLayer, keep: int) -> int:
         """Keep the `keep` largest-magnitude active weights of one layer; returns how many went."""
-        active = int(layer.mask.sum())
+        active = count(layer.mask)
         if keep >= active:
             return 0
-        scores = torch.where(layer.mask, layer.weight.detach().abs(), torch.full_like(layer.weight, -1.0))
-        layer.mask.copy_(criteria.top_k_mask(scores, keep))
+        layer.mask.copy_(criteria.top_k_mask(layer.weight.detach().abs(), keep, among=layer.mask))
         return active - keep
 
     def _prune_global(self, keep: int) -> int:
         """Keep the `keep` largest-magnitude active weights across all layers."""
-        active = sum(int(layer.mask.sum()) for layer in self.layers)
+        active = sum(counts([layer.mask for layer in self.layers]))
         if keep >= active:
             return 0
-        scores = torch.cat([torch.where(layer.mask, layer.weight.detach().abs(), -1.0).reshape(-1)
-                            for layer in self.layers])
-        chosen = criteria.top_k_mask(scores, keep)
+        scores = torch.cat([layer.weight.detach().reshape(-1) for layer in self.layers]).abs_()
+        active_flat = torch.cat([layer.mask.reshape(-1) for layer in self.layers])
+        chosen = criteria.top_k_mask(scores, keep, among=active_flat)
         for layer, part in zip(self.layers, chosen.split([layer.mask.numel() for layer in self.layers])):
             layer.mask.copy_(part.view_as(layer.mask))
         return active - keep
@@ -223,9 +229,8 @@ class Masking:
         for layer in self._channel_layers():
             norms = layer.weight.detach().abs().flatten(1).sum(1)
             alive = layer.mask.flatten(1).any(1)
-            n_remove = math.ceil(rate * int(alive.sum()))
-            gone = criteria.top_k_mask(torch.where(alive, norms, torch.full_like(norms, math.inf)),
-                                       n_remove, largest=False)
+            n_remove = math.ceil(rate * count(alive))
+            gone = criteria.top_k_mask(norms, n_remove, largest=False, among=alive)
             layer.mask[gone] = False
 
     def _grow_channels(self, layer: SparseLayer, grad: Tensor, n_weights: int) -> Tensor:
@@ -308,41 +313,48 @@ class Masking:
         """Drop a cosine-decayed fraction of each layer's active weights, regrow as many."""
         cfg = self.cfg
         self.drop_fraction = cosine_drop_fraction(t, self.total_steps, cfg.prune_rate, cfg.prune_rate_min)
-        survivors, dropped, signal = {}, {}, {}
-        for layer in self.layers:
-            mask = layer.mask
-            n_active = int(mask.sum())
-            if cfg.prune == "threshold":
-                drop = criteria.drop_threshold(layer.weight, mask, cfg.prune_threshold)
+        names = [layer.name for layer in self.layers]
+        masks = [layer.mask for layer in self.layers]
+        weights = [layer.weight for layer in self.layers]
+        n_active = counts(masks)
+        if cfg.prune == "threshold":
+            drops = [criteria.drop_threshold(w, m, cfg.prune_threshold) for w, m in zip(weights, masks)]
+        else:
+            n_drop = [min(n, math.ceil(self.drop_fraction * n)) for n in n_active]
+            if cfg.prune == "SET":
+                drops = [criteria.drop_set(w, m, n) for w, m, n in zip(weights, masks, n_drop)]
             else:
-                n = min(n_active, math.ceil(self.drop_fraction * n_active))
-                chooser = criteria.drop_set if cfg.prune == "SET" else criteria.drop_magnitude
-                drop = chooser(layer.weight, mask, n)
-            survivors[layer.name] = mask & ~drop
-            dropped[layer.name] = int(drop.sum())
-            signal[layer.name] = (layer.weight.detach().abs()[mask].mean().item() if n_active else 0.0,
-                                  n_active)
+                drops = criteria.drop_magnitude_layers(weights, masks, n_drop, n_active)
+        survivors = dict(zip(names, (m & ~d for m, d in zip(masks, drops))))
+        dropped = dict(zip(names, counts(drops)))
+        signal = {}
+        if cfg.redistribution != "none":  # only redistribution reads it
+            for layer, n in zip(self.layers, n_active):
+                signal[layer.name] = (layer.weight.detach().abs()[layer.mask].mean().item() if n else 0.0, n)
         regrow = self._regrow_counts(dropped, survivors, signal)
-        grown_masks = []
-        for layer in self.layers:
-            after = survivors[layer.name]
-            grow = self._grow(layer, ~after, regrow[layer.name])
-            layer.mask.copy_(after | grow)
-            grown_masks.append(grow)
+        grown_masks = self._grow([~survivors[name] for name in names], [regrow[name] for name in names])
+        for layer, grow in zip(self.layers, grown_masks):
+            layer.mask.copy_(survivors[layer.name] | grow)
         self._sync_masks(grown_masks)
         for layer, grow in zip(self.layers, grown_masks):
             self._zero_at(layer, grow)  # regrown weights start at zero
-        return sum(dropped.values()), sum(int(g.sum()) for g in grown_masks)
+        return sum(dropped.values()), sum(counts(grown_masks))
 
-    def _grow(self, layer: SparseLayer, candidates: Tensor, n: int) -> Tensor:
-        n = min(n, int(candidates.sum()))
-        growth = self.cfg.growth
-        if growth == "random":
-            return criteria.grow_random(candidates, n)
-        scores = criteria.momentum_scores(self.optimizer, layer.weight) if growth == "momentum" else None
-        if scores is None:
-            scores = layer.weight.grad if layer.weight.grad is not None else torch.zeros_like(layer.weight)
-        return criteria.grow_by_score(scores, candidates, n)
+    def _grow(self, candidates: list[Tensor], wanted: list[int]) -> list[Tensor]:
+        """Per layer, `wanted` (at most all) of the `candidates`, by the growth criterion."""
+        n_candidates = counts(candidates)
+        ns = [min(n, c) for n, c in zip(wanted, n_candidates)]
+        if self.cfg.growth == "random":
+            return [criteria.grow_random(c, n) for c, n in zip(candidates, ns)]
+        scores = []
+        for layer in self.layers:
+            score = None
+            if self.cfg.growth == "momentum":
+                score = criteria.momentum_scores(self.optimizer, layer.weight)
+            if score is None:
+                score = layer.weight.grad if layer.weight.grad is not None else torch.zeros_like(layer.weight)
+            scores.append(score)
+        return criteria.grow_by_score_layers(scores, candidates, ns, n_candidates)
 
     def _regrow_counts(self, dropped: dict[str, int], survivors: dict[str, Tensor],
                        signal: dict[str, tuple[float, int]]) -> dict[str, int]:
@@ -351,7 +363,7 @@ class Masking:
             return dict(dropped)
         idx = 0 if self.cfg.redistribution == "magnitude" else 1
         weights = {name: float(signal[name][idx]) for name in dropped}
-        caps = {layer.name: layer.mask.numel() - int(survivors[layer.name].sum()) for layer in self.layers}
+        caps = {layer.name: layer.mask.numel() - count(survivors[layer.name]) for layer in self.layers}
         return allocate(sum(dropped.values()), weights, caps)
 
     # ------------------------------------------------------------------ statistics
@@ -367,7 +379,7 @@ class Masking:
 
     def itop_rate(self) -> float:
         """In-time over-parameterisation: fraction of weights ever active so far."""
-        return sum(int(f.sum()) for f in self.fired.values()) / self.total
+        return sum(count(f) for f in self.fired.values()) / self.total
 
     def inference_flops_fraction(self) -> float | None:
         return self.meter.inference_fraction(self.layer_densities()) if self.meter else None
