@@ -25,7 +25,7 @@ err = Console(stderr=True)
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a spec field by its dotted path, e.g. --set sparsity.final_density=0.1 (repeatable).")]
 DbOpt = Annotated[Optional[Path], typer.Option(
-    "--db", help="DuckDB results file [default: $GRANET_DB or results/granet.duckdb].")]
+    "--db", help="DuckDB results file (default: $GRANET_DB, else results/granet.duckdb).")]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -111,6 +111,7 @@ def run(
     """Train one spec; every epoch lands in the results database, then a summary is printed."""
     from . import train
     from .data import DataError
+    from .distributed import DistributedSetupError
     from .models import ModelError
     from .store import Store, StoreError
 
@@ -156,7 +157,7 @@ def run(
         else:
             result = train.run(run_spec, run_dir, resume=resume, on_start=on_start, on_epoch=on_epoch,
                                progress=not quiet)
-    except (DataError, ModelError, train.ResumeError) as e:
+    except (DataError, ModelError, train.ResumeError, train.DeviceError, DistributedSetupError) as e:
         if started:
             store.fail_run(run_id, "failed", str(e))
         store.close()

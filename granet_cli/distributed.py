@@ -23,6 +23,10 @@ from .spec import RunSpec
 from .train import RunResult
 
 
+class DistributedSetupError(ValueError):
+    """The requested process count does not fit the machine (bad input, exit 2)."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,7 +65,7 @@ def run_distributed(spec: RunSpec, run_dir: str | os.PathLike, nproc: int, *, re
     """
     enough_gpus = torch.cuda.device_count() >= nproc
     if spec.device == "cuda" and not enough_gpus:
-        raise ValueError(f"--nproc {nproc} with device cuda needs {nproc} GPUs, "
+        raise DistributedSetupError(f"--nproc {nproc} with device cuda needs {nproc} GPUs, "
                          f"found {torch.cuda.device_count()}")
     device = "cuda" if spec.device != "cpu" and enough_gpus else "cpu"
     ctx = mp.get_context("spawn")

@@ -35,6 +35,10 @@ class ResumeError(RuntimeError):
     """`--resume` without a usable checkpoint."""
 
 
+class DeviceError(RuntimeError):
+    """The spec asks for a device this machine does not have."""
+
+
 @dataclass
 class RunResult:
     status: str  # completed | diverged
@@ -49,7 +53,7 @@ class RunResult:
 # ----------------------------------------------------------------------------- set-up helpers
 def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda requested but torch sees no CUDA device")
+        raise DeviceError("device: cuda requested but torch sees no CUDA device (use device: auto or cpu)")
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if dist.is_initialized():

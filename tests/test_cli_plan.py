@@ -68,3 +68,21 @@ def test_plan_no_schedule_for_rigl_and_tables(cli):
 def test_plan_bad_model_is_one_line_exit_2(cli):
     result = cli("plan", QUICKSTART, "--set", "model.name=resnet9000")
     assert result.exit_code == 2 and "resnet9000" in result.stderr
+
+
+def test_report_on_missing_or_empty_db_is_exit_2(cli, tmp_path):
+    missing = tmp_path / "missing.duckdb"
+    result = cli("report", "--db", missing, "--out", tmp_path / "rep")
+    assert result.exit_code == 2 and str(missing) in result.stderr
+    assert not (tmp_path / "rep").exists()
+    from granet_cli.store import Store
+
+    empty = tmp_path / "empty.duckdb"
+    Store(empty).close()
+    result = cli("report", "--db", empty, "--out", tmp_path / "rep")
+    assert result.exit_code == 2 and "no completed runs" in result.stderr
+
+
+def test_report_bad_format_is_exit_2(cli, tmp_path):
+    result = cli("report", "--db", tmp_path / "x.duckdb", "--format", "pdf")
+    assert result.exit_code == 2 and "--format" in result.stderr

@@ -149,3 +149,14 @@ def test_two_process_ddp_run_completes_with_identical_masks(cli, tmp_path):
     (status, density), = rows(db, "select status, final_density from runs")
     assert status == "completed" and abs(density - 0.1) <= 0.001
     assert rows(db, "select count(*) from epochs") == [(6,)]
+
+
+def test_cuda_requested_without_gpu_is_exit_2(cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    db = tmp_path / "g.duckdb"
+    result = cli("run", QUICKSTART, "--set", "device=cuda", *FAST, "--db", db, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "device: cuda" in result.stderr
+    assert rows(db, "select count(*) from runs") == [(0,)]
