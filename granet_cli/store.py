@@ -433,29 +433,24 @@ class Store:
         rows = self._query(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id])
         return rows[0] if rows else None
 
-    def epochs(self, run_ids: list[str]) -> list[dict]:
-        """epochs rows (run_id + EPOCH_COLUMNS) of the given runs, ordered by run_id, epoch."""
+    def _rows_of_runs(self, table: str, columns: tuple[str, ...], run_ids: list[str], order: str) -> list[dict]:
         if not run_ids:
             return []
         return self._query(
-            f"SELECT run_id, {', '.join(EPOCH_COLUMNS)} FROM epochs WHERE list_contains(?, run_id) "
-            "ORDER BY run_id, epoch", [list(run_ids)])
+            f"SELECT run_id, {', '.join(columns)} FROM {table} WHERE list_contains(?, run_id) "
+            f"ORDER BY run_id, {order}", [list(run_ids)])
+
+    def epochs(self, run_ids: list[str]) -> list[dict]:
+        """epochs rows (run_id + EPOCH_COLUMNS) of the given runs, ordered by run_id, epoch."""
+        return self._rows_of_runs("epochs", EPOCH_COLUMNS, run_ids, "epoch")
 
     def mask_updates(self, run_ids: list[str]) -> list[dict]:
         """mask_updates rows (run_id + MASK_UPDATE_COLUMNS), ordered by run_id, step."""
-        if not run_ids:
-            return []
-        return self._query(
-            f"SELECT run_id, {', '.join(MASK_UPDATE_COLUMNS)} FROM mask_updates WHERE list_contains(?, run_id) "
-            "ORDER BY run_id, step", [list(run_ids)])
+        return self._rows_of_runs("mask_updates", MASK_UPDATE_COLUMNS, run_ids, "step")
 
     def layers(self, run_ids: list[str]) -> list[dict]:
         """layers rows (run_id + LAYER_COLUMNS), ordered by run_id, name."""
-        if not run_ids:
-            return []
-        return self._query(
-            f"SELECT run_id, {', '.join(LAYER_COLUMNS)} FROM layers WHERE list_contains(?, run_id) "
-            "ORDER BY run_id, name", [list(run_ids)])
+        return self._rows_of_runs("layers", LAYER_COLUMNS, run_ids, "name")
 
     def sweeps(self) -> list[dict]:
         """sweeps rows (grid_json decoded into 'grid'), newest first."""

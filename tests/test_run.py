@@ -6,23 +6,14 @@ import subprocess
 import sys
 import time
 
-import duckdb
 import pytest
 
 from granet_cli import train
 from granet_cli.spec import load_run_spec
 
-from .conftest import QUICKSTART, ROOT
+from .conftest import QUICKSTART, ROOT, rows
 
 FAST = ["--set", "optim.epochs=6", "--set", "sparsity.final_prune_epoch=4", "-q"]
-
-
-def rows(db, sql, *params):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
 
 
 def test_quickstart_completes_with_rows_and_target_density(cli, tmp_path):

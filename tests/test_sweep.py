@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import duckdb
 import pytest
 
 from granet_cli import train
@@ -28,7 +27,7 @@ from granet_cli.store import Store
 from granet_cli.sweep import (EPOCH_KEY, FINAL_KEY, UPDATES_KEY, SweepOutcome, TrialOutcome, _Display,
                               _make_callback, plan_sweep, trial_run_dir)
 
-from .conftest import ROOT
+from .conftest import ROOT, rows
 
 SMALL = ["--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1"]
 SMALL_OVERRIDES = ["optim.epochs=2", "sparsity.final_prune_epoch=1"]
@@ -39,14 +38,6 @@ def granet_sweep(tmp_path, *args, env=None, timeout=240, db=None):
            "--db", str(db or tmp_path / "r.duckdb"), "--runs-dir", str(tmp_path / "runs")]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=env or os.environ.copy())
-
-
-def rows(db, sql, *params):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
 
 
 def already_done_ran(stdout: str) -> tuple[int, int]:
