@@ -21,7 +21,7 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
 demo: install
-	$(GRANET) sweep experiments/quickstart.yaml --methods granet,rigl,gmp --densities 0.05,0.1,0.2 --seeds 0 --name demo
+	$(GRANET) sweep experiments/quickstart.yaml --methods granet,rigl,gmp,dense --densities 0.05,0.1,0.2 --seeds 0,1,2 --name demo
 	$(GRANET) report --sweep demo --name demo
 	@echo "report: reports/demo.md and reports/demo.html"
 
