@@ -196,11 +196,13 @@ def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
         ("method / target density", f"{spec.sparsity.method} / {spec.sparsity.final_density:g}"),
         ("final test accuracy", pct(f["final_test_acc"])),
         ("best test accuracy", pct(f["best_test_acc"])),
+        *([("final top-5 accuracy", pct(f["final_test_acc5"]))] if f.get("final_test_acc5") is not None else []),
         ("final density", f"{f['final_density']:.4f}"),
         ("ITOP rate", f"{f['itop_rate']:.4f}"),
         ("training FLOPs (x dense)", f"{f['train_flops_frac']:.4f}"),
         ("inference FLOPs (x dense)", f"{f['inference_flops_frac']:.4f}"),
         ("wall time", f"{f['wall_seconds']:.1f} s"),
+        ("samples / s", "-" if not f.get("samples_per_second") else f"{f['samples_per_second']:,.0f}"),
         ("results", str(db_path)),
     ]
     if result.error:

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 
 from .spec import RunSpec
 
-FINAL_KEYS = ("final_test_acc", "best_test_acc", "final_density", "itop_rate",
+FINAL_KEYS = ("final_test_acc", "best_test_acc", "final_test_acc5", "samples_per_second",
+              "final_density", "itop_rate",
               "train_flops_frac", "inference_flops_frac", "wall_seconds")
 
 

@@ -33,7 +33,7 @@ RUN_STATUSES = ("running", "completed", "failed", "diverged")
 #: runs columns holding the final metrics of a run (finish_run / fail_run keys)
 FINAL_COLUMNS = (
     "final_test_acc", "best_test_acc", "final_density", "itop_rate",
-    "train_flops_frac", "inference_flops_frac", "wall_seconds",
+    "train_flops_frac", "inference_flops_frac", "wall_seconds", "final_test_acc5", "samples_per_second",
 )
 #: keys start_run reads from its dict (started_at defaults to now)
 START_COLUMNS = (
@@ -46,7 +46,7 @@ RUN_COLUMNS = (
 )
 EPOCH_COLUMNS = (
     "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-    "density", "itop_rate", "seconds",
+    "density", "itop_rate", "seconds", "test_acc5",
 )
 LAYER_COLUMNS = ("name", "shape", "numel", "final_density")
 MASK_UPDATE_COLUMNS = ("step", "target_density", "dropped", "grown", "density")
@@ -77,6 +77,8 @@ SCHEMA = (
         train_flops_frac     DOUBLE,
         inference_flops_frac DOUBLE,
         wall_seconds         DOUBLE,
+        final_test_acc5      DOUBLE,    -- top-5, datasets with >= 100 classes
+        samples_per_second   DOUBLE,
         spec_json            VARCHAR,
         started_at           TIMESTAMP,
         finished_at          TIMESTAMP,
@@ -95,8 +97,13 @@ SCHEMA = (
         density    DOUBLE,
         itop_rate  DOUBLE,
         seconds    DOUBLE,
+        test_acc5  DOUBLE,
         PRIMARY KEY (run_id, epoch)
     )""",
+    # files written before these columns existed gain them (no-ops on new files)
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS final_test_acc5 DOUBLE",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS samples_per_second DOUBLE",
+    "ALTER TABLE epochs ADD COLUMN IF NOT EXISTS test_acc5 DOUBLE",
     """
     CREATE TABLE IF NOT EXISTS layers (
         run_id        VARCHAR,

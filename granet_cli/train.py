@@ -139,10 +139,15 @@ def _init_gradients(model: nn.Module, loader, device) -> None:
     nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
 
 
+#: top-5 accuracy is recorded for datasets with at least this many classes (CIFAR-100, ImageNet)
+TOP5_MIN_CLASSES = 100
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, criterion, amp: bool) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader, device, criterion, amp: bool) -> tuple[float, float, float | None]:
+    """Test loss, top-1 accuracy and (with >= 100 classes) top-5 accuracy."""
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, correct, correct5, count = 0.0, 0, 0, 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, amp):
@@ -150,9 +155,12 @@ def evaluate(model: nn.Module, loader, device, criterion, amp: bool) -> tuple[fl
             loss = criterion(out, y)
         loss_sum += float(loss) * y.numel()
         correct += int((out.argmax(1) == y).sum())
+        if out.shape[1] >= TOP5_MIN_CLASSES:
+            correct5 += int((out.topk(5, dim=1).indices == y[:, None]).any(1).sum())
         count += y.numel()
     model.train()
-    return loss_sum / max(count, 1), correct / max(count, 1)
+    top5 = correct5 / max(count, 1) if out.shape[1] >= TOP5_MIN_CLASSES else None
+    return loss_sum / max(count, 1), correct / max(count, 1), top5
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -273,7 +281,8 @@ def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
                     bar.advance(loss_value, masking.density())
             loss_sum, correct, count = _all_reduce_sums([loss_sum, correct, count], device)
             samples += int(count)
-            test_loss, test_acc = evaluate(model, loaders.test, device, criterion, spec.amp) if rank == 0 else (0.0, 0.0)
+            test_loss, test_acc, test_acc5 = (evaluate(model, loaders.test, device, criterion, spec.amp)
+                                              if rank == 0 else (0.0, 0.0, None))
             if not math.isfinite(test_loss):
                 raise _Diverged(f"test loss became {test_loss} at epoch {epoch + 1}")
             best = max(best, test_acc)
@@ -282,6 +291,7 @@ def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
                 "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
                 "test_loss": test_loss, "test_acc": test_acc, "density": masking.density(),
                 "itop_rate": masking.itop_rate(), "seconds": time.perf_counter() - t_epoch,
+                "test_acc5": test_acc5,
             }
             epochs_done.append(row)
             if rank == 0:
@@ -308,6 +318,7 @@ def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
     final = {
         "final_test_acc": last.get("test_acc"),
         "best_test_acc": best if epochs_done else None,
+        "final_test_acc5": last.get("test_acc5"),
         "final_density": masking.density(),
         "itop_rate": masking.itop_rate(),
         "train_flops_frac": masking.training_flops_fraction(),

@@ -151,3 +151,19 @@ def test_cuda_requested_without_gpu_is_exit_2(cli, tmp_path):
     result = cli("run", QUICKSTART, "--set", "device=cuda", *FAST, "--db", db, "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "device: cuda" in result.stderr
     assert rows(db, "select count(*) from runs") == [(0,)]
+
+
+def test_top5_recorded_for_100_classes_only(cli, tmp_path):
+    db = tmp_path / "t5.duckdb"
+    synthetic = ["--set", "data.name=synthetic", "--set", "data.input_shape=[1,8,8]", "--set", "data.num_classes=100",
+                 "--set", "data.train_size=256", "--set", "data.test_size=200"]
+    result = cli("run", QUICKSTART, *synthetic, *FAST, "--db", db, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    for acc, acc5 in rows(db, "select test_acc, test_acc5 from epochs"):
+        assert acc5 is not None and acc <= acc5 <= 1
+    (final, final5, sps), = rows(db, "select final_test_acc, final_test_acc5, samples_per_second from runs")
+    assert final <= final5 and sps > 0
+    assert "top-5" in result.stdout
+    digits_db = tmp_path / "d.duckdb"
+    assert cli("run", QUICKSTART, *FAST, "--db", digits_db, "--runs-dir", tmp_path / "runs2").exit_code == 0
+    assert rows(digits_db, "select count(*) from epochs where test_acc5 is not null") == [(0,)]

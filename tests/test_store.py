@@ -52,15 +52,16 @@ def test_schema_created_with_parent_dirs(db: Path):
     assert cols["runs"]["seed"] == "INTEGER"
     assert cols["runs"]["started_at"] == "TIMESTAMP"
     for c in ("final_test_acc", "best_test_acc", "final_density", "itop_rate", "train_flops_frac",
-              "inference_flops_frac", "wall_seconds", "target_density"):
+              "inference_flops_frac", "wall_seconds", "target_density", "final_test_acc5", "samples_per_second"):
         assert cols["runs"][c] == "DOUBLE"
     assert set(cols["runs"]) == {
         "run_id", "sweep_id", "spec_hash", "method", "model", "dataset", "target_density", "seed", "status",
         "final_test_acc", "best_test_acc", "final_density", "itop_rate", "train_flops_frac",
-        "inference_flops_frac", "wall_seconds", "spec_json", "started_at", "finished_at", "error"}
+        "inference_flops_frac", "wall_seconds", "final_test_acc5", "samples_per_second",
+        "spec_json", "started_at", "finished_at", "error"}
     assert cols["epochs"]["step"] == "BIGINT" and cols["epochs"]["epoch"] == "INTEGER"
     assert set(cols["epochs"]) == {"run_id", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss",
-                                   "test_acc", "density", "itop_rate", "seconds"}
+                                   "test_acc", "density", "itop_rate", "seconds", "test_acc5"}
     assert set(cols["layers"]) == {"run_id", "name", "shape", "numel", "final_density"}
     assert set(cols["mask_updates"]) == {"run_id", "step", "target_density", "dropped", "grown", "density"}
     assert set(cols["sweeps"]) == {"sweep_id", "name", "created_at", "grid_json"}
@@ -283,3 +284,22 @@ def test_read_only_snapshot_while_locked(db: Path):
         proc.stdin.write("\n")
         proc.stdin.flush()
         proc.wait(timeout=30)
+
+
+def test_older_file_gains_new_columns(tmp_path):
+    """A results file written before top-5 / samples-per-second existed opens and gains them."""
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, final_test_acc DOUBLE)")
+    con.execute("CREATE TABLE epochs (run_id VARCHAR, epoch INTEGER, PRIMARY KEY (run_id, epoch))")
+    con.execute("INSERT INTO runs VALUES ('old', 0.5)")
+    con.close()
+    Store(path).close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        cols = {(t, c) for t, c in con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns").fetchall()}
+        assert {("runs", "final_test_acc5"), ("runs", "samples_per_second"), ("epochs", "test_acc5")} <= cols
+        assert con.execute("SELECT final_test_acc FROM runs WHERE run_id = 'old'").fetchall() == [(0.5,)]
+    finally:
+        con.close()
