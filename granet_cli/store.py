@@ -345,12 +345,10 @@ class Store:
         _check_keys("add_epoch", row, EPOCH_COLUMNS, ignore=("run_id",))
         if row.get("epoch") is None:
             raise StoreError(f"results db {self.path}: add_epoch row for run {run_id} has no epoch")
-        cols = ", ".join(EPOCH_COLUMNS)
-        marks = ", ".join("?" for _ in EPOCH_COLUMNS)
         with self._tx() as con:
             if not self._run_exists(con, run_id):
                 raise StoreError(f"results db {self.path}: add_epoch: unknown run {run_id} (call start_run first)")
-            con.execute(f"INSERT OR REPLACE INTO epochs (run_id, {cols}) VALUES (?, {marks})",
+            con.execute(_insert_sql("epochs", EPOCH_COLUMNS, replace=True),
                         [run_id, *(row.get(c) for c in EPOCH_COLUMNS)])
 
     def add_mask_updates(self, run_id: str, rows: list[dict]) -> None:
@@ -359,12 +357,10 @@ class Store:
             return
         for r in rows:
             _check_keys("add_mask_updates", r, MASK_UPDATE_COLUMNS, ignore=("run_id",))
-        cols = ", ".join(MASK_UPDATE_COLUMNS)
-        marks = ", ".join("?" for _ in MASK_UPDATE_COLUMNS)
         with self._tx() as con:
             if not self._run_exists(con, run_id):
                 raise StoreError(f"results db {self.path}: add_mask_updates: unknown run {run_id}")
-            con.executemany(f"INSERT INTO mask_updates (run_id, {cols}) VALUES (?, {marks})",
+            con.executemany(_insert_sql("mask_updates", MASK_UPDATE_COLUMNS),
                             [[run_id, *(r.get(c) for c in MASK_UPDATE_COLUMNS)] for r in rows])
 
     def truncate_after(self, run_id: str, epoch: int, step: int) -> None:
@@ -385,14 +381,12 @@ class Store:
         sets, vals = self._final_assignments("finish_run", final)
         for r in layers:
             _check_keys("finish_run layers", r, LAYER_COLUMNS, ignore=("run_id",))
-        cols = ", ".join(LAYER_COLUMNS)
-        marks = ", ".join("?" for _ in LAYER_COLUMNS)
         with self._tx() as con:
             if not self._run_exists(con, run_id):
                 raise StoreError(f"results db {self.path}: finish_run: unknown run {run_id}")
             con.execute("DELETE FROM layers WHERE run_id = ?", [run_id])
             if layers:
-                con.executemany(f"INSERT INTO layers (run_id, {cols}) VALUES (?, {marks})",
+                con.executemany(_insert_sql("layers", LAYER_COLUMNS),
                                 [[run_id, *(_layer_value(c, r.get(c)) for c in LAYER_COLUMNS)] for r in layers])
             con.execute(
                 f"UPDATE runs SET {', '.join([*sets, 'status = ?', 'finished_at = ?', 'error = NULL'])} "
@@ -478,6 +472,12 @@ class Store:
         rows = self._query("SELECT sweep_id FROM sweeps WHERE name = ? "
                            "ORDER BY created_at DESC NULLS LAST, sweep_id DESC LIMIT 1", [name_or_id])
         return rows[0]["sweep_id"] if rows else None
+
+
+def _insert_sql(table: str, columns: tuple[str, ...], *, replace: bool = False) -> str:
+    """INSERT of one row keyed by run_id; column names only ever come from the fixed lists."""
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    return f"{verb} INTO {table} (run_id, {', '.join(columns)}) VALUES (?{', ?' * len(columns)})"
 
 
 def _layer_value(col: str, value: Any) -> Any:
