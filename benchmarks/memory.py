@@ -21,11 +21,10 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_overhead import NEVER, build_resnet50, pick_device, sgd, sync  # noqa: E402
+from step_overhead import NEVER, build_resnet50, pick_device, sgd, sync, train_step  # noqa: E402
 
 from granet_cli.sparse.masking import Masking  # noqa: E402
 from granet_cli.sparse.methods import SparseConfig  # noqa: E402
@@ -64,11 +63,7 @@ def child(mode: str, steps: int, device: torch.device) -> dict:
     y = torch.randint(0, 10, (32,), device=device)
     masking = None if mode == "dense" else make_masking(model, optimizer, x, steps if mode == "update" else None)
     for _ in range(steps):
-        optimizer.zero_grad(set_to_none=False)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        if masking is not None:
-            masking.step()
+        train_step(model, optimizer, x, y, masking)
     sync(device)
     if mode == "update":
         [event] = masking.history

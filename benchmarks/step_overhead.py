@@ -71,6 +71,15 @@ def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 
+def train_step(model, optimizer, x, y, masking=None) -> None:
+    """One training step as the trainer does it: forward, backward, optimizer step, masking step."""
+    optimizer.zero_grad(set_to_none=False)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    if masking is not None:
+        masking.step()
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -102,14 +111,10 @@ def main(argv: list[str] | None = None) -> float:
     config = SparseConfig(method="granet", final_density=0.1, update_frequency=NEVER)
     masking = Masking(sparse, opt_sparse, config, steps_per_epoch=NEVER, epochs=1, sample_input=x[:1])
 
-    def train_step(model, optimizer, masking=None) -> float:
+    def timed_step(model, optimizer, masking=None) -> float:
         sync(device)
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=False)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        if masking is not None:
-            masking.step()
+        train_step(model, optimizer, x, y, masking)
         sync(device)
         return time.perf_counter() - start
 
@@ -126,16 +131,16 @@ def main(argv: list[str] | None = None) -> float:
     print(f"  masking: granet, density {masking.density():.3f} over {masking.total:,} weights "
           f"in {len(masking.layers)} layers; {warmup} warm-up + {steps} measured steps each, alternating")
     for _ in range(warmup):
-        train_step(dense, opt_dense)
-        train_step(sparse, opt_sparse, masking)
+        timed_step(dense, opt_dense)
+        timed_step(sparse, opt_sparse, masking)
     t_dense, t_sparse = [], []
     for i in range(steps):
         if i % 2 == 0:  # ABBA: dense first on even steps, sparse first on odd ones
-            t_dense.append(train_step(dense, opt_dense))
-            t_sparse.append(train_step(sparse, opt_sparse, masking))
+            t_dense.append(timed_step(dense, opt_dense))
+            t_sparse.append(timed_step(sparse, opt_sparse, masking))
         else:
-            t_sparse.append(train_step(sparse, opt_sparse, masking))
-            t_dense.append(train_step(dense, opt_dense))
+            t_sparse.append(timed_step(sparse, opt_sparse, masking))
+            t_dense.append(timed_step(dense, opt_dense))
     mask_times = [mask_step() for _ in range(max(steps, 5))]
     assert not masking.history, "a mask update happened during measurement"
 

@@ -236,16 +236,17 @@ def _kth_runs(values: Tensor, lengths: list[int], wanted: list[tuple[int, int]])
 
 
 # ----------------------------------------------------------------------------- drop
-def drop_magnitude(weight: Tensor, mask: Tensor, n: int) -> Tensor:
-    """The `n` active weights of smallest magnitude."""
-    return top_k_mask(weight.detach().abs(), n, largest=False, among=mask)
+def _magnitude_top_k_layers(tensors: Sequence[Tensor], ks: Sequence[int], *, largest: bool,
+                            among: Sequence[Tensor], n: Sequence[int] | None) -> list[Tensor]:
+    """Per layer, the k entries of largest (or smallest) |value| among the candidates."""
+    magnitudes = torch._foreach_abs([t.detach() for t in tensors])
+    return top_k_layers(magnitudes, ks, largest=largest, among=among, n=n)
 
 
 def drop_magnitude_layers(weights: Sequence[Tensor], masks: Sequence[Tensor], ns: Sequence[int],
                           n_active: Sequence[int] | None = None) -> list[Tensor]:
-    """`drop_magnitude` for every layer at once (see `top_k_layers`)."""
-    magnitudes = torch._foreach_abs([w.detach() for w in weights])
-    return top_k_layers(magnitudes, ns, largest=False, among=masks, n=n_active)
+    """Per layer, the `ns[i]` active weights of smallest magnitude (all layers at once)."""
+    return _magnitude_top_k_layers(weights, ns, largest=False, among=masks, n=n_active)
 
 
 def drop_set(weight: Tensor, mask: Tensor, n: int) -> Tensor:
@@ -274,8 +275,7 @@ def grow_by_score(scores: Tensor, candidates: Tensor, n: int) -> Tensor:
 def grow_by_score_layers(scores: Sequence[Tensor], candidates: Sequence[Tensor], ns: Sequence[int],
                          n_candidates: Sequence[int] | None = None) -> list[Tensor]:
     """`grow_by_score` for every layer at once (see `top_k_layers`)."""
-    magnitudes = torch._foreach_abs([s.detach() for s in scores])
-    return top_k_layers(magnitudes, ns, largest=True, among=candidates, n=n_candidates)
+    return _magnitude_top_k_layers(scores, ns, largest=True, among=candidates, n=n_candidates)
 
 
 def grow_random(candidates: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
