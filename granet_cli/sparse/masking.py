@@ -16,33 +16,33 @@ weights and to the optimizer's state (momentum, Adam moments).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import criteria
+from . import pruning, rules
 from .criteria import count, counts
 from .density import kept_count, layer_densities
 from .flops import FlopsMeter, layer_macs
 from .methods import SparseConfig
+from .observers import FlopsObserver, ITOPTracker, MaskObserver
+from .rules import GRADIENT_INITS, Selection, allocate  # noqa: F401  (re-exported)
 from .schedule import CubicSchedule, cosine_drop_fraction
-
-GRADIENT_INITS = ("prune_and_grow_uniform", "prune_and_grow_global", "prune_and_grow_structured")
 
 
 @dataclass
 class SparseLayer:
     name: str  # "<module path>.weight"
     module: nn.Module
-    weight: nn.Parameter
+    weight: Tensor  # the module's nn.Parameter
 
     @property
     def mask(self) -> Tensor:
-        return self.module.weight_mask
+        return cast(Tensor, self.module.weight_mask)
 
 
 def sparsifiable_layers(model: nn.Module, dense_first_layer: bool = False,
@@ -67,28 +67,31 @@ def _distributed() -> bool:
 
 
 class Masking:
-    """Holds the masks of one model and carries out the method's mask updates."""
+    """Holds the masks of one model and carries out the method's mask updates.
+
+    The rules (which weights to drop, grow, keep at init) come from `rules`' registries,
+    looked up by the config's names; the bookkeeping is here. `observers` (ITOP, FLOPs and
+    any passed in) follow every mask change and every step.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: Any, *,
                  steps_per_epoch: int, epochs: int, sample_input: Tensor | None = None,
-                 init_grads: dict[str, Tensor] | None = None):
-        self.cfg = SparseConfig.from_obj(config)
+                 init_grads: dict[str, Tensor] | None = None, observers: Sequence[MaskObserver] = ()):
+        self.cfg = cfg = SparseConfig.from_obj(config)
         self.model, self.optimizer = model, optimizer
         self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
         self.total_steps = self.steps_per_epoch * self.epochs
-        self.layers = sparsifiable_layers(model, self.cfg.dense_first_layer, self.cfg.dense_classifier)
+        self.layers = sparsifiable_layers(model, cfg.dense_first_layer, cfg.dense_classifier)
         if not self.layers:
             raise ValueError("model has no Conv2d/Linear weights to sparsify")
         linears = [layer for layer in self.layers if isinstance(layer.module, nn.Linear)]
         self.classifier = linears[-1].name if linears else None
         self.total = sum(layer.weight.numel() for layer in self.layers)
-        cfg = self.cfg
-        self.schedule = None
-        if cfg.gradual:
-            final_epoch = cfg.final_prune_epoch if cfg.final_prune_epoch is not None else self.epochs
-            self.schedule = CubicSchedule(cfg.init_density, cfg.final_density,
-                                          cfg.init_prune_epoch * self.steps_per_epoch,
-                                          final_epoch * self.steps_per_epoch, cfg.update_frequency)
+        self.init_rule = rules.lookup(rules.INIT_RULES, "sparse_init", cfg.sparse_init)
+        self.drop_rule = rules.lookup(rules.DROP_RULES, "prune", cfg.prune)
+        self.growth_rule = rules.lookup(rules.GROWTH_RULES, "growth", cfg.growth)
+        self.redistribution = rules.lookup(rules.REDISTRIBUTION_RULES, "redistribution", cfg.redistribution)
+        self.schedule = self._schedule()
         self.update_end_step = (cfg.update_end_epoch * self.steps_per_epoch
                                 if cfg.update_end_epoch is not None else None)
         self.step_count = 0
@@ -99,13 +102,38 @@ class Masking:
         self._init_masks(init_grads)
         self._sync_masks()
         self.apply_mask()
-        self.fired = {layer.name: layer.mask.clone() for layer in self.layers}
-        self.meter = FlopsMeter(layer_macs(model, sample_input)) if sample_input is not None else None
+        self._observe(sample_input, observers)
         self._refresh()
+
+    def _schedule(self) -> CubicSchedule | None:
+        cfg = self.cfg
+        if not cfg.gradual:
+            return None
+        final_epoch = cfg.final_prune_epoch if cfg.final_prune_epoch is not None else self.epochs
+        return CubicSchedule(cfg.init_density, cfg.final_density, cfg.init_prune_epoch * self.steps_per_epoch,
+                             final_epoch * self.steps_per_epoch, cfg.update_frequency)
+
+    def _observe(self, sample_input: Tensor | None, extra: Sequence[MaskObserver]) -> None:
+        """ITOP always; FLOPs when a sample input gives the layer sizes; then any passed in."""
+        self.itop = ITOPTracker(self.masks())
+        self.flops = FlopsObserver(FlopsMeter(layer_macs(self.model, sample_input))) if sample_input is not None else None
+        self.observers: list[MaskObserver] = [self.itop]
+        if self.flops is not None:
+            self.observers.append(self.flops)
+        self.observers.extend(extra)
 
     # ------------------------------------------------------------------ masks
     def masks(self) -> dict[str, Tensor]:
         return {layer.name: layer.mask for layer in self.layers}
+
+    @property
+    def fired(self) -> dict[str, Tensor]:
+        """Per layer, every weight that has ever been active (the ITOP observer's state)."""
+        return self.itop.fired
+
+    @property
+    def meter(self) -> FlopsMeter | None:
+        return self.flops.meter if self.flops else None
 
     def _state_tensors(self, layer: SparseLayer) -> Iterator[Tensor]:
         for value in self.optimizer.state.get(layer.weight, {}).values():
@@ -117,7 +145,8 @@ class Masking:
         """Zero inactive weights and their optimizer state (momentum, Adam moments)."""
         if self._all_dense():
             return
-        tensors, masks = [], []
+        tensors: list[Tensor] = []
+        masks: list[Any] = []  # (the stubs type _foreach_mul_'s second list as scalars)
         for layer in self.layers:
             mask = layer.mask
             tensors.append(layer.weight)
@@ -137,13 +166,12 @@ class Masking:
         return getattr(self, "_dense", False)
 
     def _refresh(self) -> None:
-        """Recompute cached counts after the masks changed."""
+        """Recompute cached counts after the masks changed, and tell the observers."""
         names = [layer.name for layer in self.layers]
         self.active = dict(zip(names, counts([layer.mask for layer in self.layers])))
         self._dense = all(self.active[layer.name] == layer.weight.numel() for layer in self.layers)
-        for layer in self.layers:
-            self.fired[layer.name] |= layer.mask
-        self._sparse_forward = self.meter.sparse_forward(self.layer_densities()) if self.meter else 0.0
+        for observer in self.observers:
+            observer.on_masks_changed(self)
 
     def _sync_masks(self, extra: list[Tensor] | None = None) -> None:
         """Masks are decided on rank 0 and broadcast, so every rank holds the same ones."""
@@ -157,42 +185,28 @@ class Masking:
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def _init_masks(self, init_grads: dict[str, Tensor] | None) -> None:
-        cfg, mode = self.cfg, self.cfg.sparse_init
-        if mode in ("GMP", "dense"):
+        """Carry out the `sparse_init` mode's `InitRule`: start, one-shot prune, regrow."""
+        cfg, rule = self.cfg, self.init_rule
+        if rule.start == "dense":
             return  # masks start all ones
-        if mode in ("ERK", "ER", "uniform"):
+        if rule.start != "nonzero":  # a layer-density distribution: ERK, ER, uniform
             shapes = {layer.name: tuple(layer.weight.shape) for layer in self.layers}
-            densities = layer_densities(shapes, cfg.init_density, mode, cfg.erk_power_scale)
-            for layer in self.layers:
-                everywhere = torch.ones_like(layer.mask)
-                layer.mask.copy_(criteria.grow_random(everywhere, kept_count(densities[layer.name], layer.mask.numel())))
-            return
-        if not mode.startswith("prune"):
-            raise ValueError(f"unknown sparse_init {mode!r}")
-        for layer in self.layers:
-            layer.mask.copy_(layer.weight != 0)
-        before = {layer.name: count(layer.mask) for layer in self.layers}
-        if "structured" in mode:
-            self._prune_channels(cfg.pruning_rate)
-        elif mode.endswith("global"):
-            self._prune_global(int(sum(before.values()) * (1 - cfg.pruning_rate)))
+            pruning.random_masks(self.layers, layer_densities(shapes, cfg.init_density, rule.start,
+                                                              cfg.erk_power_scale))
         else:
             for layer in self.layers:
-                keep = before[layer.name] - math.ceil(cfg.pruning_rate * before[layer.name])
-                self._prune_layer(layer, keep)
+                layer.mask.copy_(layer.weight != 0)
+        if rule.prune_scope is None:
+            return
+        before = {layer.name: count(layer.mask) for layer in self.layers}
+        pruning.ONE_SHOT_PRUNE[rule.prune_scope](self.layers, cfg.pruning_rate, before, self.classifier)
         for layer in self.layers:
             self._zero_at(layer, ~layer.mask)
-        if "grow" not in mode:
-            return
-        # regrow as many weights as were pruned, by gradient magnitude (reference semantics)
-        for layer in self.layers:
-            grad = self._init_grad(layer, init_grads)
-            regrow = before[layer.name] - count(layer.mask)
-            if "structured" in mode:
-                grown = self._grow_channels(layer, grad, regrow)
-            else:
-                grown = criteria.grow_by_score(grad, ~layer.mask, regrow)
-            layer.mask.bitwise_or_(grown)
+        if rule.regrow:  # as many weights as were pruned, by gradient magnitude (reference semantics)
+            regrow = pruning.ONE_SHOT_REGROW[rule.prune_scope]
+            for layer in self.layers:
+                grad = self._init_grad(layer, init_grads)
+                layer.mask.bitwise_or_(regrow(layer, grad, before[layer.name] - count(layer.mask), self.classifier))
 
     def _init_grad(self, layer: SparseLayer, init_grads: dict[str, Tensor] | None) -> Tensor:
         grad = (init_grads or {}).get(layer.name, layer.weight.grad)
@@ -201,52 +215,15 @@ class Masking:
                              f"(pass init_grads or run a backward pass first); none for {layer.name}")
         return grad
 
-    def _prune_layer(self, layer: SparseLayer, keep: int) -> int:
-        """Keep the `keep` largest-magnitude active weights of one layer; returns how many went."""
-        active = count(layer.mask)
-        if keep >= active:
-            return 0
-        layer.mask.copy_(criteria.top_k_mask(layer.weight.detach().abs(), keep, among=layer.mask))
-        return active - keep
-
-    def _prune_global(self, keep: int) -> int:
-        """Keep the `keep` largest-magnitude active weights across all layers."""
-        active = sum(counts([layer.mask for layer in self.layers]))
-        if keep >= active:
-            return 0
-        scores = torch.cat([layer.weight.detach().reshape(-1) for layer in self.layers]).abs_()
-        active_flat = torch.cat([layer.mask.reshape(-1) for layer in self.layers])
-        chosen = criteria.top_k_mask(scores, keep, among=active_flat)
-        for layer, part in zip(self.layers, chosen.split([layer.mask.numel() for layer in self.layers])):
-            layer.mask.copy_(part.view_as(layer.mask))
-        return active - keep
-
-    def _channel_layers(self) -> list[SparseLayer]:
-        """Structured pruning never removes classifier outputs (that would delete classes)."""
-        return [layer for layer in self.layers if layer.name != self.classifier]
-
-    def _prune_channels(self, rate: float) -> None:
-        for layer in self._channel_layers():
-            norms = layer.weight.detach().abs().flatten(1).sum(1)
-            alive = layer.mask.flatten(1).any(1)
-            n_remove = math.ceil(rate * count(alive))
-            gone = criteria.top_k_mask(norms, n_remove, largest=False, among=alive)
-            layer.mask[gone] = False
-
-    def _grow_channels(self, layer: SparseLayer, grad: Tensor, n_weights: int) -> Tensor:
-        grown = torch.zeros_like(layer.mask)
-        if layer.name == self.classifier or n_weights <= 0:
-            return grown
-        per_channel = layer.mask[0].numel()
-        dead = ~layer.mask.flatten(1).any(1)
-        scores = grad.abs().flatten(1).sum(1)
-        grown[criteria.grow_by_score(scores, dead, n_weights // per_channel)] = True
-        return grown
-
     # ------------------------------------------------------------------ training-time updates
     @property
     def needs_dense_gradient(self) -> bool:
-        return self.cfg.drop_and_grow and self.cfg.growth in ("gradient", "momentum")
+        return bool(self.cfg.drop_and_grow) and self.growth_rule.dense_gradient is not None
+
+    def _dense_gradient_at(self, grew: bool) -> bool:
+        """Whether this step needed the dense weight gradient (FLOPs): the growth rule says when."""
+        when = self.growth_rule.dense_gradient
+        return (grew and when == "update") or bool(self.cfg.drop_and_grow and when == "step")
 
     def _drop_and_grow_due(self, t: int) -> bool:
         cfg = self.cfg
@@ -266,22 +243,22 @@ class Masking:
             target = self.schedule.density_at(t)
             self.prune_to(target)
             record = {"step": t, "target_density": target, "dropped": 0, "grown": 0}
-        grew = False
-        if self._drop_and_grow_due(t):
+        grew = self._drop_and_grow_due(t)
+        if grew:
             dropped, grown = self.drop_and_grow(t)
-            grew = True
             if record is None:
                 record = {"step": t, "target_density": self.density(), "dropped": 0, "grown": 0}
             record["dropped"], record["grown"] = dropped, grown
-        self.apply_mask()
         if record is not None:
+            # counts (and the all-dense shortcut of apply_mask) must reflect the new masks
+            # *before* they are applied: a first prune of a dense start is in force at once
             self._refresh()
             record["density"] = self.density()
             self.history.append(record)
-        if self.meter is not None:
-            dense_grad = (grew and self.cfg.growth == "gradient") or (
-                self.cfg.drop_and_grow and self.cfg.growth == "momentum")
-            self.meter.add_step(self._sparse_forward, dense_grad)
+        self.apply_mask()
+        dense_gradient = self._dense_gradient_at(grew)
+        for observer in self.observers:
+            observer.on_step(self, dense_gradient)
         return record
 
     def layer_target(self, layer: SparseLayer, density: float) -> float:
@@ -293,10 +270,10 @@ class Masking:
     def prune_to(self, density: float) -> int:
         """Magnitude-prune to `density` overall (global) or in every layer (uniform)."""
         if self.cfg.pruning_schedule == "uniform":
-            pruned = sum(self._prune_layer(layer, kept_count(self.layer_target(layer, density), layer.mask.numel()))
+            pruned = sum(pruning.prune_layer(layer, kept_count(self.layer_target(layer, density), layer.mask.numel()))
                          for layer in self.layers)
         else:
-            pruned = self._prune_global(round(density * self.total))
+            pruned = pruning.prune_global(self.layers, round(density * self.total))
         self._sync_masks()
         return pruned
 
@@ -313,58 +290,36 @@ class Masking:
         """Drop a cosine-decayed fraction of each layer's active weights, regrow as many."""
         cfg = self.cfg
         self.drop_fraction = cosine_drop_fraction(t, self.total_steps, cfg.prune_rate, cfg.prune_rate_min)
-        names = [layer.name for layer in self.layers]
         masks = [layer.mask for layer in self.layers]
         weights = [layer.weight for layer in self.layers]
         n_active = counts(masks)
-        if cfg.prune == "threshold":
-            drops = [criteria.drop_threshold(w, m, cfg.prune_threshold) for w, m in zip(weights, masks)]
-        else:
-            n_drop = [min(n, math.ceil(self.drop_fraction * n)) for n in n_active]
-            if cfg.prune == "SET":
-                drops = [criteria.drop_set(w, m, n) for w, m, n in zip(weights, masks, n_drop)]
-            else:
-                drops = criteria.drop_magnitude_layers(weights, masks, n_drop, n_active)
-        survivors = dict(zip(names, (m & ~d for m, d in zip(masks, drops))))
-        dropped = dict(zip(names, counts(drops)))
-        signal = {}
-        if cfg.redistribution != "none":  # only redistribution reads it
-            for layer, n in zip(self.layers, n_active):
-                signal[layer.name] = (layer.weight.detach().abs()[layer.mask].mean().item() if n else 0.0, n)
-        regrow = self._regrow_counts(dropped, survivors, signal)
-        grown_masks = self._grow([~survivors[name] for name in names], [regrow[name] for name in names])
-        for layer, grow in zip(self.layers, grown_masks):
-            layer.mask.copy_(survivors[layer.name] | grow)
+        n_drop = [min(n, math.ceil(self.drop_fraction * n)) for n in n_active]
+        drops = self.drop_rule(Selection(weights, masks, n_drop, n_active, self.optimizer, cfg))
+        survivors = [m & ~d for m, d in zip(masks, drops)]
+        dropped = counts(drops)
+        share = self.redistribution(Selection(weights, masks, dropped, n_active, self.optimizer, cfg))
+        regrow = dropped if share is None else self._shared_regrowth(dropped, survivors, share)
+        grown_masks = self._grow([~s for s in survivors], regrow)
+        for layer, survivor, grow in zip(self.layers, survivors, grown_masks):
+            layer.mask.copy_(survivor | grow)
         self._sync_masks(grown_masks)
         for layer, grow in zip(self.layers, grown_masks):
             self._zero_at(layer, grow)  # regrown weights start at zero
-        return sum(dropped.values()), sum(counts(grown_masks))
+        return sum(dropped), sum(counts(grown_masks))
 
     def _grow(self, candidates: list[Tensor], wanted: list[int]) -> list[Tensor]:
-        """Per layer, `wanted` (at most all) of the `candidates`, by the growth criterion."""
+        """Per layer, `wanted` (at most all) of the `candidates`, by the growth rule."""
         n_candidates = counts(candidates)
         ns = [min(n, c) for n, c in zip(wanted, n_candidates)]
-        if self.cfg.growth == "random":
-            return [criteria.grow_random(c, n) for c, n in zip(candidates, ns)]
-        scores = []
-        for layer in self.layers:
-            score = None
-            if self.cfg.growth == "momentum":
-                score = criteria.momentum_scores(self.optimizer, layer.weight)
-            if score is None:
-                score = layer.weight.grad if layer.weight.grad is not None else torch.zeros_like(layer.weight)
-            scores.append(score)
-        return criteria.grow_by_score_layers(scores, candidates, ns, n_candidates)
+        weights = [layer.weight for layer in self.layers]
+        return self.growth_rule.select(Selection(weights, candidates, ns, n_candidates, self.optimizer, self.cfg))
 
-    def _regrow_counts(self, dropped: dict[str, int], survivors: dict[str, Tensor],
-                       signal: dict[str, tuple[float, int]]) -> dict[str, int]:
-        """`none`: each layer regrows what it dropped; otherwise the total is shared out."""
-        if self.cfg.redistribution == "none":
-            return dict(dropped)
-        idx = 0 if self.cfg.redistribution == "magnitude" else 1
-        weights = {name: float(signal[name][idx]) for name in dropped}
-        caps = {layer.name: layer.mask.numel() - count(survivors[layer.name]) for layer in self.layers}
-        return allocate(sum(dropped.values()), weights, caps)
+    def _shared_regrowth(self, dropped: list[int], survivors: list[Tensor], share: list[float]) -> list[int]:
+        """The total dropped, shared out over the layers by `share`, within each one's free room."""
+        names = [layer.name for layer in self.layers]
+        caps = {layer.name: layer.mask.numel() - count(s) for layer, s in zip(self.layers, survivors)}
+        allocated = allocate(sum(dropped), {name: float(w) for name, w in zip(names, share)}, caps)
+        return [allocated[name] for name in names]
 
     # ------------------------------------------------------------------ statistics
     def density(self) -> float:
@@ -379,13 +334,13 @@ class Masking:
 
     def itop_rate(self) -> float:
         """In-time over-parameterisation: fraction of weights ever active so far."""
-        return sum(count(f) for f in self.fired.values()) / self.total
+        return self.itop.rate(self.total)
 
     def inference_flops_fraction(self) -> float | None:
-        return self.meter.inference_fraction(self.layer_densities()) if self.meter else None
+        return self.flops.meter.inference_fraction(self.layer_densities()) if self.flops else None
 
     def training_flops_fraction(self) -> float | None:
-        return self.meter.training_fraction() if self.meter else None
+        return self.flops.meter.training_fraction() if self.flops else None
 
     def planned_schedule(self) -> list[dict[str, Any]]:
         """Every gradual-pruning event: step and the overall density it leaves."""
@@ -396,14 +351,19 @@ class Masking:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """Keys: step_count, drop_fraction, masks, history, and each observer's `state_key`
+        (fired: ITOP, flops: the FLOPs meter or None), as checkpoints always had them."""
+        state: dict[str, Any] = {
             "step_count": self.step_count,
             "drop_fraction": self.drop_fraction,
             "masks": {name: m.clone() for name, m in self.masks().items()},
-            "fired": {name: f.clone() for name, f in self.fired.items()},
             "history": list(self.history),
-            "flops": self.meter.state_dict() if self.meter else None,
+            "flops": None,
         }
+        for observer in self.observers:
+            if observer.state_key:
+                state[observer.state_key] = observer.state_dict()
+        return state
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -411,33 +371,9 @@ class Masking:
         self.drop_fraction = float(state["drop_fraction"])
         for layer in self.layers:
             layer.mask.copy_(state["masks"][layer.name])
-            self.fired[layer.name].copy_(state["fired"][layer.name])
+        for observer in self.observers:
+            if observer.state_key:
+                observer.load_state_dict(state.get(observer.state_key))
         self.history = list(state["history"])
-        if self.meter is not None and state.get("flops"):
-            self.meter.load_state_dict(state["flops"])
         self._refresh()
         self.apply_mask()
-
-
-def allocate(total: int, weights: dict[str, float], caps: dict[str, int]) -> dict[str, int]:
-    """Share `total` out proportionally to `weights`, never above `caps`; exact sum (largest remainder)."""
-    counts = dict.fromkeys(weights, 0)
-    remaining = min(total, sum(caps.values()))
-    while remaining > 0:
-        room = {n: caps[n] - counts[n] for n in weights if counts[n] < caps[n]}
-        w = {n: max(weights[n], 0.0) for n in room}
-        if not any(w.values()):
-            w = dict.fromkeys(room, 1.0)
-        share = {n: remaining * w[n] / sum(w.values()) for n in room}
-        give = {n: min(int(share[n]), room[n]) for n in room}
-        left = remaining - sum(give.values())
-        for n in sorted(room, key=lambda n: share[n] - int(share[n]), reverse=True):
-            if left == 0:
-                break
-            if give[n] < room[n]:
-                give[n] += 1
-                left -= 1
-        for n, g in give.items():
-            counts[n] += g
-        remaining -= sum(give.values())
-    return counts

@@ -51,7 +51,7 @@ class SparseConfig:
     prune_rate: float = 0.5
     prune_rate_min: float = 0.005
     pruning_rate: float = 0.5
-    growth: str | None = None  # gradient | momentum | random
+    growth: str | None = None  # a name in rules.GROWTH_RULES: gradient | momentum | random | ...
     prune: str = "magnitude"  # magnitude | SET | threshold
     prune_threshold: float = 1e-3
     redistribution: str = "none"  # none | magnitude | nonzeros

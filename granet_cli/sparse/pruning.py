@@ -1,0 +1,106 @@
+"""Magnitude pruning of `SparseLayer`s (schedule events and one-shot inits) and the initial masks.
+
+Each function edits `layer.mask` in place and leaves the weights alone: `Masking` zeroes
+what the masks no longer hold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from . import criteria
+from .criteria import count, counts
+from .density import kept_count
+
+if TYPE_CHECKING:
+    from .masking import SparseLayer
+
+
+def random_masks(layers: Sequence[SparseLayer], densities: Mapping[str, float]) -> None:
+    """Exactly `round(density_l * numel)` weights of each layer, chosen at random."""
+    for layer in layers:
+        everywhere = torch.ones_like(layer.mask)
+        layer.mask.copy_(criteria.grow_random(everywhere, kept_count(densities[layer.name], layer.mask.numel())))
+
+
+def prune_layer(layer: SparseLayer, keep: int) -> int:
+    """Keep the `keep` largest-magnitude active weights of one layer; returns how many went."""
+    active = count(layer.mask)
+    if keep >= active:
+        return 0
+    layer.mask.copy_(criteria.top_k_mask(layer.weight.detach().abs(), keep, among=layer.mask))
+    return active - keep
+
+
+def prune_global(layers: Sequence[SparseLayer], keep: int) -> int:
+    """Keep the `keep` largest-magnitude active weights across all layers."""
+    active = sum(counts([layer.mask for layer in layers]))
+    if keep >= active:
+        return 0
+    scores = torch.cat([layer.weight.detach().reshape(-1) for layer in layers]).abs_()
+    active_flat = torch.cat([layer.mask.reshape(-1) for layer in layers])
+    chosen = criteria.top_k_mask(scores, keep, among=active_flat)
+    for layer, part in zip(layers, chosen.split([layer.mask.numel() for layer in layers])):
+        layer.mask.copy_(part.view_as(layer.mask))
+    return active - keep
+
+
+def prune_channels(layers: Sequence[SparseLayer], rate: float) -> None:
+    """Remove `ceil(rate * alive)` whole output channels of smallest L1 norm from each layer."""
+    for layer in layers:
+        norms = layer.weight.detach().abs().flatten(1).sum(1)
+        alive = layer.mask.flatten(1).any(1)
+        n_remove = math.ceil(rate * count(alive))
+        gone = criteria.top_k_mask(norms, n_remove, largest=False, among=alive)
+        layer.mask[gone] = False
+
+
+def grow_channels(layer: SparseLayer, grad: Tensor, n_weights: int) -> Tensor:
+    """`n_weights // channel size` dead output channels of largest |gradient| L1 norm."""
+    grown = torch.zeros_like(layer.mask)
+    if n_weights <= 0:
+        return grown
+    per_channel = layer.mask[0].numel()
+    dead = ~layer.mask.flatten(1).any(1)
+    scores = grad.abs().flatten(1).sum(1)
+    grown[criteria.grow_by_score(scores, dead, n_weights // per_channel)] = True
+    return grown
+
+
+# ----------------------------------------------------------------------------- one-shot init prune
+# by `InitRule.prune_scope`: prune(layers, rate, counts before, classifier name) and
+# regrow(layer, dense gradient, n weights, classifier name) -> the grown positions
+def _prune_each(layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int], classifier: str | None) -> None:
+    for layer in layers:
+        prune_layer(layer, before[layer.name] - math.ceil(rate * before[layer.name]))
+
+
+def _prune_all(layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int], classifier: str | None) -> None:
+    prune_global(layers, int(sum(before.values()) * (1 - rate)))
+
+
+def _prune_structured(layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int],
+                      classifier: str | None) -> None:
+    # structured pruning never removes classifier outputs (that would delete classes)
+    prune_channels([layer for layer in layers if layer.name != classifier], rate)
+
+
+def _grow_weights(layer: SparseLayer, grad: Tensor, n: int, classifier: str | None) -> Tensor:
+    return criteria.grow_by_score(grad, ~layer.mask, n)
+
+
+def _grow_structured(layer: SparseLayer, grad: Tensor, n: int, classifier: str | None) -> Tensor:
+    if layer.name == classifier:  # its channels were never pruned
+        return torch.zeros_like(layer.mask)
+    return grow_channels(layer, grad, n)
+
+
+ONE_SHOT_PRUNE: dict[str, Callable[..., None]] = {"layer": _prune_each, "global": _prune_all,
+                                                  "channel": _prune_structured}
+ONE_SHOT_REGROW: dict[str, Callable[..., Tensor]] = {"layer": _grow_weights, "global": _grow_weights,
+                                                     "channel": _grow_structured}
