@@ -14,6 +14,8 @@ import pytest
 
 from granet_cli.store import Store, StoreError, default_db_path
 
+from .conftest import rows
+
 T0 = datetime(2024, 5, 1, 12, 0, 0)
 
 
@@ -58,10 +60,18 @@ def test_schema_created_with_parent_dirs(db: Path):
         "run_id", "sweep_id", "spec_hash", "method", "model", "dataset", "target_density", "seed", "status",
         "final_test_acc", "best_test_acc", "final_density", "itop_rate", "train_flops_frac",
         "inference_flops_frac", "wall_seconds", "final_test_acc5", "samples_per_second",
-        "spec_json", "started_at", "finished_at", "error"}
+        "spec_json", "started_at", "finished_at", "error",
+        # schema v2
+        "overall_density", "selected_test_acc", "config_hash", "attempts", "pid", "host"}
+    for c in ("overall_density", "selected_test_acc"):
+        assert cols["runs"][c] == "DOUBLE"
+    assert cols["runs"]["config_hash"] == "VARCHAR" and cols["runs"]["host"] == "VARCHAR"
+    assert cols["runs"]["attempts"] == "INTEGER" and cols["runs"]["pid"] == "INTEGER"
     assert cols["epochs"]["step"] == "BIGINT" and cols["epochs"]["epoch"] == "INTEGER"
     assert set(cols["epochs"]) == {"run_id", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss",
-                                   "test_acc", "density", "itop_rate", "seconds", "test_acc5"}
+                                   "test_acc", "density", "itop_rate", "seconds", "test_acc5",
+                                   "val_loss", "val_acc", "overall_density"}
+    assert cols["granet_meta"] == {"key": "VARCHAR", "value": "VARCHAR"}
     assert set(cols["layers"]) == {"run_id", "name", "shape", "numel", "final_density"}
     assert set(cols["mask_updates"]) == {"run_id", "step", "target_density", "dropped", "grown", "density"}
     assert set(cols["sweeps"]) == {"sweep_id", "name", "created_at", "grid_json"}
@@ -69,6 +79,9 @@ def test_schema_created_with_parent_dirs(db: Path):
     assert pk["runs"] == ["run_id"]
     assert pk["epochs"] == ["run_id", "epoch"]
     assert pk["sweeps"] == ["sweep_id"]
+    assert pk["granet_meta"] == ["key"]
+    meta = dict(rows(db, "SELECT key, value FROM granet_meta"))
+    assert meta["schema_version"] == "2" and meta["created_by"].startswith("granet ")
     # reopening an existing db keeps the data (schema creation is idempotent)
     with Store(db) as st:
         st.start_run(run_dict("r1"))
@@ -260,18 +273,19 @@ def test_default_db_path(monkeypatch, tmp_path: Path):
     assert default_db_path() == tmp_path / "x.duckdb"
 
 
-def test_read_only_snapshot_while_locked(db: Path):
-    """A report can read a db that another process holds open for writing."""
+def test_read_only_snapshot_while_locked(db: Path, monkeypatch):
+    """A report can read a db that another process holds open for writing for long (the duckdb
+    shell, an older granet): after a short wait it reads a snapshot copy."""
+    monkeypatch.setenv("GRANET_DB_LOCK_TIMEOUT", "0.3")
     with Store(db) as st:
         st.start_run(run_dict("r1"))
         st.finish_run("r1", FINAL, [])
     holder = textwrap.dedent(f"""
-        import sys
-        from granet_cli.store import Store
-        st = Store({str(db)!r})
+        import sys, duckdb
+        con = duckdb.connect({str(db)!r})
         print("ready", flush=True)
         sys.stdin.readline()
-        st.close()
+        con.close()
     """)
     proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -286,20 +300,15 @@ def test_read_only_snapshot_while_locked(db: Path):
         proc.wait(timeout=30)
 
 
-def test_older_file_gains_new_columns(tmp_path):
-    """A results file written before top-5 / samples-per-second existed opens and gains them."""
-    path = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, final_test_acc DOUBLE)")
-    con.execute("CREATE TABLE epochs (run_id VARCHAR, epoch INTEGER, PRIMARY KEY (run_id, epoch))")
-    con.execute("INSERT INTO runs VALUES ('old', 0.5)")
-    con.close()
-    Store(path).close()
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        cols = {(t, c) for t, c in con.execute(
-            "SELECT table_name, column_name FROM information_schema.columns").fetchall()}
-        assert {("runs", "final_test_acc5"), ("runs", "samples_per_second"), ("epochs", "test_acc5")} <= cols
-        assert con.execute("SELECT final_test_acc FROM runs WHERE run_id = 'old'").fetchall() == [(0.5,)]
-    finally:
-        con.close()
+def test_add_epoch_with_mask_updates_is_one_transaction(db: Path):
+    with Store(db) as st:
+        st.start_run(run_dict("r1"))
+        st.add_epoch("r1", dict(epoch=0, test_acc=0.5), mask_updates=[dict(step=3, density=0.4, dropped=2, grown=2)])
+        with pytest.raises(StoreError):
+            st.add_epoch("r1", dict(epoch=1, test_acc=0.6),
+                         mask_updates=[dict(step=7, density=0.4), dict(step="not-a-step", density=0.4)])
+        with pytest.raises(StoreError, match="unknown key"):
+            st.add_epoch("r1", dict(epoch=1), mask_updates=[dict(stp=7)])
+    # the failed epoch and its first (valid) update were rolled back together
+    assert rows(db, "SELECT epoch, test_acc FROM epochs") == [(0, 0.5)]
+    assert rows(db, "SELECT step, density, dropped, grown FROM mask_updates") == [(3, 0.4, 2, 2)]
