@@ -12,10 +12,12 @@ from .data import dataset_info
 from .models import build_model
 from .sparse.masking import GRADIENT_INITS, Masking
 from .spec import RunSpec
+from .train import SparsityError, empty_layers_problem
 
 
 def build_plan(spec: RunSpec) -> dict[str, Any]:
     """Per-layer initial densities and the schedule's events (step, overall density)."""
+    spec = spec.scaled()
     torch.manual_seed(spec.seed)
     info = dataset_info(spec.data)
     model = build_model(spec.model, info.num_classes, tuple(info.input_shape))
@@ -25,6 +27,9 @@ def build_plan(spec: RunSpec) -> dict[str, Any]:
         nn.functional.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
     steps_per_epoch = math.ceil(info.train_size / spec.data.batch_size)
     masking = Masking(model, optimizer, spec.sparsity, steps_per_epoch=steps_per_epoch, epochs=spec.optim.epochs)
+    problem = empty_layers_problem(masking, spec.sparsity.final_density)
+    if problem:
+        raise SparsityError(f"sparsity.final_density: {problem}")
     return {
         "model": spec.model.name,
         "total_params": masking.total,

@@ -24,7 +24,8 @@ from torch import nn
 
 from .data import build_loaders
 from .models import build_model
-from .sparse.masking import GRADIENT_INITS, Masking
+from .sparse.density import kept_count
+from .sparse.masking import GRADIENT_INITS, Masking, sparsifiable_layers
 from .spec import RunSpec
 
 CHECKPOINT = "checkpoint.pt"
@@ -116,9 +117,27 @@ def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator | None) ->
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
+    """Write `path` via a temp file and a rename: the previous checkpoint survives any failed write.
+
+    torch.save writes through a Python file, so a full disk is an OSError(ENOSPC) (torch's own
+    writer reports it as "unexpected pos"); it becomes OSError(ENOSPC, "no space left on <folder>")
+    after the partial temp file is removed. Other write errors are re-raised as they are."""
+    import errno
+
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower():
+            raise OSError(errno.ENOSPC, f"no space left on {path.parent} (writing checkpoint {path.name})",
+                          str(path)) from None
+        raise
 
 
 def _mask_digest(masking: Masking) -> str:
@@ -175,19 +194,74 @@ def _all_reduce_sums(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-# ----------------------------------------------------------------------------- the loop
-def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
-        on_epoch: EpochCallback | None = None, on_start: Callable[[], None] | None = None,
-        progress: bool = False, threads: int | None = None) -> RunResult:
-    """Train `spec` to the end (or to divergence). Checkpoints into `run_dir` every epoch.
+# ----------------------------------------------------------------------------- sparsity checks
+class SparsityError(ValueError):
+    """The target leaves a layer without a single weight: the network would be cut in two."""
 
-    With `resume=True` the run continues from `run_dir/checkpoint.pt` and first replays
-    the epochs already done through `on_epoch`, so a caller can rewrite them idempotently.
-    `on_start` runs once data, model and masks exist: a caller that records the run there
-    records nothing for a run that fails at set-up (missing data, unknown model).
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+def empty_layers_problem(masking: Masking, final_density: float) -> str | None:
+    """A one-line problem if a layer has (or, under a per-layer schedule, will have) no weights."""
+    for layer in masking.layers:
+        kept = masking.active[layer.name]
+        if masking.cfg.pruning_schedule == "uniform":
+            kept = min(kept, kept_count(masking.layer_target(layer, final_density), layer.weight.numel()))
+        if kept == 0:
+            return (f"density {final_density:g} leaves layer {layer.name} "
+                    f"({layer.weight.numel():,} weights) with no weight at all; raise the density, or keep the "
+                    f"layer dense (sparsity.dense_first_layer / dense_classifier)")
+    return None
+
+
+def overall_density(masking: Masking, model: nn.Module) -> float:
+    """Density over every conv/linear weight, layers kept dense included (counts of the masks)."""
+    everything = sum(layer.weight.numel() for layer in sparsifiable_layers(model))
+    kept_dense = everything - masking.total
+    return (sum(masking.active.values()) + kept_dense) / everything
+
+
+def selected_epoch(rows: list[dict[str, Any]], spec: RunSpec) -> dict[str, Any] | None:
+    """The reference's model selection: the epoch of best validation accuracy (earliest on a tie)
+    among the epochs measured at the target density (from final_prune_epoch on for gradual
+    schedules; every epoch otherwise). None without a validation split."""
+    sp = spec.sparsity
+    first = sp.final_prune_epoch if sp.gradual else 1
+    candidates = [r for r in rows if r["epoch"] >= first and r.get("val_acc") is not None]
+    best = None
+    for r in candidates:
+        if best is None or r["val_acc"] > best["val_acc"]:
+            best = r
+    return best
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class Session:
+    """Everything one training run holds: built once by `setup`, advanced by `train_epoch`."""
+
+    spec: RunSpec
+    device: torch.device
+    rank: int
+    world: int
+    loaders: Any
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    criterion: nn.Module
+    masking: Masking
+    loader_gen: torch.Generator | None
+    epochs_done: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    wall_before: float = 0.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loaders.train)
+
+
+def setup(spec: RunSpec, threads: int | None = None) -> Session:
+    """Data, model, optimizer and masks of a (multiplier-scaled) spec; SparsityError if a layer is empty."""
     if threads:
         torch.set_num_threads(threads)
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -196,7 +270,6 @@ def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
     device = pick_device(spec.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-
     loaders = build_loaders(spec.data, spec.seed, rank=rank, world_size=world)
     info = loaders.info
     steps_per_epoch = len(loaders.train)
@@ -209,104 +282,163 @@ def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
     sample = next(iter(loaders.test))[0][:1].to(device)
     masking = Masking(model, optimizer, spec.sparsity, steps_per_epoch=steps_per_epoch,
                       epochs=spec.optim.epochs, sample_input=sample)
+    problem = empty_layers_problem(masking, spec.sparsity.final_density)
+    if problem:
+        raise SparsityError(f"sparsity.final_density: {problem}")
     optimizer.zero_grad(set_to_none=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(spec, s, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=spec.amp and device.type == "cuda")
     criterion = nn.CrossEntropyLoss(label_smoothing=spec.optim.label_smoothing)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    loader_gen = getattr(loaders.train, "generator", None)
+    return Session(spec, device, rank, world, loaders, model, net, optimizer, scheduler, scaler, criterion,
+                   masking, getattr(loaders.train, "generator", None))
 
-    epochs_done: list[dict[str, Any]] = []
-    start_epoch, wall_before, best = 0, 0.0, 0.0
+
+def restore(s: Session, ckpt_path: Path) -> None:
+    """Continue from an epoch checkpoint: weights, optimizer, masks, schedules, RNG and the rows so far."""
+    if not ckpt_path.is_file():
+        raise ResumeError(f"--resume: no checkpoint at {ckpt_path}")
+    ckpt = torch.load(ckpt_path, map_location=s.device, weights_only=False)
+    s.model.load_state_dict(ckpt["model"])
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    s.scheduler.load_state_dict(ckpt["scheduler"])
+    s.scaler.load_state_dict(ckpt["scaler"])
+    s.masking.load_state_dict(ckpt["masking"])
+    _set_rng_state(ckpt["rng"], s.loader_gen)
+    s.start_epoch, s.wall_before = ckpt["epoch"], ckpt["wall_seconds"]
+    s.epochs_done = list(ckpt["epochs"])
+
+
+def save_checkpoint(s: Session, path: Path, wall_seconds: float) -> None:
+    _save_atomic({
+        "epoch": s.epochs_done[-1]["epoch"], "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
+        "masking": s.masking.state_dict(), "rng": _rng_state(s.loader_gen), "wall_seconds": wall_seconds,
+        "best_test_acc": max(r["test_acc"] for r in s.epochs_done), "epochs": s.epochs_done,
+    }, path)
+
+
+def train_epoch(s: Session, epoch: int, bar: "_Progress | None") -> tuple[float, float, float]:
+    """One pass over the training data; returns (loss sum, correct, samples) over all ranks."""
+    spec, masking, device = s.spec, s.masking, s.device
+    if hasattr(s.loaders.train.sampler, "set_epoch"):
+        s.loaders.train.sampler.set_epoch(epoch)
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in s.loaders.train:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if spec.channels_last and device.type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, spec.amp):
+            out = s.net(x)
+            loss = s.criterion(out, y)
+        if not torch.isfinite(loss):
+            raise _Diverged(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {masking.step_count + 1}")
+        s.optimizer.zero_grad(set_to_none=False)
+        s.scaler.scale(loss).backward()
+        if spec.optim.grad_clip:
+            s.scaler.unscale_(s.optimizer)
+            nn.utils.clip_grad_norm_(s.model.parameters(), spec.optim.grad_clip)
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        if masking.step() is not None:
+            problem = empty_layers_problem(masking, masking.density())
+            if problem:
+                raise SparsityError(f"pruning at step {masking.step_count}: {problem}")
+        s.scheduler.step()
+        loss_value = float(loss.detach())
+        loss_sum += loss_value * y.numel()
+        correct += int((out.detach().argmax(1) == y).sum())
+        count += y.numel()
+        if bar:
+            bar.advance(loss_value, masking.density())
+    return tuple(_all_reduce_sums([loss_sum, correct, count], device))  # type: ignore[return-value]
+
+
+def epoch_row(s: Session, epoch: int, sums: tuple[float, float, float], seconds: float) -> dict[str, Any]:
+    """The epoch's metrics, measured on the masked model (masks are in force after every step)."""
+    loss_sum, correct, count = sums
+    on_rank0 = s.rank == 0
+    test_loss, test_acc, test_acc5 = (evaluate(s.model, s.loaders.test, s.device, s.criterion, s.spec.amp)
+                                      if on_rank0 else (0.0, 0.0, None))
+    if not math.isfinite(test_loss):
+        raise _Diverged(f"test loss became {test_loss} at epoch {epoch + 1}")
+    val_loss = val_acc = None
+    if s.loaders.val is not None and on_rank0:
+        val_loss, val_acc, _ = evaluate(s.model, s.loaders.val, s.device, s.criterion, s.spec.amp)
+    return {
+        "epoch": epoch + 1, "step": s.masking.step_count, "lr": s.optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+        "test_loss": test_loss, "test_acc": test_acc, "density": s.masking.density(),
+        "itop_rate": s.masking.itop_rate(), "seconds": seconds, "test_acc5": test_acc5,
+        "val_loss": val_loss, "val_acc": val_acc, "overall_density": overall_density(s.masking, s.model),
+    }
+
+
+def final_metrics(s: Session, wall_seconds: float, samples: int, elapsed: float) -> dict[str, Any]:
+    rows, m = s.epochs_done, s.masking
+    last = rows[-1] if rows else {}
+    chosen = selected_epoch(rows, s.spec)
+    return {
+        "final_test_acc": last.get("test_acc"),
+        "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
+        "selected_test_acc": chosen["test_acc"] if chosen else None,
+        "final_test_acc5": last.get("test_acc5"),
+        "final_density": m.density(),
+        "overall_density": overall_density(m, s.model),
+        "itop_rate": m.itop_rate(),
+        "train_flops_frac": m.training_flops_fraction(),
+        "inference_flops_frac": m.inference_flops_fraction(),
+        "wall_seconds": wall_seconds,
+        "samples_per_second": samples / elapsed if elapsed > 0 else None,
+    }
+
+
+def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
+        on_epoch: EpochCallback | None = None, on_start: Callable[[], None] | None = None,
+        progress: bool = False, threads: int | None = None) -> RunResult:
+    """Train `spec` to the end (or to divergence). Checkpoints into `run_dir` every epoch.
+
+    With `resume=True` the run continues from `run_dir/checkpoint.pt` and first replays
+    the epochs already done through `on_epoch`, so a caller can rewrite them idempotently.
+    `on_start` runs once data, model and masks exist: a caller that records the run there
+    records nothing for a run that fails at set-up (missing data, unknown model, empty layer).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    s = setup(spec.scaled(), threads)
     ckpt_path = run_dir / CHECKPOINT
     if resume:
-        if not ckpt_path.is_file():
-            raise ResumeError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        masking.load_state_dict(ckpt["masking"])
-        _set_rng_state(ckpt["rng"], loader_gen)
-        start_epoch, wall_before, best = ckpt["epoch"], ckpt["wall_seconds"], ckpt["best_test_acc"]
-        epochs_done = list(ckpt["epochs"])
-    if on_start is not None and rank == 0:
+        restore(s, ckpt_path)
+    if on_start is not None and s.rank == 0:
         on_start()
-    if resume:
-        if on_epoch is not None and rank == 0:
-            seen = 0
-            for row in epochs_done:
-                new = [u for u in masking.history if u["step"] <= row["step"]][seen:]
-                seen += len(new)
-                on_epoch(row, new)
+    if resume and on_epoch is not None and s.rank == 0:
+        seen = 0
+        for row in s.epochs_done:
+            new = [u for u in s.masking.history if u["step"] <= row["step"]][seen:]
+            seen += len(new)
+            on_epoch(row, new)
 
-    bar = _Progress(spec, steps_per_epoch) if progress and rank == 0 else None
+    bar = _Progress(s.spec, s.steps_per_epoch) if progress and s.rank == 0 else None
     started = time.perf_counter()
     status, error, samples = "completed", None, 0
-    history_sent = len(masking.history)
+    history_sent = len(s.masking.history)
     try:
-        for epoch in range(start_epoch, spec.optim.epochs):
+        for epoch in range(s.start_epoch, s.spec.optim.epochs):
             t_epoch = time.perf_counter()
-            if hasattr(loaders.train.sampler, "set_epoch"):
-                loaders.train.sampler.set_epoch(epoch)
-            loss_sum, correct, count = 0.0, 0, 0
-            for x, y in loaders.train:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if spec.channels_last and device.type == "cuda" and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, spec.amp):
-                    out = net(x)
-                    loss = criterion(out, y)
-                if not torch.isfinite(loss):
-                    raise _Diverged(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {masking.step_count + 1}")
-                optimizer.zero_grad(set_to_none=False)
-                scaler.scale(loss).backward()
-                if spec.optim.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), spec.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                masking.step()
-                scheduler.step()
-                loss_value = float(loss.detach())
-                loss_sum += loss_value * y.numel()
-                correct += int((out.detach().argmax(1) == y).sum())
-                count += y.numel()
-                if bar:
-                    bar.advance(loss_value, masking.density())
-            loss_sum, correct, count = _all_reduce_sums([loss_sum, correct, count], device)
-            samples += int(count)
-            test_loss, test_acc, test_acc5 = (evaluate(model, loaders.test, device, criterion, spec.amp)
-                                              if rank == 0 else (0.0, 0.0, None))
-            if not math.isfinite(test_loss):
-                raise _Diverged(f"test loss became {test_loss} at epoch {epoch + 1}")
-            best = max(best, test_acc)
-            row = {
-                "epoch": epoch + 1, "step": masking.step_count, "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
-                "test_loss": test_loss, "test_acc": test_acc, "density": masking.density(),
-                "itop_rate": masking.itop_rate(), "seconds": time.perf_counter() - t_epoch,
-                "test_acc5": test_acc5,
-            }
-            epochs_done.append(row)
-            if rank == 0:
-                _save_atomic({
-                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "masking": masking.state_dict(), "rng": _rng_state(loader_gen),
-                    "wall_seconds": wall_before + time.perf_counter() - started,
-                    "best_test_acc": best, "epochs": epochs_done,
-                }, ckpt_path)
-            new_updates = masking.history[history_sent:]
-            history_sent = len(masking.history)
+            sums = train_epoch(s, epoch, bar)
+            samples += int(sums[2])
+            row = epoch_row(s, epoch, sums, time.perf_counter() - t_epoch)
+            s.epochs_done.append(row)
+            if s.rank == 0:
+                save_checkpoint(s, ckpt_path, s.wall_before + time.perf_counter() - started)
+            new_updates = s.masking.history[history_sent:]
+            history_sent = len(s.masking.history)
             if bar:
                 bar.epoch_done(row)
-            if on_epoch is not None and rank == 0:
+            if on_epoch is not None and s.rank == 0:
                 on_epoch(row, new_updates)
     except _Diverged as e:
         status, error = "diverged", str(e)
@@ -314,21 +446,10 @@ def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
         if bar:
             bar.close()
     elapsed = time.perf_counter() - started
-    last = epochs_done[-1] if epochs_done else {}
-    final = {
-        "final_test_acc": last.get("test_acc"),
-        "best_test_acc": best if epochs_done else None,
-        "final_test_acc5": last.get("test_acc5"),
-        "final_density": masking.density(),
-        "itop_rate": masking.itop_rate(),
-        "train_flops_frac": masking.training_flops_fraction(),
-        "inference_flops_frac": masking.inference_flops_fraction(),
-        "wall_seconds": wall_before + elapsed,
-        "samples_per_second": samples / elapsed if elapsed > 0 else None,
-    }
-    layers = [{"name": s["name"], "shape": str(s["shape"]), "numel": s["numel"], "final_density": s["density"]}
-              for s in masking.layer_stats()]
-    return RunResult(status, final, layers, epochs_done, list(masking.history), error, _mask_digest(masking))
+    final = final_metrics(s, s.wall_before + elapsed, samples, elapsed)
+    layers = [{"name": st["name"], "shape": str(st["shape"]), "numel": st["numel"], "final_density": st["density"]}
+              for st in s.masking.layer_stats()]
+    return RunResult(status, final, layers, s.epochs_done, list(s.masking.history), error, _mask_digest(s.masking))
 
 
 class _Diverged(Exception):
@@ -346,13 +467,17 @@ class _Progress:
         self.progress.start()
         label = f"{spec.sparsity.method} d={spec.sparsity.final_density:g}"
         self.task = self.progress.add_task(label, total=spec.optim.epochs * steps_per_epoch, info="")
-        self.last_acc = ""
+        self.epochs = spec.optim.epochs
+        self.last_info = self.last_acc = ""
 
     def advance(self, loss: float, density: float) -> None:
-        self.progress.update(self.task, advance=1, info=f"loss {loss:.3f} density {density:.3f}{self.last_acc}")
+        self.last_info = f"loss {loss:.3f} density {density:.3f}"
+        self.progress.update(self.task, advance=1, info=self.last_info + self.last_acc)
 
     def epoch_done(self, row: dict[str, Any]) -> None:
-        self.last_acc = f" test acc {row['test_acc']:.4f} (epoch {row['epoch']})"
+        # shown at once, so the bar's last line is the final epoch's accuracy, as a percentage like the summary
+        self.last_acc = f" test acc {100 * row['test_acc']:.2f} % (epoch {row['epoch']}/{self.epochs})"
+        self.progress.update(self.task, info=self.last_info + self.last_acc)
 
     def close(self) -> None:
         self.progress.stop()

@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from granet_cli.spec import DataSpec
 
 from . import cifar, digits, imagenet, synthetic
 from .base import DataError, DatasetInfo
+from .split import labels_of, stratified_split, val_count
 
 _REGISTRY = {
     "digits": digits,
@@ -31,6 +32,7 @@ class Loaders:
     train: DataLoader
     test: DataLoader
     info: DatasetInfo
+    val: DataLoader | None = None  # only with data.val_fraction > 0
 
 
 def _module(spec: DataSpec):
@@ -41,8 +43,15 @@ def _module(spec: DataSpec):
 
 
 def dataset_info(spec: DataSpec) -> DatasetInfo:
-    """Classes, input shape and split sizes without reading cifar/imagenet files."""
-    return _module(spec).info(spec)
+    """Classes, input shape and split sizes without reading cifar/imagenet files
+    (train_size is what is left for training once the validation split is held out)."""
+    info = _module(spec).info(spec)
+    return _without_val(info, spec)
+
+
+def _without_val(info: DatasetInfo, spec: DataSpec) -> DatasetInfo:
+    n_val = val_count(info.train_size, spec.val_fraction)
+    return DatasetInfo(info.name, info.num_classes, info.input_shape, info.train_size - n_val, info.test_size)
 
 
 def build_loaders(spec: DataSpec, seed: int, *, rank: int = 0, world_size: int = 1) -> Loaders:
@@ -53,6 +62,15 @@ def build_loaders(spec: DataSpec, seed: int, *, rank: int = 0, world_size: int =
     train_ds, test_ds = mod.datasets(spec)
     if spec.name == "imagenet":  # the real folder may differ from the nominal ImageNet-1k sizes
         info = DatasetInfo(info.name, len(train_ds.classes), info.input_shape, len(train_ds), len(test_ds))
+    val_ds = None
+    if spec.val_fraction > 0:
+        # validation samples come from the training set but are seen without augmentation
+        train_idx, val_idx = stratified_split(labels_of(train_ds), len(train_ds), spec.val_fraction)
+        plain = mod.train_eval_dataset(spec) if hasattr(mod, "train_eval_dataset") else train_ds
+        train_ds, val_ds = Subset(train_ds, train_idx), Subset(plain, val_idx)
+    info = _without_val(DatasetInfo(info.name, info.num_classes, info.input_shape,
+                                    len(train_ds) + (len(val_ds) if val_ds is not None else 0), info.test_size),
+                        spec)
     gen = torch.Generator().manual_seed(int(seed))
     sampler = None
     if world_size > 1:
@@ -61,7 +79,9 @@ def build_loaders(spec: DataSpec, seed: int, *, rank: int = 0, world_size: int =
     train = DataLoader(train_ds, batch_size=spec.batch_size, shuffle=sampler is None, sampler=sampler,
                        generator=gen, drop_last=False, **common)
     test = DataLoader(test_ds, batch_size=spec.test_batch_size, shuffle=False, drop_last=False, **common)
-    return Loaders(train=train, test=test, info=info)
+    val = (DataLoader(val_ds, batch_size=spec.test_batch_size, shuffle=False, drop_last=False, **common)
+           if val_ds is not None else None)
+    return Loaders(train=train, test=test, info=info, val=val)
 
 
 __all__ = ["DATASET_NAMES", "DataError", "DatasetInfo", "Loaders", "build_loaders", "dataset_info"]

@@ -1,4 +1,5 @@
-"""CIFAR-10/100 from a local `root` in the python pickle format; nothing is downloaded."""
+"""CIFAR-10/100 from a local `root` in the python pickle format; downloaded there (torchvision's own
+download and md5 checks) only with `data.download: true`."""
 
 from __future__ import annotations
 
@@ -35,11 +36,16 @@ def datasets(spec):
     cls, title, folder, _, mean, std = _CIFAR[spec.name]
     if not spec.root:
         raise DataError(f"data.root: {title} needs a local root folder containing {folder}/ (nothing is downloaded)")
+    if getattr(spec, "download", False):
+        from ..fetch import fetch
+
+        fetch(spec.name, spec.root)  # a no-op (after its md5 checks) when the files are there
     path = Path(spec.root).expanduser() / folder
     expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     if not path.is_dir():
         raise DataError(f"data.root: {title} not found at {path}: expected <root>/{folder} "
-                        f"(the python version from the CIFAR site); nothing is downloaded")
+                        f"(the python version from the CIFAR site); nothing is downloaded unless data.download: "
+                        f"true (or: granet data fetch {spec.name} --root {spec.root})")
     missing = [f for f in expected if not (path / f).is_file()]
     if missing:
         raise DataError(f"data.root: {title} at {path} is incomplete, missing {', '.join(missing)}: expected "
@@ -50,3 +56,11 @@ def datasets(spec):
     train = ds_cls(root, train=True, transform=T.Compose(aug + norm), download=False)
     test = ds_cls(root, train=False, transform=T.Compose(norm), download=False)
     return train, test
+
+
+def train_eval_dataset(spec):
+    """The training images with the test transform: what the validation split is seen through."""
+    cls, _title, _folder, _, mean, std = _CIFAR[spec.name]
+    datasets(spec)  # the same checks and one-line errors as the training set
+    return _checked(cls)(str(Path(spec.root).expanduser()), train=True,
+                         transform=T.Compose([T.ToTensor(), T.Normalize(mean, std)]), download=False)

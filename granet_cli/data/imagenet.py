@@ -34,3 +34,11 @@ def datasets(spec):
         raise DataError(f"data.root: ImageNet at {root} is not usable ({str(e).splitlines()[0]}): "
                         f"expected {LAYOUT}") from None
     return train, test
+
+
+def train_eval_dataset(spec):
+    """The training images with the validation transform: what the validation split is seen through."""
+    datasets(spec)  # the same checks and one-line errors as the training set
+    norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
+    return tvd.ImageFolder(str(Path(spec.root).expanduser() / "train"),
+                           T.Compose([T.Resize(256), T.CenterCrop(224)] + norm))
