@@ -25,7 +25,8 @@ import pytest
 from granet_cli import train
 from granet_cli.store import Store
 from granet_cli.sweep import (EPOCH_KEY, FINAL_KEY, UPDATES_KEY, SweepOutcome, TrialOutcome, _Display,
-                              _make_callback, plan_sweep, trial_run_dir)
+                              _make_callback, plan_sweep)
+from granet_cli.sweep_ray import MARKER, experiment_name
 
 from .conftest import ROOT, rows
 
@@ -166,34 +167,44 @@ def test_sweep_2x2_completes_tagged_and_rerun_runs_nothing(tmp_path):
     assert r.returncode == 0 and "0 done, 4 to run" in r.stdout and not fresh.exists()
 
 
-def test_failing_trial_is_recorded_and_the_others_complete(tmp_path):
+def test_failing_trial_is_retried_recorded_and_the_others_complete(tmp_path):
+    """A point whose checkpoint in storage is corrupt fails on every attempt: it is retried
+    (--max-failures 1), recorded failed with its error, and the other points complete."""
     db = tmp_path / "r.duckdb"
-    args = ["--methods", "granet,rigl,gmp", "--densities", "0.1", *SMALL]
-    plan = plan_sweep(None, SMALL_OVERRIDES, methods="granet,rigl,gmp", densities="0.1")
+    args = ["--methods", "granet,rigl", "--densities", "0.1", "--max-failures", "1", *SMALL]
+    plan = plan_sweep(None, SMALL_OVERRIDES, methods="granet,rigl", densities="0.1")
     victim = next(p for p in plan.points if p.method == "rigl")
-    blocker = trial_run_dir(tmp_path / "runs", plan.sweep_id, victim.spec_hash)  # a file where its folder goes
-    blocker.parent.mkdir(parents=True)
-    blocker.write_text("not a folder")
+    # the layout an earlier, killed invocation leaves: <storage>/<experiment>/<trial>/checkpoint_N/
+    bad = tmp_path / "runs" / "ray" / experiment_name(plan) / "rigl_old_trial" / "checkpoint_000000"
+    bad.mkdir(parents=True)
+    (bad / MARKER).write_text(json.dumps({"spec_hash": victim.spec_hash, "run_id": "gone", "epoch": 1, "step": 22}))
+    (bad / train.CHECKPOINT).write_bytes(b"not a torch checkpoint")
 
     r = granet_sweep(tmp_path, *args)
     assert r.returncode == 1, r.stdout + r.stderr
     got = {h: (s, e) for h, s, e in rows(db, "select spec_hash, status, error from runs")}
-    assert got[victim.spec_hash][0] == "failed" and "FileExistsError" in got[victim.spec_hash][1]
+    status, error = got[victim.spec_hash]
+    assert status == "failed" and "UnpicklingError" in error and str(bad) in error, error
+    assert "gave up after 2 attempts (--max-failures 1)" in error, error
+    assert rows(db, "select attempts from runs where spec_hash = ?", victim.spec_hash) == [(2,)]
+    flat = " ".join(r.stdout.split())
+    assert re.search(r"rigl d=0\.1 seed=0: RuntimeError: continuing from checkpoint .*; retrying 1/1", flat), r.stdout
     others = [p.spec_hash for p in plan.points if p is not victim]
     assert all(got[h] == ("completed", None) for h in others)
-    assert "FileExistsError" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
 
-    blocker.unlink()  # fixed: the rerun runs the failed point only
+    shutil.rmtree(bad.parent)  # fixed: the rerun runs the failed point only, from epoch 0
     r = granet_sweep(tmp_path, *args)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert already_done_ran(r.stdout) == (2, 1)
+    assert already_done_ran(r.stdout) == (1, 1)
     statuses = sorted(s for (s,) in rows(db, "select status from runs where spec_hash = ?", victim.spec_hash))
     assert statuses == ["completed", "failed"]
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_only_missing_points(tmp_path):
     db = tmp_path / "r.duckdb"
-    args = ["--methods", "granet,rigl,gmp", "--densities", "0.1,0.2", "--seeds", "0,1",
+    args = ["--methods", "granet,rigl,gmp", "--densities", "0.1,0.2",
             "--set", "optim.epochs=20", "--set", "sparsity.final_prune_epoch=10", "--name", "kill-me"]
     cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", *args, "--db", str(db), "--runs-dir", str(tmp_path / "runs")]
     log = open(tmp_path / "sweep.log", "w")
@@ -207,29 +218,54 @@ def test_killed_sweep_resumes_only_missing_points(tmp_path):
             try:  # the sweep holds the write lock: this reads a snapshot copy
                 with Store(db, read_only=True) as st:
                     completed, running = st.runs(status="completed"), st.runs(status="running")
+                    trained = st.epochs([r["run_id"] for r in running])  # each epoch row comes with a checkpoint
             except Exception:
                 continue
-            if completed and running:
+            if completed and trained:
                 break
         else:
-            pytest.fail("no completed run while others were running: " + (tmp_path / "sweep.log").read_text())
+            pytest.fail("no completed run while others were training: " + (tmp_path / "sweep.log").read_text())
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         log.close()
     done_before = {h for (h,) in rows(db, "select spec_hash from runs where status = 'completed'")}
     left_running = {rid for (rid,) in rows(db, "select run_id from runs where status = 'running'")}
-    assert done_before and left_running and len(done_before) < 12
+    assert done_before and left_running and len(done_before) < 6
 
     r = granet_sweep(tmp_path, *args)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert already_done_ran(r.stdout) == (len(done_before), 12 - len(done_before))
-    assert rows(db, "select count(*), count(distinct spec_hash) from runs where status = 'completed'") == [(12, 12)]
-    marked = dict(rows(db, "select run_id, error from runs where status = 'failed'"))
-    assert set(marked) == left_running and set(marked.values()) == {"interrupted"}
+    assert already_done_ran(r.stdout) == (len(done_before), 6 - len(done_before))
+    assert rows(db, "select count(*), count(distinct spec_hash) from runs where status = 'completed'") == [(6, 6)]
     assert rows(db, "select count(*) from runs where status = 'running'") == [(0,)]
+    # a run that was training when the driver died goes on from its last checkpoint in storage,
+    # as the same run (one more attempt); one that had no checkpoint yet stays interrupted
+    # and its point starts over as a new run
+    flat = " ".join(r.stdout.split())
+    resumed = re.findall(r"(\w+ d=[\d.]+ seed=\d): resuming from epoch (\d+)", flat)
+    assert resumed and all(int(e) >= 1 for _, e in resumed), r.stdout
+    after = {rid: (st, att) for rid, st, att in rows(db, "select run_id, status, attempts from runs")}
+    continued = {rid for rid in left_running if after[rid][0] == "completed"}
+    assert len(continued) == len(resumed) and all(after[rid][1] == 2 for rid in continued), after
+    assert all(after[rid] == ("interrupted", 1) for rid in left_running - continued), after
+    # no row twice, none missing: every completed run has epochs 1..20 once
+    per_run = rows(db, "select r.run_id, count(e.epoch), count(distinct e.epoch), min(e.epoch), max(e.epoch) "
+                       "from runs r join epochs e using (run_id) where r.status = 'completed' group by r.run_id")
+    assert len(per_run) == 6 and all(row[1:] == (20, 20, 1, 20) for row in per_run), per_run
+    # and a continued run ends exactly where an uninterrupted one does, mask updates included
+    plan = plan_sweep(None, ["optim.epochs=20", "sparsity.final_prune_epoch=10"], methods="granet,rigl,gmp",
+                      densities="0.1,0.2", name="kill-me")
+    rid = sorted(continued)[0]
+    (h,) = rows(db, "select spec_hash from runs where run_id = ?", rid)[0]
+    direct = train.run(next(p for p in plan.points if p.spec_hash == h).spec, tmp_path / "direct", threads=1)
+    assert rows(db, "select final_test_acc, final_density, itop_rate from runs where run_id = ?", rid) == \
+        [(direct.final["final_test_acc"], direct.final["final_density"], direct.final["itop_rate"])]
+    assert rows(db, "select step, dropped, grown from mask_updates where run_id = ? order by step", rid) == \
+        [(u["step"], u["dropped"], u["grown"]) for u in direct.mask_updates]
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_sweep_joins_a_separately_started_local_cluster(tmp_path):
     ray_bin = Path(sys.executable).with_name("ray")
     if not ray_bin.exists():

@@ -1,0 +1,633 @@
+"""The Ray Tune backend of `granet sweep`: trials, checkpoints in storage, retries, the driver's db writes.
+
+Each grid point is one Ray Tune trial running the same `train.run` as `granet run`, in a
+node-local temporary folder. After every epoch the trial reports the epoch's row and a Tune
+checkpoint (that folder: the trainer's checkpoint.pt with model, optimizer, masks, sparse-core
+state and RNG, plus a small `granet_checkpoint.json`) through `tune.report`; Tune copies it to
+`RunConfig.storage_path` (local, NFS or a cloud URI) and keeps the last two per trial.
+
+Fault tolerance is Tune's own: `FailureConfig(max_failures)` restarts a trial whose node
+died (or that crashed) on any live node, and the restarted trial continues from
+`tune.get_checkpoint()`. A rerun of an interrupted sweep (driver killed) is a new Tuner: the
+driver finds each unfinished point's latest checkpoint in storage and hands it to the trial,
+which continues from it the same way (see `find_checkpoints`).
+
+Only the driver writes the results db (a `ray.tune.Callback`). A trial that continues from a
+checkpoint first sends the checkpoint's epoch rows and mask updates in one report; the driver
+replaces the run's rows with them (`Store.truncate_after`), so rows are never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .records import record_for, store_final
+from .spec import RunSpec
+from .sweep_plan import (DONE_STATUSES, INTERRUPTED, SweepError, SweepOutcome, SweepPlan, TrialOutcome, _slug, pick,
+                         read_state)
+from .sweep_view import _Display
+
+#: result keys of the trainable's reports (JSON strings, decoded by the driver)
+EPOCH_KEY, UPDATES_KEY, FINAL_KEY = "granet_epoch", "granet_mask_updates", "granet_final"
+#: the rows a checkpoint holds, sent once by a trial that continues from it
+REPLAY_KEY = "granet_replay"
+#: beside checkpoint.pt in every Tune checkpoint: which point, run and epoch it is
+MARKER = "granet_checkpoint.json"
+#: Tune checkpoints kept per trial in storage (the newest ones)
+CHECKPOINTS_KEPT = 2
+
+
+# ----------------------------------------------------------------------------- storage
+def storage_root(storage_path: str | os.PathLike) -> str:
+    """A URI (s3://, gs://, ...) as is; a local or NFS path made absolute (trials run elsewhere)."""
+    text = str(storage_path)
+    return text if "://" in text else str(Path(text).expanduser().resolve())
+
+
+def experiment_name(plan: SweepPlan) -> str:
+    """One Tune experiment folder per sweep under the storage path, the same on every rerun."""
+    return f"{_slug(plan.name)[:40]}-{plan.sweep_id}"
+
+
+def _filesystem(storage: str):
+    import pyarrow.fs as pafs
+
+    if "://" in storage:
+        return pafs.FileSystem.from_uri(storage)
+    return pafs.LocalFileSystem(), storage
+
+
+def find_checkpoints(storage: str, experiment: str) -> dict[str, dict]:
+    """spec_hash -> the newest checkpoint (highest epoch) any earlier trial of this sweep left in
+    storage: {"path": local path or URI, "epoch", "step", "run_id", "spec_hash"}.
+
+    The layout is Tune's: <storage>/<experiment>/<trial>/checkpoint_NNNNNN/, each with our marker."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = _filesystem(storage)
+        base = f"{root.rstrip('/')}/{experiment}"
+        trials = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except (OSError, ValueError):  # pyarrow's errors are OSError subclasses
+        return {}
+    best: dict[str, dict] = {}
+    for trial in trials:
+        if trial.type != pafs.FileType.Directory:
+            continue
+        try:
+            entries = fs.get_file_info(pafs.FileSelector(trial.path, allow_not_found=True))
+        except OSError:
+            continue
+        for ck in entries:
+            if ck.type != pafs.FileType.Directory or not ck.base_name.startswith("checkpoint_"):
+                continue
+            try:
+                with fs.open_input_stream(f"{ck.path}/{MARKER}") as f:
+                    meta = json.loads(f.readall().decode())
+            except (OSError, ValueError):
+                continue  # a checkpoint being written, or not ours
+            if not isinstance(meta, dict) or "spec_hash" not in meta or "epoch" not in meta:
+                continue
+            cur = best.get(meta["spec_hash"])
+            if cur is None or meta["epoch"] > cur["epoch"]:
+                rel = ck.path[len(root.rstrip("/")):].lstrip("/")
+                best[meta["spec_hash"]] = {**meta, "path": f"{storage.rstrip('/')}/{rel}"}
+    return best
+
+
+# ----------------------------------------------------------------------------- the trial
+def _trainable(config: dict) -> None:
+    """One Ray Tune trial: `train.run` of one point in a node-local folder, a Tune checkpoint every epoch."""
+    from ray import tune
+
+    from . import train
+    from .data import DataError
+    from .models import ModelError
+
+    point = config["point"]
+    spec = RunSpec.model_validate_json(point["spec_json"])
+    checkpoint = tune.get_checkpoint()  # set when Tune retries this trial
+    if checkpoint is None and point.get("resume_from"):  # left in storage by an earlier invocation
+        checkpoint = tune.Checkpoint(point["resume_from"])
+    work = Path(tempfile.mkdtemp(prefix="granet-trial-"))
+    try:
+        replay_to = 0
+        if checkpoint is not None:
+            checkpoint.to_directory(str(work))
+            meta = json.loads((work / MARKER).read_text())
+            if meta.get("spec_hash") != point["spec_hash"]:
+                raise RuntimeError(f"checkpoint {checkpoint.path} belongs to spec {meta.get('spec_hash')}, "
+                                   f"not {point['spec_hash']}")
+            replay_to = int(meta["epoch"])
+        replay: dict[str, list] = {"epochs": [], "updates": []}
+
+        def on_epoch(row: dict, updates: list[dict]) -> None:
+            if row["epoch"] <= replay_to:  # rows the checkpoint holds: sent once, together
+                replay["epochs"].append(row)
+                replay["updates"].extend(updates)
+                if row["epoch"] == replay_to:
+                    tune.report({REPLAY_KEY: json.dumps(replay), "epoch": replay_to})
+                return
+            # train.run has just written work/checkpoint.pt for this epoch
+            (work / MARKER).write_text(json.dumps({
+                "spec_hash": point["spec_hash"], "run_id": point["run_id"], "sweep_id": point["sweep_id"],
+                "epoch": row["epoch"], "step": row["step"]}))
+            tune.report({EPOCH_KEY: json.dumps(row), UPDATES_KEY: json.dumps(updates),
+                         "epoch": row["epoch"], "test_acc": row["test_acc"]},
+                        checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+        try:
+            result = train.run(spec, work, resume=replay_to > 0, on_epoch=on_epoch, threads=point["threads"])
+        except Exception as e:
+            set_up = (DataError, ModelError, train.DeviceError)  # not the checkpoint's fault
+            if replay_to and not replay["epochs"] and not isinstance(e, set_up):  # the checkpoint did not load
+                raise RuntimeError(f"continuing from checkpoint {checkpoint.path} failed "
+                                   f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); delete that "
+                                   "checkpoint folder to let the point start over") from e
+            raise
+        tune.report({FINAL_KEY: json.dumps({"status": result.status, "error": result.error,
+                                            "final": result.final, "layers": result.layers}),
+                     "final_test_acc": result.final.get("final_test_acc"), "run_status": result.status})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- errors in words
+def _error_line(trial: Any) -> str:
+    """The last line of the trial's error.txt (`ValueError: ...`), else the error's repr."""
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and Path(path).is_file():
+            lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+            if lines:
+                return lines[-1][:500]
+    except OSError:
+        pass
+    err = trial.get_error() if hasattr(trial, "get_error") else None
+    return f"{type(err).__name__}: {err}"[:500] if err is not None else "trial failed (no error recorded)"
+
+
+def _last_error(trial: Any) -> BaseException | None:
+    """The trial's latest error as an object (Tune pickles Ray's task and actor errors)."""
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        import ray.cloudpickle
+
+        with open(path, "rb") as f:
+            return ray.cloudpickle.load(f)
+    except Exception:
+        return None
+
+
+def _latest_failure(trial: Any) -> str:
+    """The text of the last failure Tune appended to the trial's error.txt."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text(errors="replace") if path and Path(path).is_file() else ""
+    except OSError:
+        return ""
+    return re.split(r"^Failure # \d+.*$", text, flags=re.M)[-1]
+
+
+def failure_reason(trial: Any, t: TrialOutcome) -> str:
+    """One line for a trial's latest failure: a lost node in words, else the error's last line."""
+    from ray.exceptions import RayActorError
+
+    err = _last_error(trial)
+    text = " ".join((str(err) if err is not None else _latest_failure(trial)).split())
+    during = f"during epoch {t.last_epoch + 1}"
+    if isinstance(err, RayActorError) or "The actor died" in text or "ActorDiedError" in text:
+        node = _node_name(text) or t.node_ip or getattr(trial, "node_ip", None) or "?"
+        if getattr(err, "preempted", False):
+            return f"node {node} preempted {during}"
+        if re.search(r"node (has )?died|node .*dead|raylet .*died|node was (terminated|killed)", text, re.I):
+            return f"node {node} lost {during}"
+        return f"the trial's process on node {node} died {during} ({text[:160] or 'no detail'})"
+    where = f" on node {t.node_ip}" if t.node_ip else ""
+    return f"{_error_line(trial)} ({during}{where})"
+
+
+def _node_name(error_text: str) -> str | None:
+    """`127.0.0.1 (da8e80d7)`: the address Ray knows the node by, from the `Node Id:` of an
+    actor error, else the `ip:` the error names."""
+    m = re.search(r"Node Id: ([0-9a-f]{8,})", error_text)
+    if m:
+        try:
+            import ray
+
+            for n in ray.nodes():
+                if n.get("NodeID") == m.group(1):
+                    return f"{n.get('NodeManagerAddress', '?')} ({m.group(1)[:8]})"
+        except Exception:
+            pass
+    m = re.search(r"\bip: (\S+)", error_text)
+    return m.group(1) if m else None
+
+
+#: Ray's own driver-side messages that a lost node triggers, said in words by the sweep instead
+_RAY_NOISE = ("Raylet is terminated", "has been marked dead because the detector")
+
+
+@contextmanager
+def _quiet_ray_errors() -> Iterator[None]:
+    """Ray prints every cluster error message (with raylet log dumps) on the driver; during a
+    sweep a lost node is reported by the sweep itself, and other messages keep their first line."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # pragma: no cover - Ray internals moved: nothing filtered
+        yield
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+
+    def filtered(data, ignore_prefix):
+        if data.get("pid") == "raylet":
+            lines = [ln for ln in data.get("lines", []) if not any(n in ln for n in _RAY_NOISE)]
+            lines = [ln.strip().splitlines()[0][:300] for ln in lines if ln.strip()]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        return original(data, ignore_prefix)
+
+    ray_worker.print_to_stdstream = filtered
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original
+
+
+# ----------------------------------------------------------------------------- Ray
+def _local_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _init_ray(address: str | None) -> bool:
+    """Join `address` / $RAY_ADDRESS, else start a local instance on all CPUs. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:  # "local": never silently join a cluster some earlier `ray start` left running
+            ray.init(address="local", num_cpus=_local_cpus(), include_dashboard=False, **quiet)
+    except Exception as e:  # ConnectionError, RuntimeError, ...
+        msg = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        if not address:
+            raise SweepError(f"could not start a local Ray instance: {msg}") from None
+        raise SweepError(f"could not join the Ray cluster at {address}: {msg} (is it running? a cluster with "
+                         "token authentication also needs RAY_AUTH_MODE=token and its token in $RAY_AUTH_TOKEN "
+                         "or ~/.ray/auth_token)") from None
+    return True
+
+
+def check_feasible(nodes: list[dict], cpus: float, gpus: float) -> None:
+    """SweepError unless one alive node alone has `cpus` CPUs and `gpus` GPUs: a trial never
+    spans nodes, so the cluster total does not count (two 1-CPU nodes cannot run a 2-CPU trial)."""
+    alive = [n for n in nodes if n.get("Alive", n.get("alive", False))]
+    res = [(n.get("NodeManagerAddress", "?"), n.get("Resources") or {}) for n in alive]
+    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for _, r in res):
+        return
+    if not res:
+        raise SweepError("the Ray cluster has no alive node")
+    ip, r = max(res, key=lambda x: (x[1].get("GPU", 0), x[1].get("CPU", 0)) if gpus > 0
+                else (x[1].get("CPU", 0), x[1].get("GPU", 0)))
+    total_cpu = sum(x[1].get("CPU", 0) for x in res)
+    total_gpu = sum(x[1].get("GPU", 0) for x in res)
+    raise SweepError(f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}: no node of the Ray cluster can run one "
+                     f"trial; the largest node ({ip}) has {r.get('CPU', 0):g} CPUs and {r.get('GPU', 0):g} GPUs "
+                     f"({len(res)} node(s), {total_cpu:g} CPUs and {total_gpu:g} GPUs in all; a trial runs on one node)")
+
+
+# ----------------------------------------------------------------------------- the driver's db writes
+def _interrupted_status(store_module) -> str:
+    """'interrupted' where the results db knows that status (schema v2), else 'failed'."""
+    return "interrupted" if "interrupted" in getattr(store_module, "RUN_STATUSES", ()) else "failed"
+
+
+def _start_attempt(store, t: TrialOutcome, sweep_id: str) -> None:
+    """(Re)register the run as running with its attempt count (runs.attempts): the first attempt
+    of this invocation and every Tune retry; a run continued from an earlier invocation adds up."""
+    store.start_run({**record_for(t.point.spec, t.run_id, sweep_id), "attempts": t.prior_attempts + t.attempts})
+
+
+def _make_callback(store, plan: SweepPlan, by_run: dict[str, TrialOutcome], display: _Display,
+                   max_failures: int = 0, outcome: SweepOutcome | None = None):
+    """The driver-side ray.tune.Callback that writes every trial to the results db.
+
+    Its state lives on the instance (never in closures), and is left out when Tune
+    pickles its RunConfig: the db handle and the display stay in this process."""
+    from ray import tune
+
+    class StoreCallback(tune.Callback):
+        def __init__(self, store, plan, by_run, display, max_failures, outcome) -> None:
+            self.store, self.plan, self.by_run, self.display = store, plan, by_run, display
+            self.max_failures, self.outcome = max_failures, outcome
+
+        def __getstate__(self) -> dict:
+            return {}
+
+        def __setstate__(self, state: dict) -> None:
+            self.store = self.plan = self.display = self.outcome = None
+            self.by_run, self.max_failures = {}, 0
+
+        def _outcome(self, trial) -> TrialOutcome | None:
+            return self.by_run.get(trial.config.get("point", {}).get("run_id"))
+
+        def _start(self, t: TrialOutcome) -> None:
+            t.status, t.ran, t.attempts = "running", True, 1
+            _start_attempt(self.store, t, self.plan.sweep_id)
+            self.display.started()
+            if t.resume_from:
+                self.display.note(f"[cyan]>>[/cyan] {t.point.label}: resuming from epoch {t.resume_epoch} "
+                                  f"(its checkpoint in storage)")
+
+        def _fail(self, t: TrialOutcome, error: str) -> None:
+            t.status, t.error = "failed", error
+            self.store.fail_run(t.run_id, "failed", error)
+            self.display.finished(t)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            t = self._outcome(trial)
+            if t is not None and t.status == "pending":
+                self._start(t)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            t = self._outcome(trial)
+            if t is None or t.status != "running":
+                return
+            t.node_ip = result.get("node_ip") or t.node_ip
+            if REPLAY_KEY in result:  # a continued trial: its checkpoint's rows replace the run's rows
+                replay = json.loads(result[REPLAY_KEY])
+                self.store.truncate_after(t.run_id, 0, 0)
+                for row in replay["epochs"]:
+                    self.store.add_epoch(t.run_id, row)
+                self.store.add_mask_updates(t.run_id, replay["updates"])
+                t.last_epoch = replay["epochs"][-1]["epoch"] if replay["epochs"] else 0
+                if t.fresh_attempt:
+                    self.display.note(f"[cyan]>>[/cyan] {t.point.label}: attempt {t.attempts} continues from its "
+                                      f"epoch-{t.last_epoch} checkpoint")
+                t.fresh_attempt = False
+            if EPOCH_KEY in result:
+                row = json.loads(result[EPOCH_KEY])
+                if t.fresh_attempt:  # a retry with no checkpoint to go on from starts over: so do its rows
+                    self.store.truncate_after(t.run_id, 0, 0)
+                    t.fresh_attempt = False
+                self.store.add_epoch(t.run_id, row)
+                updates = json.loads(result.get(UPDATES_KEY) or "[]")
+                if updates:
+                    self.store.add_mask_updates(t.run_id, updates)
+                t.last_epoch = row["epoch"]
+                self.display.epoch(t, row.get("test_acc"))
+            if FINAL_KEY in result:
+                done = json.loads(result[FINAL_KEY])
+                t.final, t.error = done["final"], done.get("error")
+                if done["status"] == "completed":
+                    self.store.finish_run(t.run_id, store_final(t.final), done["layers"])
+                    t.status = "completed"
+                else:
+                    t.status = "diverged" if done["status"] == "diverged" else "failed"
+                    self.store.fail_run(t.run_id, t.status, t.error or t.status, store_final(t.final))
+                self.display.finished(t)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            """Tune retries the trial (FailureConfig): say why in words, count the attempt."""
+            t = self._outcome(trial)
+            if t is None:
+                return
+            if t.status == "pending":
+                self._start(t)
+            reason = failure_reason(trial, t)
+            t.attempts += 1
+            t.fresh_attempt, t.last_epoch = True, 0
+            if self.outcome is not None:
+                self.outcome.retries += 1
+            _start_attempt(self.store, t, self.plan.sweep_id)
+            n = getattr(trial, "num_failures", t.attempts - 1)
+            count = f"{n}/{self.max_failures}" if n else "(a preemption does not count against --max-failures)"
+            self.display.note(f"[yellow]![/yellow] {t.point.label}: {reason}; retrying {count}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            t = self._outcome(trial)
+            if t is not None and t.status == "running":  # returned without its final report
+                self._fail(t, "trial ended without a final result")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            t = self._outcome(trial)
+            if t is None or t.status not in ("pending", "running"):
+                return
+            if t.status == "pending":  # failed before it started: recorded all the same
+                self._start(t)
+            reason = failure_reason(trial, t)
+            if t.attempts > 1:
+                reason += f"; gave up after {t.attempts} attempts (--max-failures {self.max_failures})"
+            self._fail(t, reason)
+
+    return StoreCallback(store, plan, by_run, display, max_failures, outcome)
+
+
+class _Terminated(BaseException):
+    """SIGTERM: unwinds Tuner.fit so the running trials are recorded as interrupted."""
+
+
+# ----------------------------------------------------------------------------- the sweep
+def run_sweep(plan: SweepPlan, db_path: Path, *, runs_dir: Path = Path("runs"), address: str | None = None,
+              storage_path: str | os.PathLike | None = None, max_failures: int | None = None,
+              console=None) -> SweepOutcome:
+    """Run every point of `plan` not done yet as a Ray Tune trial; the driver writes the db.
+
+    Order: read the db (read-only: a name used by another sweep is refused), find checkpoints
+    in storage, start or join Ray, check the resources against the largest node, and only then
+    write anything. Raises SweepError (Ray could not start, resources too small, name taken)
+    and store.StoreError."""
+    from rich.console import Console
+
+    from . import store as store_module
+    from .store import Store
+
+    console = console or Console()
+    started_at = time.perf_counter()
+    grid = plan.grid
+    retries = grid.max_failures if max_failures is None else max_failures
+    storage = storage_root(storage_path if storage_path is not None else Path(runs_dir) / "ray")
+    experiment = experiment_name(plan)
+
+    prior = read_state(db_path, plan)
+    done = {h for h, r in prior.items() if r["status"] in DONE_STATUSES}
+    todo_points = [p for p in plan.points if p.spec_hash not in done]
+    if not todo_points:
+        trials = [_done_outcome(p, prior[p.spec_hash]) for p in plan.points]
+        return SweepOutcome(plan, trials, len(trials), 0, time.perf_counter() - started_at)
+
+    import ray
+    from ray import tune
+
+    ray_started = _init_ray(address)
+    store = None
+    try:
+        resources = ray.cluster_resources()
+        cpus = grid.cpus_per_trial if grid.cpus_per_trial is not None else 1.0
+        gpus = grid.gpus_per_trial if grid.gpus_per_trial is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
+        check_feasible(ray.nodes(), cpus, gpus)
+
+        # from here on things are written
+        store = Store(db_path)
+        stale = _mark_stale(store, store_module, plan)
+        prior = pick(store.runs(sweep=plan.sweep_id))
+        store.add_sweep(plan.sweep_id, plan.name, plan.grid_record())
+        checkpoints = find_checkpoints(storage, experiment)
+        trials: list[TrialOutcome] = []
+        for p in plan.points:
+            row = prior.get(p.spec_hash)
+            if row is not None and row["status"] in DONE_STATUSES:
+                trials.append(_done_outcome(p, row))
+                continue
+            t = TrialOutcome(p, f"{p.spec_hash[:8]}-{uuid.uuid4().hex[:8]}")
+            ck = checkpoints.get(p.spec_hash)
+            if ck is not None:
+                t.resume_from, t.resume_epoch = ck["path"], int(ck["epoch"])
+                earlier = store.run(ck.get("run_id") or "")
+                if earlier is not None and earlier.get("sweep_id") == plan.sweep_id \
+                        and earlier.get("spec_hash") == p.spec_hash:
+                    t.run_id = earlier["run_id"]  # the same run goes on: its rows are replaced, attempts add up
+                    t.prior_attempts = int(earlier.get("attempts") or 1)
+            trials.append(t)
+        todo = [t for t in trials if t.status == "pending"]
+        outcome = SweepOutcome(plan, trials, len(trials) - len(todo), stale, 0.0,
+                               resumed=sum(t.resume_from is not None for t in todo))
+        if not todo:
+            outcome.wall_seconds = time.perf_counter() - started_at
+            return outcome
+
+        joined = address or os.environ.get("RAY_ADDRESS")
+        where = f"cluster at {joined}" if joined else ("local instance" if ray_started else "running instance")
+        console.print(f"ray: {where} ({len([n for n in ray.nodes() if n.get('Alive')])} node(s), "
+                      f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); "
+                      f"{len(todo)} trials to run ({outcome.already_done} already done, {outcome.resumed} resuming "
+                      f"from a checkpoint), {cpus:g} CPU + {gpus:g} GPU each, at most "
+                      f"{grid.max_concurrent or 'as resources allow'} at once, up to {retries} retries each; "
+                      f"checkpoints in {storage}/{experiment}", highlight=False)
+        threads = max(1, int(cpus))
+        by_run = {t.run_id: t for t in todo}
+        space = [{"run_id": t.run_id, "sweep_id": plan.sweep_id, "name": t.point.trial_name,
+                  "spec_hash": t.point.spec_hash, "spec_json": json.dumps(plan.run_spec(t.point).normalised()),
+                  "resume_from": t.resume_from, "threads": threads} for t in todo]
+        best = max((t.final.get("best_test_acc") or 0.0 for t in trials if not t.ran and t.status == "completed"),
+                   default=None)
+
+        # No tracebacks of failed trials from Tune's loggers: each is recorded and summarised.
+        for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+        def on_term(signum, frame):
+            raise _Terminated()
+
+        old_term = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+        display = _Display(console, plan, len(todo), best)
+        try:
+            with _tune_env(), _quiet_ray_errors(), display:
+                tuner = tune.Tuner(
+                    tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus}),
+                    param_space={"point": tune.grid_search(space)},
+                    tune_config=tune.TuneConfig(
+                        max_concurrent_trials=grid.max_concurrent, reuse_actors=True,
+                        trial_name_creator=lambda tr: tr.config["point"]["name"],
+                        trial_dirname_creator=lambda tr: f"{tr.config['point']['name']}_{tr.trial_id}",
+                    ),
+                    run_config=tune.RunConfig(
+                        storage_path=storage, name=experiment, verbose=0,
+                        callbacks=[_make_callback(store, plan, by_run, display, retries, outcome)],
+                        failure_config=tune.FailureConfig(max_failures=retries, fail_fast=False),
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+                    ),
+                )
+                tuner.fit()  # failed trials do not raise: each is recorded by the callback
+        except (_Terminated, KeyboardInterrupt):  # SIGTERM, or a second Ctrl+C while Tune stops
+            outcome.interrupted = True
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
+        status = _interrupted_status(store_module)
+        for t in todo:  # Ctrl+C / SIGTERM: Tune stopped the trials before their end
+            if t.status == "running":
+                t.status, t.error = ("interrupted" if status == "interrupted" else "failed"), INTERRUPTED
+                store.fail_run(t.run_id, status, INTERRUPTED)
+                outcome.interrupted = True
+            elif t.status == "pending":
+                outcome.interrupted = True
+        outcome.wall_seconds = time.perf_counter() - started_at
+        return outcome
+    finally:
+        if store is not None:
+            store.close()
+        if ray_started:
+            ray.shutdown()
+
+
+def _done_outcome(p, row: dict) -> TrialOutcome:
+    final = {k: row.get(k) for k in ("final_test_acc", "best_test_acc", "final_density", "wall_seconds")}
+    return TrialOutcome(p, row["run_id"], row["status"], row.get("error"), final, ran=False)
+
+
+def _mark_stale(store, store_module, plan: SweepPlan) -> int:
+    """'running' rows of this sweep left by a driver that was killed -> interrupted (resumable)."""
+    stale = store.runs(sweep=plan.sweep_id, status="running")
+    status = _interrupted_status(store_module)
+    for r in stale:
+        store.fail_run(r["run_id"], status, INTERRUPTED)
+    return len(stale)
+
+
+#: Tune settings of the driver (a value the user exported wins):
+TUNE_ENV = {
+    # the legacy reporter honours verbose=0: no tables of Tune's own beside ours
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # results buffered in the trial for up to 0.5 s (FIFO scheduling allows it); a report with a
+    # checkpoint (every epoch) is sent at once
+    "TUNE_RESULT_BUFFER_LENGTH": "1000",
+    "TUNE_RESULT_BUFFER_MIN_TIME_S": "0.5",
+    # no per-trial result.json/progress.csv/TensorBoard files: the results db is the record
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
+@contextmanager
+def _tune_env() -> Iterator[None]:
+    before = {k: os.environ.get(k) for k in TUNE_ENV}
+    for k, v in TUNE_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
