@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 _RC = {
     "svg.fonttype": "none",
@@ -49,11 +49,15 @@ class Plot:
     title: str
     svg: str | None = field(repr=False)
     note: str | None = None
+    #: a longer explanation shown under the figure (default: the title)
+    caption: str | None = None
 
 
 def method_color(method: str, order: Sequence[str] = ()) -> str:
     if method in _METHOD_COLORS:
         return _METHOD_COLORS[method]
+    if method.startswith("dense"):  # "dense (baseline)" and dense rows of other configurations
+        return _METHOD_COLORS["dense"]
     extras = [m for m in order if m not in _METHOD_COLORS]
     idx = extras.index(method) if method in extras else sum(map(ord, method))
     return _EXTRA_COLORS[idx % len(_EXTRA_COLORS)]
@@ -74,6 +78,23 @@ def _to_svg(fig: Figure) -> str:
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def zoom_limits(values, *, pad_frac: float = 0.12, min_pad: float = 0.25) -> tuple[float, float] | None:
+    """y-limits that frame ``values`` (means, means ± error bars, reference lines) with a margin:
+    accuracy axes show the range the data spans, not 0-100."""
+    vals = [v for v in values if _finite(v)]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    pad = max((hi - lo) * pad_frac, min_pad)
+    return lo - pad, hi + pad
+
+
+def _zoom(ax, values) -> None:
+    lim = zoom_limits(values)
+    if lim is not None:
+        ax.set_ylim(*lim)
 
 
 def accuracy_vs_density_plot(
@@ -114,6 +135,10 @@ def accuracy_vs_density_plot(
             ax.set_xticks(xs)
             ax.set_xticklabels([f"{x:g}" for x in xs])
             ax.minorticks_off()
+        ys = [p[1] + s * (p[2] if _finite(p[2]) else 0.0) for v in pts.values() for p in v for s in (-1, 1)]
+        if dense is not None and _finite(dense[0]):
+            ys += [dense[0] - (dense[1] if _finite(dense[1]) else 0.0), dense[0] + (dense[1] if _finite(dense[1]) else 0.0)]
+        _zoom(ax, ys)
         ax.set_xlabel("target density")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -130,11 +155,14 @@ def curves_plot(
     key: str = "accuracy_over_epochs",
     empty_note: str = "no per-epoch test accuracy recorded",
     ncols: int = 3,
+    zoom_after: float | None = None,
 ) -> Plot:
     """One subplot per panel (e.g. per target density), one line per method.
 
     ``panels``: panel title -> method -> [(x, mean, std), ...]; a ±std band is
-    drawn where std > 0.
+    drawn where std > 0.  ``zoom_after`` (a fraction of the x range): the y axis frames
+    the points from there on (e.g. 0.25: the first quarter of training, where accuracy
+    is still climbing, is allowed to run off the bottom), so late differences stay visible.
     """
     panels = {p: {m: sorted(v) for m, v in series.items() if v} for p, series in panels.items()}
     panels = {p: s for p, s in panels.items() if s}
@@ -157,9 +185,15 @@ def curves_plot(
                 if any(s > 0 for s in sds):
                     ax.fill_between(xs, [y - s for y, s in zip(ys, sds)], [y + s for y, s in zip(ys, sds)],
                                     color=c, alpha=0.12, lw=0)
+            if zoom_after is not None:
+                xs_all = [p[0] for v in series.values() for p in v]
+                cut = min(xs_all) + zoom_after * (max(xs_all) - min(xs_all))
+                late = [p for v in series.values() for p in v if p[0] >= cut] or [p for v in series.values() for p in v]
+                _zoom(ax, [p[1] + s * (p[2] if _finite(p[2]) else 0.0) for p in late for s in (-1, 1)])
             ax.set_title(ptitle, fontsize=9)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for j in range(n, nrows * ncols):
             axes[j // ncols][j % ncols].set_visible(False)
         handles, labels = {}, []
@@ -175,16 +209,21 @@ def curves_plot(
         return Plot(key, title, _to_svg(fig))
 
 
+_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+
+
 def density_steps_plot(
     series: Mapping[str, Sequence[tuple[str, Sequence[tuple[float, float]]]]],
     *,
-    title: str = "Overall density over training steps",
+    title: str = "Density over training steps",
     key: str = "density_over_steps",
+    ylabel: str = "density",
 ) -> Plot:
-    """Step plot of overall density vs training step.
+    """Step plot of density vs training step.
 
-    ``series``: method -> [(line label, [(step, density), ...]), ...]; each
-    method gets one colour, one legend entry.  Log-y when densities span > 10x.
+    ``series``: method (or table row) -> [(line label, [(step, density), ...]), ...]; each
+    method gets one colour, each of its lines (one per target density) its own line style and
+    legend entry (the line label, e.g. ``granet d=0.1``).  Log-y when densities span > 10x.
     """
     lines = {m: [(lab, sorted(p for p in pts if _finite(p[0]) and _finite(p[1]))) for lab, pts in v]
              for m, v in series.items()}
@@ -193,25 +232,181 @@ def density_steps_plot(
     if not lines:
         return Plot(key, title, None, "no mask updates recorded")
     with matplotlib.rc_context(_RC):
-        fig, axes = _figure()
+        fig, axes = _figure(width=7.6, height=4.2)
         ax = axes[0][0]
         order = list(lines)
         all_d = []
         for m, v in lines.items():
             c = method_color(m, order)
-            for i, (_lab, pts) in enumerate(v):
-                ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color=c, lw=1.2,
-                        alpha=0.9, label=m if i == 0 else None)
+            for i, (lab, pts) in enumerate(v):
+                ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color=c, lw=1.3,
+                        ls=_LINESTYLES[i % len(_LINESTYLES)], alpha=0.9, label=lab)
                 all_d += [p[1] for p in pts]
         pos = [d for d in all_d if d > 0]
         if pos and max(pos) / min(pos) > 10:
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training step")
-        ax.set_ylabel("overall density")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(fontsize=8, frameon=False, loc="best")
+        n = sum(len(v) for v in lines.values())
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7, frameon=False,
+                   ncols=1 if n <= 16 else 2)
         return Plot(key, title, _to_svg(fig))
+
+
+def accuracy_vs_flops_plot(
+    series: Mapping[str, Sequence[Mapping[str, float]]],
+    *,
+    dense: tuple[float, float] | None = None,
+    ylabel: str = "test accuracy (%)",
+    title: str = "Accuracy vs FLOPs",
+    key: str = "accuracy_vs_flops",
+    err_label: str = "95 % CI",
+) -> Plot:
+    """Two panels: accuracy vs training FLOPs and vs inference FLOPs (fractions of dense, log x).
+
+    ``series``: table row -> [{"density", "train", "infer", "mean", "err"}, ...] (one point per
+    target density; ``err`` the error-bar half-width, may be None).  ``dense``: (mean, err) of
+    the dense baseline, drawn at x = 1 and as a dashed reference line."""
+    pts = {m: sorted((p for p in v if _finite(p.get("mean"))), key=lambda p: p["density"]) for m, v in series.items()}
+    pts = {m: v for m, v in pts.items() if any(_finite(p.get("train")) or _finite(p.get("infer")) for p in v)}
+    if not pts:
+        return Plot(key, title, None, "no completed runs with FLOPs and an accuracy to plot")
+    with matplotlib.rc_context(_RC):
+        fig, axes = _figure(1, 2, width=10.5, height=4.0)
+        order = list(pts)
+        ys = []
+        for ax, xkey, xlabel in ((axes[0][0], "train", "training FLOPs (fraction of dense)"),
+                                 (axes[0][1], "infer", "inference FLOPs (fraction of dense)")):
+            xs_all = []
+            for m, v in pts.items():
+                q = sorted((p for p in v if _finite(p.get(xkey)) and p[xkey] > 0), key=lambda p: p[xkey])
+                if not q:
+                    continue
+                errs = [p["err"] if _finite(p.get("err")) else 0.0 for p in q]
+                ax.errorbar([p[xkey] for p in q], [p["mean"] for p in q], yerr=errs, marker="o", ms=4,
+                            capsize=3, lw=1.3, label=m, color=method_color(m, order))
+                for p in q:
+                    ax.annotate(f"d={p['density']:g}", (p[xkey], p["mean"]), textcoords="offset points",
+                                xytext=(4, 4), fontsize=6.5, color=method_color(m, order))
+                xs_all += [p[xkey] for p in q]
+                ys += [p["mean"] + s * e for p, e in zip(q, errs) for s in (-1, 1)]
+            if dense is not None and _finite(dense[0]):
+                mu, err = dense[0], dense[1] if _finite(dense[1]) else 0.0
+                ax.axhline(mu, color="black", ls="--", lw=1, label="dense")
+                ax.errorbar([1.0], [mu], yerr=[err], marker="*", ms=8, color="black", capsize=3, lw=0)
+                xs_all.append(1.0)
+                ys += [mu - err, mu + err]
+            if xs_all:
+                ax.set_xscale("log")
+                lo, hi = min(xs_all), max(xs_all)
+                ax.set_xlim(lo / 1.35, hi * 1.35)
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+                ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _pos: ""))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+        for ax in (axes[0][0], axes[0][1]):
+            _zoom(ax, ys)
+        axes[0][0].legend(fontsize=8, frameon=False, loc="best")
+        fig.suptitle(f"{title} (error bars: {err_label} over seeds)")
+        return Plot(key, title, _to_svg(fig))
+
+
+def mask_updates_plot(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[float, float, float]]]],
+    *,
+    title: str = "Weights dropped and regrown per mask update",
+    key: str = "mask_updates",
+    ncols: int = 3,
+) -> Plot:
+    """One subplot per panel (target density), per table row two lines over training steps:
+    weights dropped (dashed, x) and regrown (solid, o).  ``panels``: title -> row -> [(step, dropped, grown)]."""
+    panels = {t: {m: sorted(v) for m, v in rows.items() if v and any(p[1] or p[2] for p in v)}
+              for t, rows in panels.items()}
+    panels = {t: rows for t, rows in panels.items() if rows}
+    if not panels:
+        return Plot(key, title, None, "no drop-and-grow updates recorded (no method here regrows weights)")
+    n = len(panels)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    with matplotlib.rc_context(_RC):
+        fig, axes = _figure(nrows, ncols, width=min(3.4 * ncols + 0.6, 11), height=2.8 * nrows + 0.6)
+        order = sorted({m for rows in panels.values() for m in rows})
+        for i, (ptitle, rows) in enumerate(panels.items()):
+            ax = axes[i // ncols][i % ncols]
+            for m, v in rows.items():
+                c = method_color(m, order)
+                ax.plot([p[0] for p in v], [p[2] for p in v], color=c, lw=1.3, marker="o", ms=2.5, label=f"{m} grown")
+                ax.plot([p[0] for p in v], [p[1] for p in v], color=c, lw=1.0, ls="--", marker="x", ms=3,
+                        label=f"{m} dropped")
+            ax.set_title(ptitle, fontsize=9)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("weights per update")
+        for j in range(n, nrows * ncols):
+            axes[j // ncols][j % ncols].set_visible(False)
+        _fig_legend(fig, axes)
+        fig.suptitle(title)
+        return Plot(key, title, _to_svg(fig))
+
+
+def layer_density_plot(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[str, float]]]],
+    *,
+    title: str = "Final density per layer",
+    key: str = "layer_density",
+    ncols: int = 3,
+) -> Plot:
+    """One subplot per panel (target density), one line per table row over the sparsified layers
+    (in model order): how each method distributes the weights it keeps (ERK for RigL, what
+    GraNet's global magnitude pruning leaves).  ``panels``: title -> row -> [(layer name, density)]."""
+    panels = {t: {m: list(v) for m, v in rows.items() if v} for t, rows in panels.items()}
+    panels = {t: rows for t, rows in panels.items() if rows}
+    if not panels:
+        return Plot(key, title, None, "no per-layer densities recorded")
+    n = len(panels)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    with matplotlib.rc_context(_RC):
+        fig, axes = _figure(nrows, ncols, width=min(3.6 * ncols + 0.6, 11), height=3.0 * nrows + 0.9)
+        order = sorted({m for rows in panels.values() for m in rows})
+        for i, (ptitle, rows) in enumerate(panels.items()):
+            ax = axes[i // ncols][i % ncols]
+            names: list[str] = []
+            for v in rows.values():
+                for name, _d in v:
+                    if name not in names:
+                        names.append(name)
+            pos = {name: k for k, name in enumerate(names)}
+            for m, v in rows.items():
+                ax.plot([pos[name] for name, _d in v], [d for _n, d in v], marker="o", ms=3, lw=1.2, label=m,
+                        color=method_color(m, order))
+            step = max(1, math.ceil(len(names) / 16))
+            ax.set_xticks(range(0, len(names), step))
+            ax.set_xticklabels([names[k] for k in range(0, len(names), step)], rotation=60, ha="right", fontsize=6)
+            ax.set_ylim(0, min(1.05, max(d for v in rows.values() for _n, d in v) * 1.15 + 0.02))
+            ax.set_title(ptitle, fontsize=9)
+            ax.set_ylabel("layer density")
+        for j in range(n, nrows * ncols):
+            axes[j // ncols][j % ncols].set_visible(False)
+        _fig_legend(fig, axes)
+        fig.suptitle(title)
+        return Plot(key, title, _to_svg(fig))
+
+
+def _fig_legend(fig: Figure, axes) -> None:
+    handles, labels = {}, []
+    for row in axes:
+        for ax in row:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in handles:
+                    handles[lab] = h
+                    labels.append(lab)
+    if labels:
+        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center",
+                   ncols=min(len(labels), 4), fontsize=8, frameon=False)
 
 
 _ID_RE = re.compile(r'\bid="([^"]+)"')
