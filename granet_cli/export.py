@@ -1,0 +1,586 @@
+"""Trained sparse models out of granet: export a run, re-evaluate it, time sparse inference.
+
+`granet export RUN` writes the model of a run's last checkpoint as a plain state_dict of
+tensors (loadable with ``torch.load(path, weights_only=True)``, or as safetensors when that
+package is installed): every masked weight multiplied by its mask, each mask kept as the
+``<module>.weight_mask`` bool tensor the trainer uses, plus a JSON sidecar (``<file>.json``)
+with the run's normalised spec (``runs.spec_json``) and its row of the results db.
+
+`granet eval` rebuilds the model from the sidecar's spec and evaluates it with the trainer's
+own `train.evaluate`; `granet bench-sparse` (or `granet export --bench`) times dense against
+sparse CPU inference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+FORMAT = "granet-export"
+FORMAT_VERSION = 1
+MASK_SUFFIX = ".weight_mask"
+
+
+class ExportError(RuntimeError):
+    """Bad input to export / eval / bench: a one-line message."""
+
+
+# ----------------------------------------------------------------------------- finding a run
+@dataclass
+class RunRef:
+    run_id: str
+    row: dict[str, Any]           # the runs row of the results db
+    run_dir: Path
+    checkpoint: Path
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _open_store(db_path: Path):
+    from .store import Store, StoreError
+
+    try:
+        return Store(db_path, read_only=True)
+    except StoreError as e:
+        raise ExportError(str(e)) from None
+
+
+def _run_by_id(store, ref: str) -> dict[str, Any]:
+    row = store.run(ref)
+    if row is not None:
+        return row
+    matches = [r["run_id"] for r in store._query(
+        "SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id", [ref])]
+    if not matches:
+        raise ExportError(f"{ref}: no such run in results db {store.path} (give a run id, a unique prefix of one, "
+                          f"or a run folder with checkpoint.pt)")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:4]) + (", ..." if len(matches) > 4 else "")
+        raise ExportError(f"{ref}: prefix matches {len(matches)} runs ({shown}); give more of the run id")
+    return store.run(matches[0])
+
+
+#: beside checkpoint.pt in every Ray Tune checkpoint of a sweep trial (sweep_ray.MARKER)
+TUNE_MARKER = "granet_checkpoint.json"
+
+
+def _run_of_dir(store, run_dir: Path) -> dict[str, Any]:
+    """The runs row a checkpoint folder belongs to: run.json of `granet run`, the marker of a sweep
+    trial's Tune checkpoint, else runs/sweeps/<sweep_id>/<spec_hash>/ (the latest run of that point)."""
+    meta = run_dir / "run.json"
+    if not meta.is_file() and (run_dir / TUNE_MARKER).is_file():
+        meta = run_dir / TUNE_MARKER
+    if meta.is_file():
+        try:
+            run_id = json.loads(meta.read_text())["run_id"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ExportError(f"{meta}: unreadable ({_one_line(e, 120)})") from None
+        row = store.run(run_id)
+        if row is None:
+            raise ExportError(f"{run_dir}: its run {run_id} is not in results db {store.path} (use --db)")
+        return row
+    spec_hash, parent = run_dir.name, run_dir.parent
+    if parent.parent.name == "sweeps":
+        sql, params = "sweep_id = ? AND spec_hash = ?", [parent.name, spec_hash]
+    else:
+        sql, params = "sweep_id IS NULL AND spec_hash = ?", [spec_hash]
+    found = store._query(
+        f"SELECT run_id FROM runs WHERE {sql} ORDER BY started_at DESC NULLS LAST, run_id DESC LIMIT 1", params)
+    if not found:
+        raise ExportError(f"{run_dir}: no run of this checkpoint folder in results db {store.path} (use --db)")
+    return store.run(found[0]["run_id"])
+
+
+def _sweep_trial_dir(runs_dir: Path, row: dict[str, Any]) -> Path:
+    """A sweep run's newest checkpoint folder: a Tune checkpoint under <runs-dir>/ray/<name>-<sweep_id>/
+    whose marker names this run (the highest epoch), else the older <runs-dir>/sweeps/<sweep_id>/<spec_hash>/."""
+    best, best_epoch = None, -1
+    for marker in (runs_dir / "ray").glob(f"*{row['sweep_id']}/*/checkpoint_*/{TUNE_MARKER}"):
+        try:
+            meta = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("run_id") == row["run_id"] and int(meta.get("epoch") or 0) > best_epoch:
+            best, best_epoch = marker.parent, int(meta.get("epoch") or 0)
+    return best if best is not None else runs_dir / "sweeps" / row["sweep_id"] / row["spec_hash"]
+
+
+def resolve_run(ref: str, db_path: Path, runs_dir: Path) -> RunRef:
+    """A run id (or unique prefix) from the results db, or a run folder holding checkpoint.pt."""
+    from .train import CHECKPOINT
+
+    path = Path(ref)
+    with _open_store(db_path) as store:
+        if path.is_dir():
+            row = _run_of_dir(store, path)
+            run_dir = path
+        else:
+            row = _run_by_id(store, ref)
+            run_dir = (_sweep_trial_dir(Path(runs_dir), row) if row["sweep_id"]
+                       else Path(runs_dir) / row["spec_hash"])
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.is_file():
+        raise ExportError(f"run {row['run_id']}: no checkpoint at {ckpt} (use --runs-dir for another runs folder)")
+    meta = run_dir / "run.json"
+    if meta.is_file() and not row["sweep_id"]:
+        try:
+            owner = json.loads(meta.read_text()).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner and owner != row["run_id"]:
+            raise ExportError(f"run {row['run_id']}: the checkpoint at {ckpt} now belongs to run {owner} "
+                              f"(the same spec was run again)")
+    return RunRef(row["run_id"], row, run_dir, ckpt)
+
+
+# ----------------------------------------------------------------------------- state dicts
+def checkpoint_state(path: Path) -> tuple[dict[str, Tensor], int | None]:
+    """The model state_dict of a granet training checkpoint, and its epoch."""
+    try:
+        # granet's own checkpoint (it holds RNG states that weights_only refuses)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one line
+        raise ExportError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_one_line(e, 150)})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ExportError(f"{path}: not a granet checkpoint (no model state)")
+    return ckpt["model"], ckpt.get("epoch")
+
+
+def sparse_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """CPU, contiguous copies; every `<m>.weight` with a `<m>.weight_mask` multiplied by the mask."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            continue
+        out[key] = value.detach().to("cpu").clone().contiguous()
+    for key in [k for k in out if k.endswith(MASK_SUFFIX)]:
+        mask = out[key] = out[key].to(torch.bool)
+        wkey = key[: -len(MASK_SUFFIX)] + ".weight"
+        if wkey in out:
+            out[wkey] = (out[wkey] * mask).contiguous()
+    return out
+
+
+def mask_stats(state: dict[str, Tensor]) -> dict[str, dict[str, Any]]:
+    """Per masked weight: shape, numel, active (mask count)."""
+    stats = {}
+    for key, mask in state.items():
+        if key.endswith(MASK_SUFFIX):
+            stats[key[: -len(MASK_SUFFIX)] + ".weight"] = {
+                "shape": list(mask.shape), "numel": mask.numel(), "active": int(mask.sum())}
+    return stats
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def sidecar_for(ref: RunRef, state: dict[str, Tensor], epoch: int | None, weights: Path | None,
+                fmt: str | None) -> dict[str, Any]:
+    from . import __version__
+
+    row = ref.row
+    try:
+        spec = json.loads(row["spec_json"]) if row.get("spec_json") else None
+    except ValueError:
+        spec = None
+    if spec is None:
+        raise ExportError(f"run {ref.run_id}: the results db holds no readable spec for it (runs.spec_json)")
+    stats = mask_stats(state)
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "granet_version": __version__,
+        "run_id": ref.run_id, "sweep_id": row.get("sweep_id"), "spec_hash": row.get("spec_hash"),
+        "status": row.get("status"), "checkpoint_epoch": epoch,
+        "weights": weights.name if weights is not None else None, "weights_format": fmt,
+        "spec": spec,
+        "metrics": {k: _jsonable(v) for k, v in row.items() if k != "spec_json"},
+        "masks": stats,
+        "active_weights": sum(s["active"] for s in stats.values()),
+        "masked_weights": sum(s["numel"] for s in stats.values()),
+    }
+
+
+def safetensors_available() -> bool:
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_run(ref: RunRef, out: Path | None, fmt: str = "pt") -> tuple[Path, Path, dict[str, Any]]:
+    """Write the weights file and its JSON sidecar; returns (weights, sidecar, sidecar dict)."""
+    if fmt not in ("pt", "safetensors"):
+        raise ExportError(f"--format: expected pt or safetensors, got {fmt!r}")
+    if fmt == "safetensors" and not safetensors_available():
+        raise ExportError("--format safetensors needs the safetensors package (pip install safetensors)")
+    raw, epoch = checkpoint_state(ref.checkpoint)
+    state = sparse_state_dict(raw)
+    # --out FILE.pt / FILE.safetensors is the file; any other path is a folder to put <run id>.<fmt> in
+    weights = Path(out) if out is not None else Path(f"{ref.run_id}.{fmt}")
+    if weights.is_dir() or weights.suffix not in (".pt", ".pth", ".safetensors"):
+        weights = weights / f"{ref.run_id}.{fmt}"
+    sidecar_path = weights.with_suffix(".json")
+    if sidecar_path == weights:
+        raise ExportError(f"--out {weights}: the weights file may not end in .json (that name is the sidecar's)")
+    side = sidecar_for(ref, state, epoch, weights, fmt)
+    try:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(weights), metadata={"format": FORMAT, "run_id": ref.run_id})
+        else:
+            torch.save(state, weights)
+        sidecar_path.write_text(json.dumps(side, indent=2, sort_keys=False) + "\n")
+    except OSError as e:
+        raise ExportError(f"--out {weights}: cannot write ({e.strerror or _one_line(e, 120)})") from None
+    return weights, sidecar_path, side
+
+
+# ----------------------------------------------------------------------------- loading
+@dataclass
+class Loaded:
+    state: dict[str, Tensor]
+    sidecar: dict[str, Any]
+    source: str
+
+
+def load_weights(path: Path) -> dict[str, Tensor]:
+    """An exported weights file: safetensors by its suffix, else torch.load(weights_only=True)."""
+    try:
+        if path.suffix == ".safetensors":
+            if not safetensors_available():
+                raise ExportError(f"{path}: reading safetensors needs the safetensors package (pip install safetensors)")
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one line
+        raise ExportError(f"{path}: not a readable model file ({type(e).__name__}: {_one_line(e, 150)})") from None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ExportError(f"{path}: not an exported granet model (expected a state_dict of tensors)")
+    return state
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        side = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path}: unreadable sidecar ({_one_line(e, 150)})") from None
+    if not isinstance(side, dict) or side.get("format") != FORMAT or not isinstance(side.get("spec"), dict):
+        raise ExportError(f"{path}: not a granet export sidecar (no format/spec)")
+    return side
+
+
+def load_any(ref: str, db_path: Path, runs_dir: Path) -> Loaded:
+    """An exported model (weights file or its .json sidecar), a run folder, or a run id/prefix."""
+    path = Path(ref)
+    if path.is_file():
+        if path.suffix == ".json":
+            side = _read_sidecar(path)
+            if not side.get("weights"):
+                raise ExportError(f"{path}: the sidecar names no weights file")
+            weights = path.parent / side["weights"]
+        else:
+            weights, sidecar = path, path.with_suffix(".json")
+            if not sidecar.is_file():
+                raise ExportError(f"{path}: no sidecar {sidecar.name} next to it (granet export writes both)")
+            side = _read_sidecar(sidecar)
+        if not weights.is_file():
+            raise ExportError(f"{weights}: weights file not found")
+        return Loaded(load_weights(weights), side, str(weights))
+    if path.suffix in (".pt", ".safetensors", ".json") and not path.exists():
+        raise ExportError(f"{path}: file not found")
+    run = resolve_run(ref, db_path, runs_dir)
+    raw, epoch = checkpoint_state(run.checkpoint)
+    state = sparse_state_dict(raw)
+    return Loaded(state, sidecar_for(run, state, epoch, None, None), str(run.checkpoint))
+
+
+def run_spec_of(side: dict[str, Any], overrides: list[str] | None = None):
+    """The RunSpec in a sidecar, with `--set` overrides applied."""
+    import copy
+
+    from .spec import SpecError, apply_overrides, build_run_spec
+
+    try:
+        return build_run_spec(apply_overrides(copy.deepcopy(side["spec"]), overrides))
+    except SpecError as e:
+        raise ExportError("\n".join(e.problems)) from None
+
+
+def rebuild_model(spec, state: dict[str, Tensor], num_classes: int, input_shape) -> nn.Module:
+    """The spec's architecture with the weights and masks of `state` loaded (strict)."""
+    from .models import ModelError, build_model
+
+    try:
+        model = build_model(spec.model, num_classes, tuple(input_shape))
+    except ModelError as e:
+        raise ExportError(str(e)) from None
+    for key, mask in state.items():
+        if key.endswith(MASK_SUFFIX):
+            try:
+                module = model.get_submodule(key[: -len(MASK_SUFFIX)])
+            except AttributeError:
+                raise ExportError(f"weights do not fit model {spec.model.name}: no module for {key}") from None
+            module.register_buffer("weight_mask", torch.zeros(mask.shape, dtype=torch.bool))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[0:2]
+        raise ExportError(f"weights do not fit model {spec.model.name} ({_one_line(' '.join(first), 200)})") from None
+    return model.eval()
+
+
+def evaluate_loaded(loaded: Loaded, overrides: list[str] | None = None, device: str | None = None) -> dict[str, Any]:
+    """Rebuild the model and evaluate it on the spec's test set with the trainer's `evaluate`."""
+    from .data import DataError, build_loaders
+    from .train import DeviceError, evaluate, pick_device
+
+    spec = run_spec_of(loaded.sidecar, overrides)
+    try:
+        dev = pick_device(device or spec.device)
+    except DeviceError as e:
+        raise ExportError(str(e)) from None
+    try:
+        loaders = build_loaders(spec.data, spec.seed)
+    except DataError as e:
+        raise ExportError(str(e)) from None
+    model = rebuild_model(spec, loaded.state, loaders.info.num_classes, loaders.info.input_shape).to(dev)
+    criterion = nn.CrossEntropyLoss(label_smoothing=spec.optim.label_smoothing)
+    loss, acc, acc5 = evaluate(model, loaders.test, dev, criterion, spec.amp)
+    return {"test_acc": acc, "test_loss": loss, "test_acc5": acc5, "samples": len(loaders.test.dataset),
+            "dataset": spec.data.name, "device": str(dev), "source": loaded.source,
+            "run_id": loaded.sidecar.get("run_id"),
+            "db_final_test_acc": (loaded.sidecar.get("metrics") or {}).get("final_test_acc")}
+
+
+# ----------------------------------------------------------------------------- sparse inference
+class CSRLinear(nn.Module):
+    """y = x W^T + b with W as a torch sparse CSR tensor (torch.sparse.mm)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = linear.weight.detach().to_sparse_csr()
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        y = torch.sparse.mm(self.weight, flat.t()).t()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+
+class CSRUnfoldConv2d(nn.Module):
+    """Conv2d as im2col (F.unfold) + CSR matmul: torch has no sparse convolution kernel, so this
+    is the most direct way to make an unstructured-sparse conv skip its zeros on CPU."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("grouped / non-zero-padded / 'same'-padded convs are kept dense")
+        self.out_channels = conv.out_channels
+        self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self.padding, self.dilation = conv.padding, conv.dilation
+        self.weight = conv.weight.detach().reshape(conv.out_channels, -1).to_sparse_csr()
+        self.bias = None if conv.bias is None else conv.bias.detach()
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        cols = nn.functional.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, CKK, L)
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
+        flat = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (CKK, N*L)
+        y = torch.sparse.mm(self.weight, flat).reshape(self.out_channels, n, ho * wo).transpose(0, 1)
+        if self.bias is not None:
+            y = y + self.bias[None, :, None]
+        return y.reshape(n, self.out_channels, ho, wo)
+
+
+def _sparse_module(module: nn.Module) -> nn.Module | None:
+    if isinstance(module, nn.Linear):
+        return CSRLinear(module)
+    if isinstance(module, nn.Conv2d):
+        try:
+            return CSRUnfoldConv2d(module)
+        except ValueError:
+            return None
+    return None
+
+
+#: a layer denser than this keeps its dense kernel in the sparse model (CSR cannot pay off there)
+DENSE_ABOVE = 0.5
+
+
+def sparse_copy(model: nn.Module, dense_above: float = DENSE_ABOVE) -> tuple[nn.Module, list[str]]:
+    """A copy of `model` with every masked Linear/Conv2d of density <= `dense_above` replaced by
+    its CSR version."""
+    import copy
+
+    sparse = copy.deepcopy(model)
+    replaced = []
+    for name, module in list(sparse.named_modules()):
+        if not hasattr(module, "weight_mask") or not name:
+            continue
+        if float(module.weight_mask.float().mean()) > dense_above:
+            continue
+        new = _sparse_module(module)
+        if new is None:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(sparse.get_submodule(parent_name) if parent_name else sparse, child, new)
+        replaced.append(name)
+    return sparse.eval(), replaced
+
+
+def _time_ms(fn, repeats: int, warmup: int = 2, budget_s: float = 10.0) -> float:
+    """Median wall time of one call in milliseconds: `repeats` calls after `warmup`, fewer (at least
+    3) when they would take longer than `budget_s` (a slow sparse conv at a large batch)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+@dataclass
+class LayerBench:
+    name: str
+    kind: str
+    shape: list[int]
+    density: float
+    macs: int               # dense multiply-adds per sample
+    dense_ms: float
+    sparse_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.sparse_ms if self.sparse_ms > 0 else float("nan")
+
+
+@dataclass
+class BenchResult:
+    model: str
+    batch_size: int
+    threads: int
+    input_shape: list[int]
+    dense_ms: float
+    sparse_ms: float
+    flops_fraction: float    # active MACs / dense MACs over the masked layers (inference)
+    max_abs_diff: float
+    layers: list[LayerBench] = field(default_factory=list)
+    kept_dense: list[str] = field(default_factory=list)
+    db_inference_flops_frac: float | None = None
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.sparse_ms if self.sparse_ms > 0 else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "layers"}
+        d["speedup"] = self.speedup
+        d["layers"] = [{**layer.__dict__, "speedup": layer.speedup} for layer in self.layers]
+        return d
+
+
+@torch.inference_mode()
+def bench(loaded: Loaded, *, batch_size: int = 64, repeats: int = 20, threads: int | None = None,
+          overrides: list[str] | None = None) -> BenchResult:
+    """Dense vs CSR-sparse CPU inference of an exported model, whole model and per masked layer.
+
+    The dense model runs torch's dense kernels (MKL / oneDNN) on the masked weights; the sparse
+    model replaces every masked Linear by a CSR matmul and every masked Conv2d by unfold + CSR
+    matmul, except layers denser than DENSE_ABOVE (kept dense, as one would deploy them). The
+    input is random (timing does not depend on the values); outputs are compared."""
+    from .data import DataError, dataset_info
+
+    if batch_size < 1 or repeats < 1:
+        raise ExportError("--batch-size and --repeats must be >= 1")
+    spec = run_spec_of(loaded.sidecar, overrides)
+    try:
+        info = dataset_info(spec.data)
+    except DataError as e:
+        raise ExportError(str(e)) from None
+    num_classes = info.num_classes
+    head = [v for k, v in loaded.state.items() if k.endswith(".weight") and v.dim() == 2]
+    if head:  # the classifier's rows are the true class count (ImageNet folders may differ)
+        num_classes = head[-1].shape[0]
+    if threads:
+        torch.set_num_threads(threads)
+    model = rebuild_model(spec, loaded.state, num_classes, info.input_shape)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *info.input_shape, generator=gen)
+
+    inputs: dict[str, Tensor] = {}
+    outputs: dict[str, Tensor] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if hasattr(module, "weight_mask") and name:
+            def hook(mod, args, out, name=name):
+                inputs[name], outputs[name] = args[0].detach(), out.detach()
+            hooks.append(module.register_forward_hook(hook))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        model(x)
+        for h in hooks:
+            h.remove()
+        sparse, replaced = sparse_copy(model)
+        diff = float((model(x) - sparse(x)).abs().max())
+        dense_ms = _time_ms(lambda: model(x), repeats)
+        sparse_ms = _time_ms(lambda: sparse(x), repeats)
+        layers, dense_macs, active_macs = [], 0, 0.0
+        for name, module in model.named_modules():
+            if name not in inputs:
+                continue
+            mask = module.weight_mask
+            density = float(mask.float().mean())
+            positions = outputs[name][0, 0].numel() if isinstance(module, nn.Conv2d) else 1
+            macs = module.weight.numel() * positions
+            dense_macs += macs
+            active_macs += density * macs
+            if name not in replaced:
+                continue
+            smod = sparse.get_submodule(name)
+            inp = inputs[name]
+            layers.append(LayerBench(
+                name=name, kind=type(module).__name__, shape=list(module.weight.shape), density=density,
+                macs=macs, dense_ms=_time_ms(lambda m=module, x=inp: m(x), repeats),
+                sparse_ms=_time_ms(lambda m=smod, x=inp: m(x), repeats)))
+    kept_dense = [n for n in inputs if n not in replaced]  # denser than DENSE_ABOVE, or a grouped conv
+    db_frac = (loaded.sidecar.get("metrics") or {}).get("inference_flops_frac")
+    return BenchResult(model=spec.model.name, batch_size=batch_size, threads=torch.get_num_threads(),
+                       input_shape=list(info.input_shape), dense_ms=dense_ms, sparse_ms=sparse_ms,
+                       flops_fraction=active_macs / dense_macs if dense_macs else 1.0, max_abs_diff=diff,
+                       layers=layers, kept_dense=kept_dense, db_inference_flops_frac=db_frac)
+
+
+CONV_NOTE = ("torch has no sparse convolution kernel for unstructured masks (torch.sparse offers CSR/COO "
+             "matmul; semi-structured 2:4 sparsity needs CUDA and a 2:4 pattern, which GraNet's masks are "
+             "not): sparse convs here are unfold + CSR matmul, against oneDNN's dense conv.")
