@@ -2,37 +2,116 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import os
+import shlex
+import signal
 import sys
 import uuid
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 vendors click as typer._click; older typers use click itself
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 from .records import FINAL_KEYS, record_for, store_final  # noqa: F401 (re-exported)
 from .spec import RunSpec, SpecError, load_run_spec
 
+class _Group(TyperGroup):
+    """Usage errors (an unknown option, a value outside a choice) as one `error:` line, exit 2."""
+
+    @staticmethod
+    def _one_line(e: UsageError) -> NoReturn:
+        hint = f" (see {e.ctx.command_path} -h)" if e.ctx is not None else ""
+        msg = " ".join(e.format_message().replace("Value error, ", "").split())
+        err.print(f"[red]error:[/red] {msg}{hint}", markup=True,
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as e:
+            if isinstance(e, NoArgsIsHelpError):
+                raise
+            self._one_line(e)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            if isinstance(e, NoArgsIsHelpError):
+                raise
+            self._one_line(e)
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Sparse training research: GraNet, RigL, SET, GMP, static and dense, from YAML specs to reports.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console()
 err = Console(stderr=True)
+#: set by `granet --debug`: error lines are followed by the traceback they summarise
+DEBUG = False
 
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a spec field by its dotted path, e.g. --set sparsity.final_density=0.1 (repeatable).")]
 DbOpt = Annotated[Optional[Path], typer.Option(
-    "--db", help="DuckDB results file (default: $GRANET_DB, else results/granet.duckdb).")]
+    "--db", envvar="GRANET_DB", show_envvar=True,
+    help="DuckDB results file (default: results/granet.duckdb).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
+class ReportFormat(StrEnum):
+    md = "md"
+    html = "html"
+    both = "both"
+
+
+class Metric(StrEnum):
+    final_test_acc = "final_test_acc"
+    selected_test_acc = "selected_test_acc"
+    best_test_acc = "best_test_acc"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Bad input: one line per problem on stderr, exit code 2."""
+    """Bad input: one line per problem on stderr, exit code 2 (with --debug: the traceback too)."""
+    if DEBUG and sys.exc_info()[0] is not None:
+        err.print_exception()
     for line in str(message).splitlines() or [""]:
         err.print(f"[red]error:[/red] {line}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"granet {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback behind an error line.")] = False,
+) -> None:
+    """Sparse training research: GraNet, RigL, SET, GMP, static and dense, from YAML specs to reports."""
+    global DEBUG
+    DEBUG = debug
 
 
 def _load(spec_path: Optional[Path], overrides: Optional[list[str]]) -> RunSpec:
@@ -48,15 +127,109 @@ def _db_path(db: Optional[Path]) -> Path:
     return Path(db) if db else Path(default_db_path())
 
 
+# ----------------------------------------------------------------------------- faults and bad input
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    t = " ".join(str(text).split())
+    return t if len(t) <= limit else t[: limit - 3] + "..."
+
+
+def _check_runs_dir(runs_dir: Path, flag: str = "--runs-dir") -> None:
+    """--runs-dir must be (or become) a writable folder: checked before anything is written."""
+    p = Path(runs_dir).expanduser()
+    probe = p
+    while not probe.exists() and probe != probe.parent:  # the nearest folder that exists
+        probe = probe.parent
+    if p.exists() and not p.is_dir():
+        fail(f"{flag} {p}: exists and is not a folder")
+    if not probe.is_dir():
+        fail(f"{flag} {p}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        fail(f"{flag} {p}: {'folder' if probe == p else probe} is not writable")
+
+
+def _os_error_line(e: OSError) -> str:
+    """`no space left on <folder>` and friends: what failed, where, without a traceback."""
+    where = e.filename or ""
+    if e.errno == errno.ENOSPC:
+        return str(e.strerror) if "no space left on" in str(e.strerror) else f"no space left on {where or 'the device'}"
+    return f"{e.strerror or e}{f': {where}' if where else ''}"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run is marked interrupted and can be resumed."""
+
+
+@functools.lru_cache(maxsize=1)
+def _interrupted_status() -> str:
+    """'interrupted' where the store knows it (results db schema v2), else 'failed'."""
+    from . import store
+
+    return "interrupted" if "interrupted" in getattr(store, "RUN_STATUSES", ()) else "failed"
+
+
+def _resume_hint(spec: Path, overrides: Optional[list[str]], db_path: Path, runs_dir: Path, nproc: int,
+                 extra: tuple[str, ...] = ()) -> str:
+    """The complete command that continues this run, ready to paste into a shell."""
+    argv = ["granet", "run", str(spec), *[a for s in overrides or [] for a in ("--set", s)],
+            "--db", str(db_path), "--runs-dir", str(runs_dir), *(["--nproc", str(nproc)] if nproc > 1 else []),
+            *extra, "--resume"]
+    return shlex.join(argv)
+
+
+def _resumable_run_id(run_dir: Path, meta_path: Path, db_path: Path) -> str:
+    """The run --resume continues, checked read-only: a checkpoint, a readable run.json, and a run
+    that is not already completed in the results db."""
+    from .train import CHECKPOINT
+
+    if not (meta_path.is_file() and (run_dir / CHECKPOINT).is_file()):
+        fail(f"--resume: no interrupted run of this spec under {run_dir} (no checkpoint)")
+    try:
+        run_id = json.loads(meta_path.read_text(encoding="utf-8"))["run_id"]
+        if not isinstance(run_id, str) or not run_id.strip():
+            raise ValueError(f"run_id is {run_id!r}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = f"no {e}" if isinstance(e, KeyError) else _one_line(e, 120)
+        fail(f"--resume: {meta_path} is corrupt ({why}); run without --resume to start this spec again")
+    if Path(db_path).exists():
+        from .store import Store, StoreError
+
+        try:
+            with Store(db_path, read_only=True) as st:
+                row = st.run(run_id)
+        except StoreError as e:
+            fail(str(e))
+        if row is not None and row.get("status") == "completed":
+            when = row.get("finished_at")
+            when = f", finished {when:%Y-%m-%d %H:%M:%S} UTC" if when is not None else ""
+            fail(f"--resume: run {run_id} of this spec already completed{when} (results in {db_path}); "
+                 "nothing to resume (run without --resume to train it again)")
+    return run_id
+
+
 # ----------------------------------------------------------------------------- validate / plan
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="YAML run spec.")], set_: SetOpt = None) -> None:
     """Check a spec and print it normalised (method presets filled in). Exit 2 on any problem."""
     import yaml
 
+    from .spec import read_yaml
+
     run_spec = _load(spec, set_)
+    sweep_plan = None
+    try:
+        if "sweep" in read_yaml(spec):  # a sweep file: its grid and every point of it are checked too
+            from .sweep import plan_sweep
+
+            sweep_plan = plan_sweep(spec, set_)
+    except SpecError as e:
+        fail(str(e))
     out.print(yaml.safe_dump(run_spec.normalised(), sort_keys=False).rstrip(), highlight=False)
     out.print(f"# spec_hash: {run_spec.spec_hash()}", style="dim", highlight=False)
+    if sweep_plan is not None:
+        out.print(f"# sweep {sweep_plan.name}: {len(sweep_plan.points)} points valid", style="dim", highlight=False)
 
 
 @app.command()
@@ -107,77 +280,195 @@ def run(
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Data-parallel processes (torch DDP: gloo on CPU, nccl on GPU).")] = 1,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where checkpoints live (one folder per spec hash).")] = Path("runs"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log every epoch (losses, accuracies, density, ITOP rate, lr, mask updates) to TensorBoard under DIR/<run id>/ (needs the tensorboard package).")] = None,
 ) -> None:
     """Train one spec; every epoch lands in the results database, then a summary is printed."""
+    run_spec = _load(spec, set_)
+    if tensorboard is not None:
+        from .trackers import TrackerError, require_tensorboard
+
+        try:
+            require_tensorboard()
+        except TrackerError as e:
+            fail(str(e))
+    _check_runs_dir(runs_dir)  # every check before the first write (db file, runs dir) and before torch loads
+    db_path = _db_path(db)
+    spec_hash = run_spec.spec_hash()
+    run_dir = runs_dir / spec_hash
+    meta_path = run_dir / "run.json"
+    if resume:  # read-only checks: a refused --resume creates and writes nothing
+        run_id = _resumable_run_id(run_dir, meta_path, db_path)
+
     from . import train
     from .data import DataError
     from .distributed import DistributedSetupError
     from .models import ModelError
     from .store import Store, StoreError
 
-    run_spec = _load(spec, set_)
-    db_path = _db_path(db)
     try:
         store = Store(db_path)
+        if hasattr(store, "reap_orphans"):  # a `running` row of this spec whose process is gone -> interrupted
+            store.reap_orphans(spec_hash)
     except StoreError as e:
         fail(str(e))
-    spec_hash = run_spec.spec_hash()
-    run_dir = runs_dir / spec_hash
-    meta_path = run_dir / "run.json"
-    if resume:
-        if not (meta_path.is_file() and (run_dir / train.CHECKPOINT).is_file()):
-            store.close()
-            fail(f"--resume: no interrupted run of this spec under {run_dir} (no checkpoint)")
-        run_id = json.loads(meta_path.read_text())["run_id"]
-    else:
+    if not resume:
         run_id = f"{spec_hash[:8]}-{uuid.uuid4().hex[:8]}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / train.CHECKPOINT).unlink(missing_ok=True)
-        meta_path.write_text(json.dumps({"run_id": run_id, "spec_hash": spec_hash}))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / train.CHECKPOINT).unlink(missing_ok=True)
+            meta_path.write_text(json.dumps({"run_id": run_id, "spec_hash": spec_hash}))
+        except OSError as e:
+            store.close()
+            fail(f"--runs-dir {runs_dir}: {_os_error_line(e)}")
     record = record_for(run_spec, run_id, sweep_id=None)
+    hint = _resume_hint(spec, set_, db_path, runs_dir, nproc,
+                        ("--tensorboard", str(tensorboard)) if tensorboard is not None else ())
     started = False
+    tb = None
+    if tensorboard is not None:
+        from .trackers import TensorBoardLogger, TrackerError
+
+        try:
+            tb = TensorBoardLogger(tensorboard, run_id, {"spec_hash": spec_hash, "method": run_spec.sparsity.method,
+                                                         "final_density": run_spec.sparsity.final_density,
+                                                         "model": run_spec.model.name, "dataset": run_spec.data.name,
+                                                         "seed": run_spec.seed})
+        except TrackerError as e:
+            store.close()
+            fail(str(e))
+
+    # Ctrl-C and SIGTERM stop the run (recorded 'interrupted', resumable), but never in the middle
+    # of a results-db write (DuckDB would abort it as "Query interrupted"): there they wait for its end.
+    stopping = False  # the outcome is being recorded: further signals are ignored
+    in_db_write = False
+    pending: Optional[KeyboardInterrupt] = None
+
+    def on_signal(signum, frame) -> None:
+        nonlocal pending
+        if stopping:
+            return
+        exc = _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if in_db_write:
+            pending = pending or exc
+            return
+        raise exc
+
+    def db_write(write: Callable[[], None]) -> None:
+        nonlocal in_db_write, pending
+        in_db_write = True
+        try:
+            write()
+        finally:
+            in_db_write = False
+        if pending is not None:
+            exc, pending = pending, None
+            raise exc
 
     def on_start() -> None:
-        nonlocal started
-        store.start_run(record)
-        if resume:
-            store.truncate_after(run_id, 0, 0)  # the trainer replays the checkpointed epochs next
-        started = True
+        def write() -> None:
+            nonlocal started
+            store.start_run(record)
+            started = True
+            if resume:
+                store.truncate_after(run_id, 0, 0)  # the trainer replays the checkpointed epochs next
+
+        db_write(write)
 
     def on_epoch(row: dict, updates: list[dict]) -> None:
-        store.add_epoch(run_id, row)
-        if updates:
-            store.add_mask_updates(run_id, updates)
+        def write() -> None:
+            store.add_epoch(run_id, row)
+            if updates:
+                store.add_mask_updates(run_id, updates)
 
+        db_write(write)
+        if tb is not None:
+            tb.log_epoch(row, updates)
+
+    def resumable() -> bool:
+        return (run_dir / train.CHECKPOINT).is_file()
+
+    def record_stop(status: str, error: str, final: dict | None = None) -> str:
+        """Best effort, never raises: the row must not stay `running`. Returns '' or why it could not."""
+        if not started:
+            return ""
+        try:
+            store.fail_run(run_id, status, error, final)
+            return ""
+        except StoreError as e:
+            return f"; the results db could not record it either ({e})"
+
+    def close() -> None:
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - a db that cannot even close: the error line says why
+            pass
+
+    import threading
+
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if nproc > 1:
-            from .distributed import run_distributed
+        try:
+            if nproc > 1:
+                from .distributed import run_distributed
 
-            result = run_distributed(run_spec, run_dir, nproc, resume=resume, on_start=on_start, on_epoch=on_epoch)
-        else:
-            result = train.run(run_spec, run_dir, resume=resume, on_start=on_start, on_epoch=on_epoch,
-                               progress=not quiet)
-    except (DataError, ModelError, train.ResumeError, train.DeviceError, DistributedSetupError) as e:
-        if started:
-            store.fail_run(run_id, "failed", str(e))
-        store.close()
-        fail(str(e))
-    except KeyboardInterrupt:
-        if started:
-            store.fail_run(run_id, "failed", "interrupted (resume with --resume)")
-        store.close()
-        err.print(f"interrupted; continue with: granet run {spec} --resume")
-        raise typer.Exit(130)
-    except Exception as e:  # a crash mid-run: recorded, then shown as one line
-        if started:
-            store.fail_run(run_id, "failed", f"{type(e).__name__}: {e}")
-        store.close()
-        fail(f"run {run_id} failed: {type(e).__name__}: {e}", code=1)
-    if result.status == "completed":
-        store.finish_run(run_id, store_final(result.final), result.layers)
-    else:
-        store.fail_run(run_id, result.status, result.error or result.status, store_final(result.final))
-    store.close()
+                result = run_distributed(run_spec, run_dir, nproc, resume=resume, on_start=on_start, on_epoch=on_epoch)
+            else:
+                result = train.run(run_spec, run_dir, resume=resume, on_start=on_start, on_epoch=on_epoch,
+                                   progress=not quiet)
+        except (DataError, ModelError, train.ResumeError, train.DeviceError, train.SparsityError,
+                DistributedSetupError) as e:
+            stopping = True
+            why = record_stop("failed", str(e))
+            close()
+            fail(f"{e}{why}")
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_Terminated): resumable, like a kill
+            stopping = True
+            term = isinstance(e, _Terminated)
+            what = "terminated (SIGTERM)" if term else "interrupted (Ctrl-C)"
+            status = _interrupted_status()
+            why = record_stop(status, f"{what}; resume with --resume")
+            close()
+            if started:
+                err.print(f"{what}: run {run_id} recorded as {status}{why}", highlight=False, soft_wrap=True)
+            else:
+                err.print(f"{what} before training started; nothing was recorded", highlight=False, soft_wrap=True)
+            if resumable():
+                err.print(f"continue with: {hint}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_SIGTERM if term else EXIT_SIGINT) from None
+        except (StoreError, OSError) as e:  # the results db or the disk failed mid-run (e.g. no space left)
+            stopping = True
+            line = str(e) if isinstance(e, StoreError) else _os_error_line(e)
+            status = _interrupted_status() if resumable() else "failed"
+            why = record_stop(status, line)
+            close()
+            then = f"; fix that, then continue with: {hint}" if resumable() else ""
+            fail(f"run {run_id} stopped: {line} (recorded as {status}){why}{then}", code=EXIT_FAILED)
+        except Exception as e:  # a crash mid-run: recorded, then shown as one line
+            stopping = True
+            why = record_stop("failed", f"{type(e).__name__}: {e}")
+            close()
+            fail(f"run {run_id} failed: {type(e).__name__}: {_one_line(e)}{why}", code=EXIT_FAILED)
+        stopping = True  # from here on the outcome is written; SIGTERM waits for it
+        try:
+            if result.status == "completed":
+                store.finish_run(run_id, store_final(result.final), result.layers)
+            else:
+                store.fail_run(run_id, result.status, result.error or result.status, store_final(result.final))
+        except StoreError as e:
+            why = record_stop(_interrupted_status(), f"final write failed: {e}")
+            close()
+            fail(f"run {run_id} trained to the end ({result.status}) but its final metrics could not be written: "
+                 f"{e}{why}; continue with: {hint}", code=EXIT_FAILED)
+        close()
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        if tb is not None:
+            tb.close()
+    if tb is not None:
+        out.print(f"tensorboard: tensorboard --logdir {tensorboard}", highlight=False)
     print_summary(run_spec, run_id, result, db_path)
     if result.status != "completed":
         raise typer.Exit(1)
@@ -195,9 +486,13 @@ def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
     rows = [
         ("method / target density", f"{spec.sparsity.method} / {spec.sparsity.final_density:g}"),
         ("final test accuracy", pct(f["final_test_acc"])),
-        ("best test accuracy", pct(f["best_test_acc"])),
+        *([("selected test accuracy (best val epoch)", pct(f["selected_test_acc"]))]
+          if f.get("selected_test_acc") is not None else []),
+        ("best test accuracy (optimistic)", pct(f["best_test_acc"])),
         *([("final top-5 accuracy", pct(f["final_test_acc5"]))] if f.get("final_test_acc5") is not None else []),
-        ("final density", f"{f['final_density']:.4f}"),
+        ("final density (sparsified layers)", f"{f['final_density']:.4f}"),
+        *([("overall density (all conv/linear)", f"{f['overall_density']:.4f}")]
+          if f.get("overall_density") is not None else []),
         ("ITOP rate", f"{f['itop_rate']:.4f}"),
         ("training FLOPs (x dense)", f"{f['train_flops_frac']:.4f}"),
         ("inference FLOPs (x dense)", f"{f['inference_flops_frac']:.4f}"),
@@ -217,7 +512,7 @@ def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
 def sweep(
     spec: Annotated[Optional[Path], typer.Argument(
         help="Base run spec; its top-level `sweep:` section may hold the grid (default: experiments/quickstart.yaml).")] = None,
-    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: granet,rigl,gmp); dense = one dense run per seed.")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: granet,rigl,gmp); dense = one dense run per seed. Choices: granet, granet_uniform, rigl (alias dst), set, gmp, gmp_uniform, static, dense.")] = None,
     densities: Annotated[Optional[str], typer.Option("--densities", help="Comma-separated final densities in (0, 1] (default: 0.05,0.1,0.2).")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds (default: 0).")] = None,
     set_: SetOpt = None,
@@ -227,28 +522,39 @@ def sweep(
     max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="At most this many trials at once (default: as resources allow).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Sweep name; the same name resumes the sweep (default: sweep-<hash of spec and grid>).")] = None,
     db: DbOpt = None,
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Trial checkpoints (sweeps/<sweep id>/<spec hash>/) and Ray Tune files (ray/).")] = Path("runs"),
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Parent of the default --storage-path (<runs-dir>/ray).")] = Path("runs"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List every point as done / to run; run and write nothing.")] = False,
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="One more grid axis over any spec field, e.g. --grid optim.lr=0.05,0.1 (repeatable; values are YAML scalars).")] = None,
+    max_failures: Annotated[Optional[int], typer.Option("--max-failures", min=0, help="Retries of a trial whose node died or that crashed, from its last checkpoint (default: 2).")] = None,
+    storage_path: Annotated[Optional[str], typer.Option("--storage-path", help="Where Tune keeps trial checkpoints: a local dir, a shared (NFS) path or a URI like s3://bucket/path; on a cluster every node must reach it (default: <runs-dir>/ray).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress; only the summary at the end.")] = False,
 ) -> None:
-    """Methods x densities x seeds as Ray Tune trials; rerunning the same sweep runs only what is missing."""
+    """Methods x densities x seeds (x --grid fields) as Ray Tune trials; rerunning the same sweep runs only what is missing."""
     from .store import StoreError
     from .sweep import (SweepError, dry_run_table, failures, plan_sweep, point_state, prior_state, run_sweep,
                         summary_line, summary_table)
 
     try:
         plan_ = plan_sweep(spec, set_, methods=methods, densities=densities, seeds=seeds, name=name,
-                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
+                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
+                           grid=grid, max_failures=max_failures)
     except SpecError as e:
         fail(str(e))
     db_path = _db_path(db)
+    if not dry_run:  # before Ray starts or the db is opened: nothing is written for a bad folder
+        if storage_path is None:
+            _check_runs_dir(runs_dir)
+        elif "://" not in str(storage_path):
+            _check_runs_dir(Path(storage_path), "--storage-path")
     try:
         if dry_run:
-            prior = prior_state(db_path, plan_.sweep_id)
+            prior = prior_state(db_path, plan_)
             out.print(dry_run_table(plan_, prior))
             done = sum(point_state(prior.get(p.spec_hash)) != "to run" for p in plan_.points)
             out.print(f"{done} done, {len(plan_.points) - done} to run", highlight=False)
             return
-        result = run_sweep(plan_, db_path, runs_dir=runs_dir, address=address, console=out)
+        result = run_sweep(plan_, db_path, runs_dir=runs_dir, address=address, storage_path=storage_path,
+                           console=Console(quiet=True) if quiet else out)
     except (StoreError, SweepError) as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -264,6 +570,9 @@ def sweep(
         raise typer.Exit(130)
     if result.count("failed"):
         raise typer.Exit(1)
+    if result.trials and all(t.status in ("failed", "diverged") for t in result.trials):
+        err.print("every trial of this sweep failed or diverged", highlight=False)
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- report
@@ -272,17 +581,29 @@ def report(
     db: DbOpt = None,
     sweep: Annotated[Optional[str], typer.Option("--sweep", help="Only this sweep (name or id); default: every completed run.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the report files.")] = Path("reports"),
-    fmt: Annotated[str, typer.Option("--format", help="md, html or both.")] = "both",
-    metric: Annotated[str, typer.Option("--metric", help="final_test_acc or best_test_acc.")] = "final_test_acc",
-    name: Annotated[Optional[str], typer.Option("--name", help="Report file name [default: the sweep's name or granet-report].")] = None,
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="Markdown, HTML or both.")] = ReportFormat.both,
+    metric: Annotated[Metric, typer.Option("--metric", help=(
+        "The accuracy the tables compare: final_test_acc (last epoch), selected_test_acc (test accuracy at "
+        "the epoch of best validation accuracy once the target density is reached: the reference's model "
+        "selection, needs data.val_fraction > 0), best_test_acc (best over epochs: optimistic, it selects "
+        "on the test set)."))] = Metric.final_test_acc,
+    name: Annotated[Optional[str], typer.Option("--name", help="Report file name (default: the sweep's name, else granet-report).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=(
+        "Print the tables (rows, cells with mean, std, 95 % CI, n; GraNet's Welch comparisons; differences to "
+        "dense; published numbers; budget) as one JSON object on stdout for scripts, and write no files."))] = False,
 ) -> None:
-    """Comparison tables (mean +/- std over seeds) and plots from the results database, as Markdown and HTML."""
-    from .report import ReportError, build_report
+    """Comparison tables (mean ± 95 % CI over seeds, Welch's t-tests) and plots from the results database, as Markdown and HTML."""
+    from .report import ReportError, build_report, report_json
 
     if fmt not in ("md", "html", "both"):
         fail(f"--format: expected md, html or both, got {fmt!r}")
-    if metric not in ("final_test_acc", "best_test_acc"):
-        fail(f"--metric: expected final_test_acc or best_test_acc, got {metric!r}")
+    if as_json:
+        try:
+            data = report_json(_db_path(db), sweep=sweep, metric=metric)
+        except ReportError as e:
+            fail(str(e))
+        typer.echo(json.dumps(data, indent=2, allow_nan=False, default=str))
+        return
     try:
         result = build_report(_db_path(db), sweep=sweep, out_dir=out_dir, fmt=fmt, metric=metric, name=name)
     except ReportError as e:
@@ -292,6 +613,321 @@ def report(
     for path in (result.md_path, result.html_path):
         if path is not None:
             out.print(f"wrote {path}", highlight=False)
+
+
+try:  # typer >= 0.20 vendors click as typer._click
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException as _ClickException
+
+
+def _guard(fn):
+    """No traceback ever reaches a user: an error no command anticipated becomes one `error:` line
+    (exit 1; `granet --debug` re-raises it instead), Ctrl-C outside a run exits 130."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, _ClickException):
+            raise
+        except KeyboardInterrupt:
+            if DEBUG:
+                raise
+            err.print("interrupted", highlight=False)
+            raise typer.Exit(EXIT_SIGINT) from None
+        except Exception as e:  # noqa: BLE001 - the promise: one line, never a traceback
+            from .store import StoreError
+
+            if DEBUG:
+                raise
+            if isinstance(e, (SpecError, StoreError)):
+                fail(str(e))
+            if isinstance(e, OSError) and e.strerror:
+                fail(_os_error_line(e), code=EXIT_FAILED)
+            fail(f"internal error: {type(e).__name__}: {_one_line(e)} (`granet --debug ...` shows the traceback)",
+                 code=EXIT_FAILED)
+
+    return guarded
+
+
+for _command in app.registered_commands:  # every command above, whoever added it
+    _command.callback = _guard(_command.callback)
+
+
+# ----------------------------------------------------------------------------- export / eval / bench
+class ExportFormat(StrEnum):
+    pt = "pt"
+    safetensors = "safetensors"
+
+
+class ResultsFormat(StrEnum):
+    csv = "csv"
+    parquet = "parquet"
+    json = "json"
+
+
+class ResultsTable(StrEnum):
+    runs = "runs"
+    epochs = "epochs"
+    layers = "layers"
+    mask_updates = "mask_updates"
+    sweeps = "sweeps"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+RunsDirOpt = Annotated[Path, typer.Option(
+    "--runs-dir", help="Where run checkpoints live: <runs-dir>/<spec hash>/ for granet run, "
+                       "<runs-dir>/ray/ (and sweeps/) for sweep trials.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Inference batch size of the timing.")]
+RepeatsOpt = Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per measurement (the median is shown).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's own choice).")]
+
+
+@app.command("export")
+def export_cmd(
+    run_ref: Annotated[str, typer.Argument(metavar="RUN", help="Run id (or a unique prefix of one) from the results db, or a run folder holding checkpoint.pt.")],
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Weights file (ending .pt or .safetensors), or a folder for <run id>.<format> (default: the current folder). The sidecar is the same name with .json.")] = None,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="pt: torch.load(weights_only=True); safetensors needs the safetensors package.")] = ExportFormat.pt,
+    db: DbOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    bench_: Annotated[bool, typer.Option("--bench", help="Then time dense vs sparse CPU inference of the exported model.")] = False,
+    batch_size: BatchOpt = 64,
+    repeats: RepeatsOpt = 20,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a run's trained sparse model (masks applied and stored) and a JSON sidecar with its spec and metrics."""
+    from .export import ExportError, export_run, load_any, resolve_run
+
+    try:
+        ref = resolve_run(run_ref, _db_path(db), runs_dir)
+        weights, sidecar, side = export_run(ref, out_file, str(fmt))
+    except ExportError as e:
+        fail(str(e))
+    if not quiet:
+        status = "" if side["status"] == "completed" else f" (run status: {side['status']})"
+        out.print(f"run {ref.run_id}{status}: epoch {side['checkpoint_epoch']}, {side['active_weights']:,} of "
+                  f"{side['masked_weights']:,} masked weights active", highlight=False, soft_wrap=True)
+    out.print(f"wrote {weights}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {sidecar}", highlight=False, soft_wrap=True)
+    if bench_:
+        try:
+            _print_bench(load_any(str(weights), _db_path(db), runs_dir), batch_size, repeats, threads, quiet)
+        except ExportError as e:
+            fail(str(e))
+
+
+@app.command("eval")
+def eval_cmd(
+    model_ref: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN", help="An exported model (.pt / .safetensors, or its .json sidecar), a run folder, or a run id / prefix.")],
+    set_: SetOpt = None,
+    db: DbOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    device: Annotated[Optional[Device], typer.Option("--device", help="Where to evaluate (default: the spec's device).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Rebuild the model from its spec and evaluate it on the spec's test set (e.g. --set data.root=/data)."""
+    from .export import ExportError, evaluate_loaded, load_any
+
+    try:
+        res = evaluate_loaded(load_any(model_ref, _db_path(db), runs_dir), set_, str(device) if device else None)
+    except ExportError as e:
+        fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(res) + "\n")
+        return
+    top5 = f", top-5 {100 * res['test_acc5']:.2f} %" if res["test_acc5"] is not None else ""
+    out.print(f"test accuracy {100 * res['test_acc']:.2f} %{top5} (loss {res['test_loss']:.4f}; "
+              f"{res['samples']:,} {res['dataset']} test samples, {res['device']})", highlight=False, soft_wrap=True)
+    db_acc = res["db_final_test_acc"]
+    if db_acc is not None:
+        same = "the same" if abs(db_acc - res["test_acc"]) < 1e-12 else f"differs by {100 * (res['test_acc'] - db_acc):+.2f} points"
+        out.print(f"results db final_test_acc of run {res['run_id']}: {100 * db_acc:.2f} % ({same})", highlight=False, soft_wrap=True)
+
+
+@app.command("bench-sparse")
+def bench_sparse(
+    model_ref: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN", help="An exported model (.pt / .safetensors), a run folder, or a run id / prefix.")],
+    db: DbOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    batch_size: BatchOpt = 64,
+    repeats: RepeatsOpt = 20,
+    threads: ThreadsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Time dense vs sparse (torch CSR) CPU inference, next to the theoretical FLOPs fraction."""
+    from .export import ExportError, bench, load_any
+
+    try:
+        loaded = load_any(model_ref, _db_path(db), runs_dir)
+        if as_json:
+            sys.stdout.write(json.dumps(bench(loaded, batch_size=batch_size, repeats=repeats,
+                                              threads=threads).as_dict()) + "\n")
+            return
+        _print_bench(loaded, batch_size, repeats, threads, quiet)
+    except ExportError as e:
+        fail(str(e))
+
+
+def _print_bench(loaded, batch_size: int, repeats: int, threads: Optional[int], quiet: bool) -> None:
+    from .export import CONV_NOTE, bench
+
+    res = bench(loaded, batch_size=batch_size, repeats=repeats, threads=threads)
+    if not quiet:
+        table = Table(title=f"per layer, batch {res.batch_size}, {res.threads} CPU thread(s), median of up to {repeats} calls")
+        for col in ("layer", "type", "shape", "density", "dense ms", "sparse ms", "speed-up"):
+            table.add_column(col, justify="left" if col in ("layer", "type", "shape") else "right")
+        for lb in res.layers:
+            table.add_row(lb.name, lb.kind, "x".join(map(str, lb.shape)), f"{lb.density:.4f}", f"{lb.dense_ms:.3f}",
+                          f"{lb.sparse_ms:.3f}", f"{lb.speedup:.2f}x")
+        out.print(table)
+    theo = 1 / res.flops_fraction if res.flops_fraction > 0 else float("inf")
+    out.print(f"whole model ({res.model}, batch {res.batch_size}): dense {res.dense_ms:.3f} ms, sparse {res.sparse_ms:.3f} ms "
+              f"-> measured speed-up {res.speedup:.2f}x; theoretical: {res.flops_fraction:.4f} of the dense FLOPs "
+              f"({theo:.1f}x)", highlight=False, soft_wrap=True)
+    slower = [lb.name for lb in res.layers if lb.speedup < 1]
+    if res.speedup < 1:
+        out.print(f"sparse inference is SLOWER than dense here ({1 / res.speedup:.2f}x the time)", highlight=False, soft_wrap=True)
+    if slower:
+        out.print(f"layers where sparse is slower: {', '.join(slower)}", highlight=False, soft_wrap=True)
+    if any(lb.kind == "Conv2d" for lb in res.layers):
+        out.print(CONV_NOTE, highlight=False, soft_wrap=True)
+    if res.kept_dense:
+        out.print(f"kept dense (density > 0.5, or a grouped conv): {', '.join(res.kept_dense)}", highlight=False,
+                  soft_wrap=True)
+    if res.max_abs_diff > 1e-3:
+        out.print(f"[yellow]warning:[/yellow] dense and sparse outputs differ by up to {res.max_abs_diff:.3g}")
+
+
+# ----------------------------------------------------------------------------- results / sql
+@app.command("results")
+def results_cmd(
+    db: DbOpt = None,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Only this sweep's runs (name or id).")] = None,
+    table: Annotated[ResultsTable, typer.Option("--table", help="Which table.")] = ResultsTable.runs,
+    status: Annotated[Optional[str], typer.Option("--status", help="Only runs with this status (e.g. completed).")] = None,
+    fmt: Annotated[ResultsFormat, typer.Option("--format", help="File format (DuckDB's own COPY); json is one array.")] = ResultsFormat.csv,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write (default: standard output; parquet needs a file).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export a results table (runs by default) as CSV, Parquet or JSON, read-only (works while a sweep writes)."""
+    from .results_io import ResultsError, export_table
+
+    try:
+        count, data = export_table(_db_path(db), table=str(table), fmt=str(fmt), out=out_file, sweep=sweep,
+                                   status=status)
+    except ResultsError as e:
+        fail(str(e))
+    if data is not None:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data) if hasattr(sys.stdout, "buffer") else sys.stdout.write(data.decode())
+        sys.stdout.flush()
+    elif not quiet:
+        out.print(f"wrote {count} {table} rows to {out_file} ({fmt})", highlight=False, soft_wrap=True)
+
+
+@app.command("sql")
+def sql_cmd(
+    query: Annotated[str, typer.Argument(help="One SQL statement, e.g. \"select method, avg(final_test_acc) from runs group by all\".")],
+    db: DbOpt = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on standard output instead of a table.")] = False,
+    max_rows: Annotated[int, typer.Option("--max-rows", min=1, help="Rows shown in the table (--csv prints all).")] = 1000,
+) -> None:
+    """Run SQL against the results database, read-only (tables: runs, epochs, layers, mask_updates, sweeps)."""
+    import csv
+
+    from .results_io import ResultsError, format_value, run_sql
+
+    try:
+        res = run_sql(_db_path(db), query)
+    except ResultsError as e:
+        fail(str(e))
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(res.columns)
+        writer.writerows([["" if v is None else v for v in row] for row in res.rows])
+        return
+    table = Table(show_lines=False)
+    for col, typ in zip(res.columns, res.types):
+        numeric = any(t in typ.upper() for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL", "NUMBER"))
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+    for row in res.rows[:max_rows]:
+        table.add_row(*(format_value(v) for v in row))
+    if res.columns:
+        out.print(table)
+    more = f" (showing {max_rows}; --csv prints all)" if len(res.rows) > max_rows else ""
+    out.print(f"{len(res.rows)} row{'s' if len(res.rows) != 1 else ''}{more}", highlight=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- data
+data_app = typer.Typer(help="Datasets: fetch CIFAR-10/100 with torchvision's own download and checksums.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+class FetchDataset(StrEnum):
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    imagenet = "imagenet"
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: Annotated[FetchDataset, typer.Argument(help="cifar10 or cifar100 (imagenet cannot be downloaded: a clear error).")],
+    root: Annotated[Path, typer.Option("--root", help="Folder to download into; use it as data.root.")] = Path("data"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Download and verify (md5) CIFAR-10/100 into ROOT, as torchvision does; nothing happens if already there."""
+    from .data.base import DataError
+    from .fetch import fetch
+
+    try:
+        folder = fetch(str(dataset), root, quiet=quiet)
+    except DataError as e:
+        fail(str(e))
+    out.print(f"{dataset}: verified at {folder}; use --set data.root={root}", highlight=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- db
+db_app = typer.Typer(help="Results databases: merge the files of jobs that each wrote their own --db.",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("merge")
+def db_merge(
+    sources: Annotated[list[Path], typer.Argument(help="granet results files to copy from (only read).")],
+    db: DbOpt = None,
+) -> None:
+    """Copy every run (with epochs, layers, mask updates) and sweep of SOURCES into --db; run ids already
+    there are kept, so merging a file again adds nothing. Every source is checked before anything is written."""
+    from .store import Store, StoreError
+
+    db_path = _db_path(db)
+    try:
+        for src in sources:
+            if src.resolve() == db_path.resolve():
+                fail(f"results db {src}: is the destination --db itself")
+            Store(src, read_only=True).close()
+        with Store(db_path) as st:
+            for src in sources:
+                n = st.merge_from(src)
+                out.print(f"{src}: {n['runs']} run(s) added ({n['epochs']} epochs), {n['skipped']} already in "
+                          f"{db_path}; {n['sweeps']} sweep(s) added", highlight=False, soft_wrap=True)
+    except StoreError as e:
+        fail(str(e))
+
+
+for _command in [*app.registered_commands, *data_app.registered_commands]:  # the commands added after _guard's loop
+    if not hasattr(_command.callback, "__wrapped__"):
+        _command.callback = _guard(_command.callback)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,16 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .sparse.methods import METHODS, PRESETS, canonical_method
 from .sparse.methods import PRESET_FIELDS as CORE_PRESET_FIELDS
-
-SPARSE_INITS = (
-    "ERK", "ER", "uniform", "GMP", "dense",
-    "prune_uniform", "prune_global", "prune_and_grow_uniform", "prune_and_grow_global",
-    "prune_structured", "prune_and_grow_structured",
-)
-#: sparse-init modes that start from a one-shot prune of a dense init
-PRUNE_INITS = tuple(m for m in SPARSE_INITS if m.startswith("prune"))
-#: sparse-init modes that need a gradient of the dense model before the mask exists
-GRADIENT_INITS = tuple(m for m in PRUNE_INITS if "grow" in m)
+from .sparse.rules import GRADIENT_INITS, GROWTH_RULES, PRUNE_INITS, SPARSE_INITS  # noqa: F401  (core's tables)
 
 #: fields a method preset decides: when `sparsity.method` is overridden (by --set or a
 #: sweep grid), the base spec's values of these are dropped so the new preset applies
@@ -41,8 +33,26 @@ class SpecError(ValueError):
         super().__init__("\n".join(problems))
 
 
+#: what torch.manual_seed and the results db's INTEGER seed column both take
+SEED_MAX = 2**31 - 1
+#: models of granet_cli.models (kept here, torch-free, so validation stays cheap;
+#: tests/test_bad_input.py checks it against the registry)
+MODEL_NAMES = ("mlp", "lenet5", "resnet18", "resnet32", "resnet50", "vgg16", "vgg19", "wrn28_10", "wrn16_8",
+               "resnet50_imagenet")
+SWEEP_NAME_MAX = 100
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    # strict: no bool -> number coercion (optim.lr: true), no "0.1" strings; ints still pass as
+    # floats. allow_inf_nan=False: inf/.inf/1e400/nan are refused in every float field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, strict=True, allow_inf_nan=False)
+
+
+def _check_seed(v: int) -> int:
+    if not 0 <= v <= SEED_MAX:
+        raise ValueError(f"must be in [0, {SEED_MAX}] (2**31 - 1), got {v}")
+    return v
 
 
 class ModelSpec(_Strict):
@@ -57,11 +67,26 @@ class DataSpec(_Strict):
     test_batch_size: int = Field(512, gt=0)
     num_workers: int = Field(0, ge=0)
     augment: bool = Field(True, description="the reference's training augmentation (cifar/imagenet)")
+    val_fraction: float = Field(0.0, ge=0, lt=1, description=(
+        "fraction of the training set held out for validation (fixed, stratified by class, the same for "
+        "every run seed); > 0 enables selected_test_acc, the reference's model selection"))
+    download: bool = Field(False, description=(
+        "cifar10/cifar100: download into root with torchvision (md5-checked) when missing; never part of "
+        "the spec hash"))
     # synthetic data only
-    input_shape: list[int] = Field(default_factory=lambda: [3, 32, 32])
+    input_shape: list[int] = Field(default_factory=lambda: [3, 32, 32], min_length=1, max_length=3,
+                                   description="(C, H, W) for conv models; 1 to 3 positive sizes for mlp")
     num_classes: int = Field(10, gt=1)
     train_size: int = Field(512, gt=0)
     test_size: int = Field(256, gt=0)
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive_sizes(cls, v: list[int]) -> list[int]:
+        bad = [d for d in v if d <= 0]
+        if bad:
+            raise ValueError(f"sizes must be positive integers, got {v}")
+        return v
 
 
 class OptimSpec(_Strict):
@@ -78,6 +103,9 @@ class OptimSpec(_Strict):
     warmup_epochs: int = Field(0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
+    multiplier: int = Field(1, ge=1, description=(
+        "the reference's --multiplier: trains epochs x multiplier epochs, with init/final_prune_epoch, "
+        "update_end_epoch and the lr milestones scaled by the same factor"))
 
     @field_validator("milestones")
     @classmethod
@@ -104,7 +132,7 @@ class SparsitySpec(_Strict):
     prune_rate: float = Field(0.5, gt=0, le=1, description="initial drop fraction of drop-and-grow")
     prune_rate_min: float = Field(0.005, ge=0, le=1, description="drop fraction at the end of the cosine decay")
     pruning_rate: float = Field(0.5, gt=0, lt=1, description="one-shot prune fraction of prune_* sparse inits")
-    growth: Literal["gradient", "momentum", "random"] | None = None
+    growth: str | None = Field(None, description="growth rule: a name in sparse.rules.GROWTH_RULES")
     prune: Literal["magnitude", "SET", "threshold"] = "magnitude"
     prune_threshold: float = Field(1e-3, gt=0, description="drop threshold of prune=threshold")
     redistribution: Literal["none", "magnitude", "nonzeros"] = "none"
@@ -128,6 +156,13 @@ class SparsitySpec(_Strict):
                 return known
         raise ValueError(f"unknown sparse_init {v!r}; choose from {', '.join(SPARSE_INITS)}")
 
+    @field_validator("growth")
+    @classmethod
+    def _growth(cls, v: str | None) -> str | None:
+        if v is not None and v not in GROWTH_RULES:
+            raise ValueError(f"unknown growth {v!r}; choose from {', '.join(GROWTH_RULES)}")
+        return v
+
     @field_validator("init_density", "final_density")
     @classmethod
     def _density(cls, v: float | None) -> float | None:
@@ -146,11 +181,16 @@ class RunSpec(_Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     sparsity: SparsitySpec = Field(default_factory=SparsitySpec)
-    seed: int = 0
+    seed: int = Field(0, description=f"0 .. {SEED_MAX} (torch and the results db take 31-bit seeds)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(False, description="mixed precision on CUDA")
     channels_last: bool = Field(False, description="channels_last memory format on CUDA")
     deterministic: bool = Field(True, description="deterministic algorithms (CPU results reproducible)")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        return _check_seed(v)
 
     @model_validator(mode="after")
     def _fill_presets_and_check(self) -> "RunSpec":
@@ -171,7 +211,8 @@ class RunSpec(_Strict):
         problems = []
         if sp.init_density < sp.final_density:
             problems.append(f"sparsity.init_density: must be >= final_density ({sp.final_density}), got {sp.init_density}")
-        if sp.final_prune_epoch > self.optim.epochs:
+        # the prune epochs only matter to methods with a gradual schedule (gmp, granet)
+        if sp.gradual and sp.final_prune_epoch > self.optim.epochs:
             problems.append(f"sparsity.final_prune_epoch: must be <= optim.epochs ({self.optim.epochs}), got {sp.final_prune_epoch}")
         if sp.gradual and sp.init_prune_epoch >= sp.final_prune_epoch:
             problems.append(f"sparsity.init_prune_epoch: must be < final_prune_epoch ({sp.final_prune_epoch}) "
@@ -183,7 +224,16 @@ class RunSpec(_Strict):
             problems.append(f"sparsity.sparse_init: {sp.sparse_init} starts dense but method {sp.method} never prunes "
                             f"to final_density {sp.final_density}")
         if self.data.name in ("cifar10", "cifar100", "imagenet") and not self.data.root:
-            problems.append(f"data.root: dataset {self.data.name} needs a local root folder (nothing is downloaded)")
+            problems.append(f"data.root: dataset {self.data.name} needs a local root folder"
+                            + (" to download into" if self.data.download else " (or data.download: true for cifar)"))
+        if self.data.download and self.data.name == "imagenet":
+            problems.append("data.download: imagenet cannot be downloaded (licence); put it under data.root as "
+                            "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG")
+        if self.model.name not in MODEL_NAMES:
+            problems.append(f"model.name: unknown model {self.model.name!r}; choose from {', '.join(MODEL_NAMES)}")
+        elif self.data.name == "synthetic" and self.model.name != "mlp" and len(self.data.input_shape) != 3:
+            problems.append(f"data.input_shape: model {self.model.name} needs a (C, H, W) input shape, "
+                            f"got {self.data.input_shape}")
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -194,10 +244,42 @@ class RunSpec(_Strict):
 
     def spec_hash(self) -> str:
         """Stable hash of the normalised spec, minus the cosmetic `name`."""
-        data = self.normalised()
-        data.pop("name", None)
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return _hash(self.normalised(), drop=("name",))
+
+    def config_hash(self) -> str:
+        """The experiment a run belongs to: the spec hash without the seed (runs that differ only in
+        their seed are repetitions of one experiment, and a report cell aggregates exactly those)."""
+        return _hash(self.normalised(), drop=("name", "seed"))
+
+    def scaled(self) -> "RunSpec":
+        """The spec the trainer runs: `optim.multiplier` applied (epochs, prune epochs and
+        update_end_epoch multiplied; lr milestones are fractions of training, so they follow)."""
+        k = self.optim.multiplier
+        if k == 1:
+            return self
+        sp = self.sparsity
+        sparsity = sp.model_copy(update={
+            "init_prune_epoch": sp.init_prune_epoch * k,
+            "final_prune_epoch": sp.final_prune_epoch * k if sp.final_prune_epoch is not None else None,
+            "update_end_epoch": sp.update_end_epoch * k if sp.update_end_epoch is not None else None})
+        optim = self.optim.model_copy(update={"epochs": self.optim.epochs * k, "multiplier": 1})
+        return self.model_copy(update={"optim": optim, "sparsity": sparsity})
+
+
+#: fields added after results were recorded: left out of the hashes while at their default, so
+#: older runs keep their spec/config hash (sweeps still recognise them as done)
+HASH_NEUTRAL_DEFAULTS = (("data", "val_fraction", 0.0), ("optim", "multiplier", 1))
+
+
+def _hash(data: dict[str, Any], drop: tuple[str, ...]) -> str:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items() if k not in drop}
+    for section, key, default in HASH_NEUTRAL_DEFAULTS:
+        if isinstance(data.get(section), dict) and data[section].get(key) == default:
+            data[section].pop(key)
+    if isinstance(data.get("data"), dict):  # where the files come from never changes a result
+        data["data"].pop("download", None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
@@ -212,6 +294,12 @@ def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
             msg = "unknown field (check the spelling)"
         elif e["type"] == "literal_error":
             msg = f"{msg}, got {e.get('input')!r}"
+        elif isinstance(e.get("input"), bool) and e["type"] in ("float_type", "int_type"):
+            msg = f"expected a number, not a boolean ({str(e['input']).lower()})"
+        elif e["type"] not in ("value_error", "assertion_error", "missing") and "got" not in msg \
+                and not isinstance(e.get("input"), dict):
+            shown = repr(e.get("input"))
+            msg = f"{msg}, got {shown if len(shown) <= 60 else shown[:57] + '...'}"
         if not path:  # model-level validator: the message already names its fields
             lines.extend(f"{prefix}{line}" for line in msg.splitlines())
         else:
@@ -222,7 +310,7 @@ def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
 def _parse_scalar(text: str) -> Any:
     """`--set` values are YAML scalars: 0.1 -> float, true -> bool, [1,2] -> list."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass
     except yaml.YAMLError:
         return text
 
@@ -263,16 +351,63 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (plain YAML keeps the last one silently)."""
+
+
+class SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys and reads YAML 1.2 floats (`1e-3` is a number,
+    not the string PyYAML's YAML 1.1 makes of it, so strict float fields accept it)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # unhashable key: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise DuplicateKeyError(None, None, f"duplicate key {key!r} (first given on line {first + 1})",
+                                            key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise SpecError([f"{path}: spec file not found"])
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        raw = p.read_bytes()
+    except OSError as e:
+        raise SpecError([f"{path}: cannot read the spec file ({e.strerror or e})"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError([f"{path}: not a text (UTF-8) YAML file (undecodable byte at offset {e.start})"]) from None
+    try:
+        data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass
+    except DuplicateKeyError as e:
+        raise SpecError([f"{path}: line {e.problem_mark.line + 1}: {e.problem}"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
+        if isinstance(e, yaml.reader.ReaderError):
+            where = f" (character {e.character!r} at offset {e.position} is not allowed)"
         raise SpecError([f"{path}: not valid YAML{where}"]) from None
+    if data is None or data == {}:
+        raise SpecError([f"{path}: the spec file is empty (write the fields of the run, e.g. as in "
+                         f"experiments/quickstart.yaml)"])
     if not isinstance(data, dict):
         raise SpecError([f"{path}: a spec is a YAML mapping, got {type(data).__name__}"])
     return data
@@ -326,13 +461,32 @@ class SweepSpec(_Strict):
     cpus_per_trial: float | None = Field(None, gt=0, description="CPUs reserved per trial (torch threads) [default: 1]")
     gpus_per_trial: float | None = Field(None, ge=0, description="GPUs per trial [default: 1 when the cluster has GPUs]")
     max_concurrent: int | None = Field(None, gt=0, description="at most this many trials at once [default: as resources allow]")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description=(
+        "more grid axes: spec field path -> values, e.g. {optim.lr: [0.05, 0.1]} (x methods x densities x seeds)"))
+    max_failures: int = Field(2, ge=0, description="retries of a trial (lost node, crash) from its last checkpoint")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [k for k, values in v.items() if not values]
+        if empty:
+            raise ValueError("\n".join(f"{k}: needs at least one value" for k in empty))
+        return {k.strip(): list(values) for k, values in v.items()}
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
+        if v is None:
+            return v
+        v = v.strip()
+        if not v:
             raise ValueError("must not be empty")
-        return v.strip() if v is not None else v
+        if len(v) > SWEEP_NAME_MAX:
+            raise ValueError(f"at most {SWEEP_NAME_MAX} characters, got {len(v)}")
+        if not _SWEEP_NAME.fullmatch(v):
+            shown = v if len(v) <= 40 else v[:37] + "..."
+            raise ValueError(f"use letters, digits, '.', '_' and '-' (starting with a letter or digit), got {shown!r}")
+        return v
 
     @field_validator("methods")
     @classmethod
@@ -367,6 +521,9 @@ class SweepSpec(_Strict):
     def _seeds(cls, v: list[int]) -> list[int]:
         if not v:
             raise ValueError("needs at least one seed")
+        bad = [s for s in v if not 0 <= s <= SEED_MAX]
+        if bad:
+            raise ValueError("\n".join(f"must be in [0, {SEED_MAX}] (2**31 - 1), got {s}" for s in bad))
         return list(dict.fromkeys(v))
 
 
