@@ -22,6 +22,7 @@ BENCHMARKS = {
     "mask_update": ["--repeats", "1"],
     "memory": ["--steps", "1"],
     "sweep_scaling": ["--quick"],
+    "cli_latency": ["--repeat", "1"],
 }
 
 

@@ -1,0 +1,65 @@
+"""CLI start-up latency: what a user waits for before any work starts.
+
+Targets (issue: fast start): `granet --help` and `granet validate` <= 0.5 s, `granet plan` on the
+quickstart <= 3 s, and `granet run` on the quickstart spends <= 2.5 s outside training (process
+wall time minus the epochs' own seconds as recorded in the results DB). Each command runs
+several times; the median is reported next to its target, measured side by side in one run.
+
+    python benchmarks/cli_latency.py [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
+GRANET = [sys.executable, "-m", "granet_cli.cli"]
+
+
+def timed(args: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(GRANET + args, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def outside_training(tmp: Path, i: int) -> float:
+    """Wall time of a quickstart `granet run` minus the time its epochs report."""
+    db = tmp / f"run{i}.duckdb"
+    wall = timed(["run", str(QUICKSTART), "--db", str(db), "--runs-dir", str(tmp / f"runs{i}"), "-q"])
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        (epoch_seconds,) = con.execute("select sum(seconds) from epochs").fetchone()
+    finally:
+        con.close()
+    return wall - float(epoch_seconds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = {
+            "granet --help": (lambda i: timed(["--help"]), 0.5),
+            "granet validate quickstart": (lambda i: timed(["validate", str(QUICKSTART)]), 0.5),
+            "granet plan quickstart": (lambda i: timed(["plan", str(QUICKSTART)]), 3.0),
+            "granet run quickstart, outside training": (lambda i: outside_training(Path(tmp), i), 2.5),
+        }
+        timed(["--help"])  # warm the file cache once
+        print(f"{'command':42s} {'median s':>9s} {'target s':>9s} {'ratio':>6s}")
+        for name, (fn, target) in cases.items():
+            med = statistics.median(fn(i) for i in range(args.repeat))
+            print(f"{name:42s} {med:9.2f} {target:9.2f} {med / target:6.2f}  {'ok' if med <= target else 'OVER'}")
+
+
+if __name__ == "__main__":
+    main()
