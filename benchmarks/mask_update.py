@@ -39,8 +39,12 @@ from granet_cli.sparse.schedule import cosine_drop_fraction  # noqa: E402
 class ReferenceGraNet:
     """GraNet's reference mask update (Liu et al. 2021, sparselearning/core.py), float32 masks."""
 
-    def __init__(self, named_weights: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor],
-                 optimizer: torch.optim.Optimizer):
+    def __init__(
+        self,
+        named_weights: dict[str, torch.nn.Parameter],
+        masks: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+    ):
         self.weights, self.optimizer = named_weights, optimizer
         self.masks = {name: mask.float() for name, mask in masks.items()}
 
@@ -116,8 +120,13 @@ def granet_event_setup(args, device: torch.device):
     torch.manual_seed(args.seed)
     model = build_resnet50().to(device)
     optimizer = sgd(model)
-    config = SparseConfig(method="granet", init_density=0.5, final_density=0.1,
-                          update_frequency=args.update_frequency, final_prune_epoch=args.final_prune_epoch)
+    config = SparseConfig(
+        method="granet",
+        init_density=0.5,
+        final_density=0.1,
+        update_frequency=args.update_frequency,
+        final_prune_epoch=args.final_prune_epoch,
+    )
     masking = Masking(model, optimizer, config, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs)
     events = masking.schedule.events()
     t = events[min(args.event, len(events) - 2)]
@@ -132,8 +141,8 @@ def granet_event_setup(args, device: torch.device):
     with torch.no_grad():
         for layer in masking.layers:
             n = layer.weight.numel()
-            layer.weight.copy_(values[offset:offset + n].view_as(layer.weight))
-            layer.weight.grad = grads[offset:offset + n].view_as(layer.weight).to(device)
+            layer.weight.copy_(values[offset : offset + n].view_as(layer.weight))
+            layer.weight.grad = grads[offset : offset + n].view_as(layer.weight).to(device)
             optimizer.state[layer.weight]["momentum_buffer"] = torch.randn_like(layer.weight)
             offset += n
     # bring the masks to the previous event's density, as a real run would have them
@@ -198,9 +207,11 @@ def main(argv: list[str] | None = None) -> float:
         return {name: m.bool() for name, m in ref.masks.items()}
 
     print(f"mask_update: one GraNet update on CIFAR ResNet-50, {describe_device(device)}, torch {torch.__version__}")
-    print(f"  step {t}: density {masking.density():.4f} -> {density:.4f} (global prune), "
-          f"then drop-and-grow {rate:.3f} of each layer's active weights; {masking.total:,} weights, "
-          f"{len(masking.layers)} layers")
+    print(
+        f"  step {t}: density {masking.density():.4f} -> {density:.4f} (global prune), "
+        f"then drop-and-grow {rate:.3f} of each layer's active weights; {masking.total:,} weights, "
+        f"{len(masking.layers)} layers"
+    )
     times_ours: list[float] = []
     times_ref: list[float] = []
     mine, theirs = ours(), reference()  # warm-up, and the correctness check

@@ -49,8 +49,9 @@ def make_masking(model, optimizer, x, update_at: int | None = None) -> Masking:
     if update_at is None:
         config = SparseConfig(method="granet", init_density=0.1, final_density=0.1, update_frequency=NEVER)
         return Masking(model, optimizer, config, steps_per_epoch=NEVER, epochs=1, sample_input=x[:1])
-    config = SparseConfig(method="granet", init_density=0.12, final_density=0.1, update_frequency=update_at,
-                          final_prune_epoch=1)
+    config = SparseConfig(
+        method="granet", init_density=0.12, final_density=0.1, update_frequency=update_at, final_prune_epoch=1
+    )
     return Masking(model, optimizer, config, steps_per_epoch=update_at, epochs=2, sample_input=x[:1])
 
 
@@ -83,8 +84,13 @@ def state_per_weight() -> dict[str, float]:
     masks = sum(tensor_bytes(layer.mask) for layer in masking.layers)
     fired = tensor_bytes(masking.fired)
     other = tensor_bytes(vars(masking), skip=("fired", "model", "optimizer", "layers"))
-    return {"weights": n, "masks": masks / n, "fired": fired / n, "other": other / n,
-            "total": (masks + fired + other) / n}
+    return {
+        "weights": n,
+        "masks": masks / n,
+        "fired": fired / n,
+        "other": other / n,
+        "total": (masks + fired + other) / n,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,8 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
         cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--device", device.type]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         peaks[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-    label = {"dense": "dense step", "sparse": "sparse step (granet, density 0.1)",
-             "update": "sparse step + one mask update"}
+    label = {
+        "dense": "dense step",
+        "sparse": "sparse step (granet, density 0.1)",
+        "update": "sparse step + one mask update",
+    }
     print(f"  peak RSS, batch 32, {args.steps} steps, {device.type}, one fresh process each:")
     for mode, peak in peaks.items():
         extra = f"   peak CUDA allocated {peak['peak_cuda'] / MiB:8.1f} MiB" if "peak_cuda" in peak else ""
@@ -121,8 +130,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  peak CUDA allocated sparse/dense = {cuda:.2f}x (with a mask update: {cuda_update:.2f}x)")
     ratio = peaks["sparse"]["peak_rss"] / peaks["dense"]["peak_rss"]
     with_update = peaks["update"]["peak_rss"] / peaks["dense"]["peak_rss"]
-    print(f"memory: mask bytes per weight = {per_weight['masks']:.2f} (target 1); "
-          f"peak RSS sparse/dense = {ratio:.2f}x (with a mask update: {with_update:.2f}x)")
+    print(
+        f"memory: mask bytes per weight = {per_weight['masks']:.2f} (target 1); "
+        f"peak RSS sparse/dense = {ratio:.2f}x (with a mask update: {with_update:.2f}x)"
+    )
     return {"per_weight": per_weight, "peaks": peaks}
 
 

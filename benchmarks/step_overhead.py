@@ -44,6 +44,7 @@ def build_resnet50(num_classes: int = 10) -> torch.nn.Module:
     try:
         from granet_cli.models import build_model
         from granet_cli.spec import ModelSpec
+
         return build_model(ModelSpec(name="resnet50"), num_classes, (3, 32, 32))
     except ImportError:
         path = ROOT / "granet_cli" / "models" / "resnet_cifar.py"
@@ -90,8 +91,9 @@ def describe_device(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> float:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--steps", type=int, default=None,
-                   help="measured steps of each model (default: 10 on CPU, 200 on CUDA)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="measured steps of each model (default: 10 on CPU, 200 on CUDA)"
+    )
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps of each (default: 2 CPU, 20 CUDA)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -126,10 +128,11 @@ def main(argv: list[str] | None = None) -> float:
         sync(device)
         return time.perf_counter() - start
 
-    print(f"step_overhead: CIFAR ResNet-50, batch {args.batch}, {describe_device(device)}, "
-          f"torch {torch.__version__}")
-    print(f"  masking: granet, density {masking.density():.3f} over {masking.total:,} weights "
-          f"in {len(masking.layers)} layers; {warmup} warm-up + {steps} measured steps each, alternating")
+    print(f"step_overhead: CIFAR ResNet-50, batch {args.batch}, {describe_device(device)}, torch {torch.__version__}")
+    print(
+        f"  masking: granet, density {masking.density():.3f} over {masking.total:,} weights "
+        f"in {len(masking.layers)} layers; {warmup} warm-up + {steps} measured steps each, alternating"
+    )
     for _ in range(warmup):
         timed_step(dense, opt_dense)
         timed_step(sparse, opt_sparse, masking)
@@ -149,10 +152,14 @@ def main(argv: list[str] | None = None) -> float:
     paired = statistics.median(s / d for s, d in zip(t_sparse, t_dense))
     ratio = med_sparse / med_dense
     for label, times in (("dense step", t_dense), ("sparse step", t_sparse)):
-        print(f"  {label:16s} median {statistics.median(times) * 1e3:9.2f} ms  "
-              f"(min {min(times) * 1e3:.2f}, max {max(times) * 1e3:.2f})")
-    print(f"  masking.step()   median {med_mask * 1e3:9.2f} ms  alone, synchronised "
-          f"({med_mask / med_dense:.1%} of a dense step)")
+        print(
+            f"  {label:16s} median {statistics.median(times) * 1e3:9.2f} ms  "
+            f"(min {min(times) * 1e3:.2f}, max {max(times) * 1e3:.2f})"
+        )
+    print(
+        f"  masking.step()   median {med_mask * 1e3:9.2f} ms  alone, synchronised "
+        f"({med_mask / med_dense:.1%} of a dense step)"
+    )
     print(f"  median of paired ratios {paired:.3f}")
     print(f"step_overhead: sparse/dense step time = {ratio:.3f}x (target <= 1.05)")
     return ratio

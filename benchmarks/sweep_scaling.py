@@ -33,12 +33,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def timed_sweep(work: Path, max_concurrent: int, epochs: int, batch_size: int) -> tuple[float, str]:
     work.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", str(ROOT / "experiments" / "quickstart.yaml"),
-           "--methods", "granet,rigl,gmp", "--densities", "0.1,0.2", "--seeds", "0",
-           "--set", f"optim.epochs={epochs}", "--set", f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
-           "--set", f"data.batch_size={batch_size}",
-           "--cpus-per-trial", "1", "--max-concurrent", str(max_concurrent),
-           "--name", f"scaling-c{max_concurrent}", "--db", str(work / "results.duckdb"), "--runs-dir", str(work / "runs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "granet_cli.cli",
+        "sweep",
+        str(ROOT / "experiments" / "quickstart.yaml"),
+        "--methods",
+        "granet,rigl,gmp",
+        "--densities",
+        "0.1,0.2",
+        "--seeds",
+        "0",
+        "--set",
+        f"optim.epochs={epochs}",
+        "--set",
+        f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
+        "--set",
+        f"data.batch_size={batch_size}",
+        "--cpus-per-trial",
+        "1",
+        "--max-concurrent",
+        str(max_concurrent),
+        "--name",
+        f"scaling-c{max_concurrent}",
+        "--db",
+        str(work / "results.duckdb"),
+        "--runs-dir",
+        str(work / "runs"),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
     wall = time.perf_counter() - t0
@@ -61,12 +84,26 @@ def bare_ceiling(work: Path, epochs: int, batch_size: int) -> tuple[float, list[
     """The same training without Ray: one process alone, then two at once (1 thread each).
 
     2 x alone / together is the most any 2-way parallelism can give on this machine."""
-    sets = [f"optim.epochs={epochs}", f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
-            f"data.batch_size={batch_size}"]
+    sets = [
+        f"optim.epochs={epochs}",
+        f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
+        f"data.batch_size={batch_size}",
+    ]
 
     def start(tag: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", BARE, str(ROOT / "experiments" / "quickstart.yaml"),
-                                 str(work / f"bare-{tag}"), *sets], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                BARE,
+                str(ROOT / "experiments" / "quickstart.yaml"),
+                str(work / f"bare-{tag}"),
+                *sets,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def seconds(p: subprocess.Popen) -> float:
         out, _ = p.communicate()
@@ -86,10 +123,17 @@ def trial_seconds(stdout: str) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=120, help="epochs per trial (default 120)")
-    ap.add_argument("--batch-size", type=int, default=16,
-                    help="training batch size (default 16: ~10 s per trial on one core, ~80 ms per epoch)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run for `make bench`: 30 epochs, no timing without Ray (speed-up not meaningful)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="training batch size (default 16: ~10 s per trial on one core, ~80 ms per epoch)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run for `make bench`: 30 epochs, no timing without Ray (speed-up not meaningful)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary dbs and runs folders")
     args = ap.parse_args()
     if args.quick:
@@ -101,13 +145,18 @@ def main() -> None:
             wall, stdout = timed_sweep(base / f"c{conc}", conc, args.epochs, args.batch_size)
             secs = trial_seconds(stdout)
             results[conc] = wall
-            print(f"max-concurrent {conc}: 6 trials in {wall:6.1f} s wall "
-                  f"(trial train time {sum(secs):.1f} s total, {sum(secs) / max(1, len(secs)):.1f} s each)", flush=True)
+            print(
+                f"max-concurrent {conc}: 6 trials in {wall:6.1f} s wall "
+                f"(trial train time {sum(secs):.1f} s total, {sum(secs) / max(1, len(secs)):.1f} s each)",
+                flush=True,
+            )
         if not args.quick:
             alone, pair = bare_ceiling(base, args.epochs, args.batch_size)
-            print(f"without Ray (same training, 1 thread): alone {alone:.1f} s; two at once "
-                  f"{pair[0]:.1f} s and {pair[1]:.1f} s -> ceiling for 2-way parallelism "
-                  f"{2 * alone / max(pair):.2f}x on this machine")
+            print(
+                f"without Ray (same training, 1 thread): alone {alone:.1f} s; two at once "
+                f"{pair[0]:.1f} s and {pair[1]:.1f} s -> ceiling for 2-way parallelism "
+                f"{2 * alone / max(pair):.2f}x on this machine"
+            )
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"machine: {cpus} CPUs; per trial: {args.epochs} epochs at batch size {args.batch_size}, 1 CPU")
         if args.keep:

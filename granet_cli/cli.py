@@ -10,9 +10,10 @@ import shlex
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Callable, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,6 +28,7 @@ except ImportError:  # pragma: no cover
 from .records import FINAL_KEYS, record_for, store_final  # noqa: F401 (re-exported)
 from .spec import RunSpec, SpecError, load_run_spec
 
+
 class _Group(TyperGroup):
     """Usage errors (an unknown option, a value outside a choice) as one `error:` line, exit 2."""
 
@@ -34,8 +36,7 @@ class _Group(TyperGroup):
     def _one_line(e: UsageError) -> NoReturn:
         hint = f" (see {e.ctx.command_path} -h)" if e.ctx is not None else ""
         msg = " ".join(e.format_message().replace("Value error, ", "").split())
-        err.print(f"[red]error:[/red] {msg}{hint}", markup=True,
-                  highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {msg}{hint}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
     def parse_args(self, ctx, args):
@@ -58,7 +59,9 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     help="Sparse training research: GraNet, RigL, SET, GMP, static and dense, from YAML specs to reports.",
-    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console()
@@ -66,11 +69,18 @@ err = Console(stderr=True)
 #: set by `granet --debug`: error lines are followed by the traceback they summarise
 DEBUG = False
 
-SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a spec field by its dotted path, e.g. --set sparsity.final_density=0.1 (repeatable).")]
-DbOpt = Annotated[Optional[Path], typer.Option(
-    "--db", envvar="GRANET_DB", show_envvar=True,
-    help="DuckDB results file (default: results/granet.duckdb).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a spec field by its dotted path, e.g. --set sparsity.final_density=0.1 (repeatable)."
+    ),
+]
+DbOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--db", envvar="GRANET_DB", show_envvar=True, help="DuckDB results file (default: results/granet.duckdb)."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
@@ -105,8 +115,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main_options(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback behind an error line.")] = False,
 ) -> None:
     """Sparse training research: GraNet, RigL, SET, GMP, static and dense, from YAML specs to reports."""
@@ -114,14 +125,14 @@ def _main_options(
     DEBUG = debug
 
 
-def _load(spec_path: Optional[Path], overrides: Optional[list[str]]) -> RunSpec:
+def _load(spec_path: Path | None, overrides: list[str] | None) -> RunSpec:
     try:
         return load_run_spec(spec_path, overrides)
     except SpecError as e:
         fail(str(e))
 
 
-def _db_path(db: Optional[Path]) -> Path:
+def _db_path(db: Path | None) -> Path:
     from .store import default_db_path
 
     return Path(db) if db else Path(default_db_path())
@@ -170,12 +181,23 @@ def _interrupted_status() -> str:
     return "interrupted" if "interrupted" in getattr(store, "RUN_STATUSES", ()) else "failed"
 
 
-def _resume_hint(spec: Path, overrides: Optional[list[str]], db_path: Path, runs_dir: Path, nproc: int,
-                 extra: tuple[str, ...] = ()) -> str:
+def _resume_hint(
+    spec: Path, overrides: list[str] | None, db_path: Path, runs_dir: Path, nproc: int, extra: tuple[str, ...] = ()
+) -> str:
     """The complete command that continues this run, ready to paste into a shell."""
-    argv = ["granet", "run", str(spec), *[a for s in overrides or [] for a in ("--set", s)],
-            "--db", str(db_path), "--runs-dir", str(runs_dir), *(["--nproc", str(nproc)] if nproc > 1 else []),
-            *extra, "--resume"]
+    argv = [
+        "granet",
+        "run",
+        str(spec),
+        *[a for s in overrides or [] for a in ("--set", s)],
+        "--db",
+        str(db_path),
+        "--runs-dir",
+        str(runs_dir),
+        *(["--nproc", str(nproc)] if nproc > 1 else []),
+        *extra,
+        "--resume",
+    ]
     return shlex.join(argv)
 
 
@@ -204,8 +226,10 @@ def _resumable_run_id(run_dir: Path, meta_path: Path, db_path: Path) -> str:
         if row is not None and row.get("status") == "completed":
             when = row.get("finished_at")
             when = f", finished {when:%Y-%m-%d %H:%M:%S} UTC" if when is not None else ""
-            fail(f"--resume: run {run_id} of this spec already completed{when} (results in {db_path}); "
-                 "nothing to resume (run without --resume to train it again)")
+            fail(
+                f"--resume: run {run_id} of this spec already completed{when} (results in {db_path}); "
+                "nothing to resume (run without --resume to train it again)"
+            )
     return run_id
 
 
@@ -233,8 +257,11 @@ def validate(spec: Annotated[Path, typer.Argument(help="YAML run spec.")], set_:
 
 
 @app.command()
-def plan(spec: Annotated[Path, typer.Argument(help="YAML run spec.")], set_: SetOpt = None,
-         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False) -> None:
+def plan(
+    spec: Annotated[Path, typer.Argument(help="YAML run spec.")],
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
     """Show per-layer initial densities and the gradual-pruning schedule, without training."""
     from .data import DataError
     from .models import ModelError
@@ -254,8 +281,10 @@ def plan(spec: Annotated[Path, typer.Argument(help="YAML run spec.")], set_: Set
     for layer in result["layers"]:
         table.add_row(layer["name"], str(layer["shape"]), f"{layer['numel']:,}", f"{layer['density']:.4f}")
     out.print(table)
-    out.print(f"sparsifiable weights: {result['total_params']:,}   initial density: {result['density']:.4f}   "
-              f"steps/epoch: {steps_per_epoch(run_spec)}")
+    out.print(
+        f"sparsifiable weights: {result['total_params']:,}   initial density: {result['density']:.4f}   "
+        f"steps/epoch: {steps_per_epoch(run_spec)}"
+    )
     if result["schedule"]:
         sched = Table(title=f"gradual pruning: {len(result['schedule'])} events")
         sched.add_column("event", justify="right")
@@ -276,11 +305,23 @@ def run(
     spec: Annotated[Path, typer.Argument(help="YAML run spec, e.g. experiments/quickstart.yaml.")],
     set_: SetOpt = None,
     db: DbOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue this spec's interrupted run from its last epoch checkpoint.")] = False,
-    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Data-parallel processes (torch DDP: gloo on CPU, nccl on GPU).")] = 1,
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where checkpoints live (one folder per spec hash).")] = Path("runs"),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue this spec's interrupted run from its last epoch checkpoint.")
+    ] = False,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Data-parallel processes (torch DDP: gloo on CPU, nccl on GPU).")
+    ] = 1,
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="Where checkpoints live (one folder per spec hash).")
+    ] = Path("runs"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log every epoch (losses, accuracies, density, ITOP rate, lr, mask updates) to TensorBoard under DIR/<run id>/ (needs the tensorboard package).")] = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard",
+            help="Also log every epoch (losses, accuracies, density, ITOP rate, lr, mask updates) to TensorBoard under DIR/<run id>/ (needs the tensorboard package).",
+        ),
+    ] = None,
 ) -> None:
     """Train one spec; every epoch lands in the results database, then a summary is printed."""
     run_spec = _load(spec, set_)
@@ -321,18 +362,27 @@ def run(
             store.close()
             fail(f"--runs-dir {runs_dir}: {_os_error_line(e)}")
     record = record_for(run_spec, run_id, sweep_id=None)
-    hint = _resume_hint(spec, set_, db_path, runs_dir, nproc,
-                        ("--tensorboard", str(tensorboard)) if tensorboard is not None else ())
+    hint = _resume_hint(
+        spec, set_, db_path, runs_dir, nproc, ("--tensorboard", str(tensorboard)) if tensorboard is not None else ()
+    )
     started = False
     tb = None
     if tensorboard is not None:
         from .trackers import TensorBoardLogger, TrackerError
 
         try:
-            tb = TensorBoardLogger(tensorboard, run_id, {"spec_hash": spec_hash, "method": run_spec.sparsity.method,
-                                                         "final_density": run_spec.sparsity.final_density,
-                                                         "model": run_spec.model.name, "dataset": run_spec.data.name,
-                                                         "seed": run_spec.seed})
+            tb = TensorBoardLogger(
+                tensorboard,
+                run_id,
+                {
+                    "spec_hash": spec_hash,
+                    "method": run_spec.sparsity.method,
+                    "final_density": run_spec.sparsity.final_density,
+                    "model": run_spec.model.name,
+                    "dataset": run_spec.data.name,
+                    "seed": run_spec.seed,
+                },
+            )
         except TrackerError as e:
             store.close()
             fail(str(e))
@@ -341,7 +391,7 @@ def run(
     # of a results-db write (DuckDB would abort it as "Query interrupted"): there they wait for its end.
     stopping = False  # the outcome is being recorded: further signals are ignored
     in_db_write = False
-    pending: Optional[KeyboardInterrupt] = None
+    pending: KeyboardInterrupt | None = None
 
     def on_signal(signum, frame) -> None:
         nonlocal pending
@@ -415,10 +465,17 @@ def run(
 
                 result = run_distributed(run_spec, run_dir, nproc, resume=resume, on_start=on_start, on_epoch=on_epoch)
             else:
-                result = train.run(run_spec, run_dir, resume=resume, on_start=on_start, on_epoch=on_epoch,
-                                   progress=not quiet)
-        except (DataError, ModelError, train.ResumeError, train.DeviceError, train.SparsityError,
-                DistributedSetupError) as e:
+                result = train.run(
+                    run_spec, run_dir, resume=resume, on_start=on_start, on_epoch=on_epoch, progress=not quiet
+                )
+        except (
+            DataError,
+            ModelError,
+            train.ResumeError,
+            train.DeviceError,
+            train.SparsityError,
+            DistributedSetupError,
+        ) as e:
             stopping = True
             why = record_stop("failed", str(e))
             close()
@@ -459,8 +516,11 @@ def run(
         except StoreError as e:
             why = record_stop(_interrupted_status(), f"final write failed: {e}")
             close()
-            fail(f"run {run_id} trained to the end ({result.status}) but its final metrics could not be written: "
-                 f"{e}{why}; continue with: {hint}", code=EXIT_FAILED)
+            fail(
+                f"run {run_id} trained to the end ({result.status}) but its final metrics could not be written: "
+                f"{e}{why}; continue with: {hint}",
+                code=EXIT_FAILED,
+            )
         close()
     finally:
         for sig, handler in old_handlers.items():
@@ -486,13 +546,19 @@ def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
     rows = [
         ("method / target density", f"{spec.sparsity.method} / {spec.sparsity.final_density:g}"),
         ("final test accuracy", pct(f["final_test_acc"])),
-        *([("selected test accuracy (best val epoch)", pct(f["selected_test_acc"]))]
-          if f.get("selected_test_acc") is not None else []),
+        *(
+            [("selected test accuracy (best val epoch)", pct(f["selected_test_acc"]))]
+            if f.get("selected_test_acc") is not None
+            else []
+        ),
         ("best test accuracy (optimistic)", pct(f["best_test_acc"])),
         *([("final top-5 accuracy", pct(f["final_test_acc5"]))] if f.get("final_test_acc5") is not None else []),
         ("final density (sparsified layers)", f"{f['final_density']:.4f}"),
-        *([("overall density (all conv/linear)", f"{f['overall_density']:.4f}")]
-          if f.get("overall_density") is not None else []),
+        *(
+            [("overall density (all conv/linear)", f"{f['overall_density']:.4f}")]
+            if f.get("overall_density") is not None
+            else []
+        ),
         ("ITOP rate", f"{f['itop_rate']:.4f}"),
         ("training FLOPs (x dense)", f"{f['train_flops_frac']:.4f}"),
         ("inference FLOPs (x dense)", f"{f['inference_flops_frac']:.4f}"),
@@ -510,34 +576,110 @@ def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
 # ----------------------------------------------------------------------------- sweep
 @app.command()
 def sweep(
-    spec: Annotated[Optional[Path], typer.Argument(
-        help="Base run spec; its top-level `sweep:` section may hold the grid (default: experiments/quickstart.yaml).")] = None,
-    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: granet,rigl,gmp); dense = one dense run per seed. Choices: granet, granet_uniform, rigl (alias dst), set, gmp, gmp_uniform, static, dense.")] = None,
-    densities: Annotated[Optional[str], typer.Option("--densities", help="Comma-separated final densities in (0, 1] (default: 0.05,0.1,0.2).")] = None,
-    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds (default: 0).")] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Base run spec; its top-level `sweep:` section may hold the grid (default: experiments/quickstart.yaml)."
+        ),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="Comma-separated methods (default: granet,rigl,gmp); dense = one dense run per seed. Choices: granet, granet_uniform, rigl (alias dst), set, gmp, gmp_uniform, static, dense.",
+        ),
+    ] = None,
+    densities: Annotated[
+        str | None,
+        typer.Option("--densities", help="Comma-separated final densities in (0, 1] (default: 0.05,0.1,0.2)."),
+    ] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds (default: 0).")] = None,
     set_: SetOpt = None,
-    address: Annotated[Optional[str], typer.Option("--address", help="Join this Ray cluster (host:port) (default: $RAY_ADDRESS, else a local instance on all CPUs).")] = None,
-    cpus_per_trial: Annotated[Optional[float], typer.Option("--cpus-per-trial", help="CPUs per trial, also its torch threads (default: 1).")] = None,
-    gpus_per_trial: Annotated[Optional[float], typer.Option("--gpus-per-trial", help="GPUs per trial (default: 1 if the cluster has GPUs, else 0).")] = None,
-    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="At most this many trials at once (default: as resources allow).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Sweep name; the same name resumes the sweep (default: sweep-<hash of spec and grid>).")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="Join this Ray cluster (host:port) (default: $RAY_ADDRESS, else a local instance on all CPUs).",
+        ),
+    ] = None,
+    cpus_per_trial: Annotated[
+        float | None, typer.Option("--cpus-per-trial", help="CPUs per trial, also its torch threads (default: 1).")
+    ] = None,
+    gpus_per_trial: Annotated[
+        float | None,
+        typer.Option("--gpus-per-trial", help="GPUs per trial (default: 1 if the cluster has GPUs, else 0)."),
+    ] = None,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option("--max-concurrent", help="At most this many trials at once (default: as resources allow)."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="Sweep name; the same name resumes the sweep (default: sweep-<hash of spec and grid>)."
+        ),
+    ] = None,
     db: DbOpt = None,
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Parent of the default --storage-path (<runs-dir>/ray).")] = Path("runs"),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List every point as done / to run; run and write nothing.")] = False,
-    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="One more grid axis over any spec field, e.g. --grid optim.lr=0.05,0.1 (repeatable; values are YAML scalars).")] = None,
-    max_failures: Annotated[Optional[int], typer.Option("--max-failures", min=0, help="Retries of a trial whose node died or that crashed, from its last checkpoint (default: 2).")] = None,
-    storage_path: Annotated[Optional[str], typer.Option("--storage-path", help="Where Tune keeps trial checkpoints: a local dir, a shared (NFS) path or a URI like s3://bucket/path; on a cluster every node must reach it (default: <runs-dir>/ray).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress; only the summary at the end.")] = False,
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="Parent of the default --storage-path (<runs-dir>/ray).")
+    ] = Path("runs"),
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List every point as done / to run; run and write nothing.")
+    ] = False,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            help="One more grid axis over any spec field, e.g. --grid optim.lr=0.05,0.1 (repeatable; values are YAML scalars).",
+        ),
+    ] = None,
+    max_failures: Annotated[
+        int | None,
+        typer.Option(
+            "--max-failures",
+            min=0,
+            help="Retries of a trial whose node died or that crashed, from its last checkpoint (default: 2).",
+        ),
+    ] = None,
+    storage_path: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-path",
+            help="Where Tune keeps trial checkpoints: a local dir, a shared (NFS) path or a URI like s3://bucket/path; on a cluster every node must reach it (default: <runs-dir>/ray).",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live progress; only the summary at the end.")
+    ] = False,
 ) -> None:
     """Methods x densities x seeds (x --grid fields) as Ray Tune trials; rerunning the same sweep runs only what is missing."""
     from .store import StoreError
-    from .sweep import (SweepError, dry_run_table, failures, plan_sweep, point_state, prior_state, run_sweep,
-                        summary_line, summary_table)
+    from .sweep import (
+        SweepError,
+        dry_run_table,
+        failures,
+        plan_sweep,
+        point_state,
+        prior_state,
+        run_sweep,
+        summary_line,
+        summary_table,
+    )
 
     try:
-        plan_ = plan_sweep(spec, set_, methods=methods, densities=densities, seeds=seeds, name=name,
-                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent,
-                           grid=grid, max_failures=max_failures)
+        plan_ = plan_sweep(
+            spec,
+            set_,
+            methods=methods,
+            densities=densities,
+            seeds=seeds,
+            name=name,
+            cpus_per_trial=cpus_per_trial,
+            gpus_per_trial=gpus_per_trial,
+            max_concurrent=max_concurrent,
+            grid=grid,
+            max_failures=max_failures,
+        )
     except SpecError as e:
         fail(str(e))
     db_path = _db_path(db)
@@ -553,13 +695,19 @@ def sweep(
             done = sum(point_state(prior.get(p.spec_hash)) != "to run" for p in plan_.points)
             out.print(f"{done} done, {len(plan_.points) - done} to run", highlight=False)
             return
-        result = run_sweep(plan_, db_path, runs_dir=runs_dir, address=address, storage_path=storage_path,
-                           console=Console(quiet=True) if quiet else out)
+        result = run_sweep(
+            plan_,
+            db_path,
+            runs_dir=runs_dir,
+            address=address,
+            storage_path=storage_path,
+            console=Console(quiet=True) if quiet else out,
+        )
     except (StoreError, SweepError) as e:
         fail(str(e))
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to resume (completed points are skipped)")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     out.print(summary_table(result))
     for line in failures(result):
         out.print(f"[red]x[/red] {line}", highlight=False, soft_wrap=True)
@@ -579,18 +727,36 @@ def sweep(
 @app.command()
 def report(
     db: DbOpt = None,
-    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Only this sweep (name or id); default: every completed run.")] = None,
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="Only this sweep (name or id); default: every completed run.")
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the report files.")] = Path("reports"),
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Markdown, HTML or both.")] = ReportFormat.both,
-    metric: Annotated[Metric, typer.Option("--metric", help=(
-        "The accuracy the tables compare: final_test_acc (last epoch), selected_test_acc (test accuracy at "
-        "the epoch of best validation accuracy once the target density is reached: the reference's model "
-        "selection, needs data.val_fraction > 0), best_test_acc (best over epochs: optimistic, it selects "
-        "on the test set)."))] = Metric.final_test_acc,
-    name: Annotated[Optional[str], typer.Option("--name", help="Report file name (default: the sweep's name, else granet-report).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=(
-        "Print the tables (rows, cells with mean, std, 95 % CI, n; GraNet's Welch comparisons; differences to "
-        "dense; published numbers; budget) as one JSON object on stdout for scripts, and write no files."))] = False,
+    metric: Annotated[
+        Metric,
+        typer.Option(
+            "--metric",
+            help=(
+                "The accuracy the tables compare: final_test_acc (last epoch), selected_test_acc (test accuracy at "
+                "the epoch of best validation accuracy once the target density is reached: the reference's model "
+                "selection, needs data.val_fraction > 0), best_test_acc (best over epochs: optimistic, it selects "
+                "on the test set)."
+            ),
+        ),
+    ] = Metric.final_test_acc,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Report file name (default: the sweep's name, else granet-report).")
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help=(
+                "Print the tables (rows, cells with mean, std, 95 % CI, n; GraNet's Welch comparisons; differences to "
+                "dense; published numbers; budget) as one JSON object on stdout for scripts, and write no files."
+            ),
+        ),
+    ] = False,
 ) -> None:
     """Comparison tables (mean ± 95 % CI over seeds, Welch's t-tests) and plots from the results database, as Markdown and HTML."""
     from .report import ReportError, build_report, report_json
@@ -645,8 +811,10 @@ def _guard(fn):
                 fail(str(e))
             if isinstance(e, OSError) and e.strerror:
                 fail(_os_error_line(e), code=EXIT_FAILED)
-            fail(f"internal error: {type(e).__name__}: {_one_line(e)} (`granet --debug ...` shows the traceback)",
-                 code=EXIT_FAILED)
+            fail(
+                f"internal error: {type(e).__name__}: {_one_line(e)} (`granet --debug ...` shows the traceback)",
+                code=EXIT_FAILED,
+            )
 
     return guarded
 
@@ -681,22 +849,46 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
-RunsDirOpt = Annotated[Path, typer.Option(
-    "--runs-dir", help="Where run checkpoints live: <runs-dir>/<spec hash>/ for granet run, "
-                       "<runs-dir>/ray/ (and sweeps/) for sweep trials.")]
+RunsDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--runs-dir",
+        help="Where run checkpoints live: <runs-dir>/<spec hash>/ for granet run, "
+        "<runs-dir>/ray/ (and sweeps/) for sweep trials.",
+    ),
+]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Inference batch size of the timing.")]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per measurement (the median is shown).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's own choice).")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's own choice).")
+]
 
 
 @app.command("export")
 def export_cmd(
-    run_ref: Annotated[str, typer.Argument(metavar="RUN", help="Run id (or a unique prefix of one) from the results db, or a run folder holding checkpoint.pt.")],
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Weights file (ending .pt or .safetensors), or a folder for <run id>.<format> (default: the current folder). The sidecar is the same name with .json.")] = None,
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="pt: torch.load(weights_only=True); safetensors needs the safetensors package.")] = ExportFormat.pt,
+    run_ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="RUN",
+            help="Run id (or a unique prefix of one) from the results db, or a run folder holding checkpoint.pt.",
+        ),
+    ],
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Weights file (ending .pt or .safetensors), or a folder for <run id>.<format> (default: the current folder). The sidecar is the same name with .json.",
+        ),
+    ] = None,
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", help="pt: torch.load(weights_only=True); safetensors needs the safetensors package."),
+    ] = ExportFormat.pt,
     db: DbOpt = None,
     runs_dir: RunsDirOpt = Path("runs"),
-    bench_: Annotated[bool, typer.Option("--bench", help="Then time dense vs sparse CPU inference of the exported model.")] = False,
+    bench_: Annotated[
+        bool, typer.Option("--bench", help="Then time dense vs sparse CPU inference of the exported model.")
+    ] = False,
     batch_size: BatchOpt = 64,
     repeats: RepeatsOpt = 20,
     threads: ThreadsOpt = None,
@@ -712,8 +904,12 @@ def export_cmd(
         fail(str(e))
     if not quiet:
         status = "" if side["status"] == "completed" else f" (run status: {side['status']})"
-        out.print(f"run {ref.run_id}{status}: epoch {side['checkpoint_epoch']}, {side['active_weights']:,} of "
-                  f"{side['masked_weights']:,} masked weights active", highlight=False, soft_wrap=True)
+        out.print(
+            f"run {ref.run_id}{status}: epoch {side['checkpoint_epoch']}, {side['active_weights']:,} of "
+            f"{side['masked_weights']:,} masked weights active",
+            highlight=False,
+            soft_wrap=True,
+        )
     out.print(f"wrote {weights}", highlight=False, soft_wrap=True)
     out.print(f"wrote {sidecar}", highlight=False, soft_wrap=True)
     if bench_:
@@ -725,11 +921,19 @@ def export_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    model_ref: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN", help="An exported model (.pt / .safetensors, or its .json sidecar), a run folder, or a run id / prefix.")],
+    model_ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL_OR_RUN",
+            help="An exported model (.pt / .safetensors, or its .json sidecar), a run folder, or a run id / prefix.",
+        ),
+    ],
     set_: SetOpt = None,
     db: DbOpt = None,
     runs_dir: RunsDirOpt = Path("runs"),
-    device: Annotated[Optional[Device], typer.Option("--device", help="Where to evaluate (default: the spec's device).")] = None,
+    device: Annotated[
+        Device | None, typer.Option("--device", help="Where to evaluate (default: the spec's device).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Rebuild the model from its spec and evaluate it on the spec's test set (e.g. --set data.root=/data)."""
@@ -743,17 +947,34 @@ def eval_cmd(
         sys.stdout.write(json.dumps(res) + "\n")
         return
     top5 = f", top-5 {100 * res['test_acc5']:.2f} %" if res["test_acc5"] is not None else ""
-    out.print(f"test accuracy {100 * res['test_acc']:.2f} %{top5} (loss {res['test_loss']:.4f}; "
-              f"{res['samples']:,} {res['dataset']} test samples, {res['device']})", highlight=False, soft_wrap=True)
+    out.print(
+        f"test accuracy {100 * res['test_acc']:.2f} %{top5} (loss {res['test_loss']:.4f}; "
+        f"{res['samples']:,} {res['dataset']} test samples, {res['device']})",
+        highlight=False,
+        soft_wrap=True,
+    )
     db_acc = res["db_final_test_acc"]
     if db_acc is not None:
-        same = "the same" if abs(db_acc - res["test_acc"]) < 1e-12 else f"differs by {100 * (res['test_acc'] - db_acc):+.2f} points"
-        out.print(f"results db final_test_acc of run {res['run_id']}: {100 * db_acc:.2f} % ({same})", highlight=False, soft_wrap=True)
+        same = (
+            "the same"
+            if abs(db_acc - res["test_acc"]) < 1e-12
+            else f"differs by {100 * (res['test_acc'] - db_acc):+.2f} points"
+        )
+        out.print(
+            f"results db final_test_acc of run {res['run_id']}: {100 * db_acc:.2f} % ({same})",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("bench-sparse")
 def bench_sparse(
-    model_ref: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN", help="An exported model (.pt / .safetensors), a run folder, or a run id / prefix.")],
+    model_ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL_OR_RUN", help="An exported model (.pt / .safetensors), a run folder, or a run id / prefix."
+        ),
+    ],
     db: DbOpt = None,
     runs_dir: RunsDirOpt = Path("runs"),
     batch_size: BatchOpt = 64,
@@ -768,40 +989,61 @@ def bench_sparse(
     try:
         loaded = load_any(model_ref, _db_path(db), runs_dir)
         if as_json:
-            sys.stdout.write(json.dumps(bench(loaded, batch_size=batch_size, repeats=repeats,
-                                              threads=threads).as_dict()) + "\n")
+            sys.stdout.write(
+                json.dumps(bench(loaded, batch_size=batch_size, repeats=repeats, threads=threads).as_dict()) + "\n"
+            )
             return
         _print_bench(loaded, batch_size, repeats, threads, quiet)
     except ExportError as e:
         fail(str(e))
 
 
-def _print_bench(loaded, batch_size: int, repeats: int, threads: Optional[int], quiet: bool) -> None:
+def _print_bench(loaded, batch_size: int, repeats: int, threads: int | None, quiet: bool) -> None:
     from .export import CONV_NOTE, bench
 
     res = bench(loaded, batch_size=batch_size, repeats=repeats, threads=threads)
     if not quiet:
-        table = Table(title=f"per layer, batch {res.batch_size}, {res.threads} CPU thread(s), median of up to {repeats} calls")
+        table = Table(
+            title=f"per layer, batch {res.batch_size}, {res.threads} CPU thread(s), median of up to {repeats} calls"
+        )
         for col in ("layer", "type", "shape", "density", "dense ms", "sparse ms", "speed-up"):
             table.add_column(col, justify="left" if col in ("layer", "type", "shape") else "right")
         for lb in res.layers:
-            table.add_row(lb.name, lb.kind, "x".join(map(str, lb.shape)), f"{lb.density:.4f}", f"{lb.dense_ms:.3f}",
-                          f"{lb.sparse_ms:.3f}", f"{lb.speedup:.2f}x")
+            table.add_row(
+                lb.name,
+                lb.kind,
+                "x".join(map(str, lb.shape)),
+                f"{lb.density:.4f}",
+                f"{lb.dense_ms:.3f}",
+                f"{lb.sparse_ms:.3f}",
+                f"{lb.speedup:.2f}x",
+            )
         out.print(table)
     theo = 1 / res.flops_fraction if res.flops_fraction > 0 else float("inf")
-    out.print(f"whole model ({res.model}, batch {res.batch_size}): dense {res.dense_ms:.3f} ms, sparse {res.sparse_ms:.3f} ms "
-              f"-> measured speed-up {res.speedup:.2f}x; theoretical: {res.flops_fraction:.4f} of the dense FLOPs "
-              f"({theo:.1f}x)", highlight=False, soft_wrap=True)
+    out.print(
+        f"whole model ({res.model}, batch {res.batch_size}): dense {res.dense_ms:.3f} ms, sparse {res.sparse_ms:.3f} ms "
+        f"-> measured speed-up {res.speedup:.2f}x; theoretical: {res.flops_fraction:.4f} of the dense FLOPs "
+        f"({theo:.1f}x)",
+        highlight=False,
+        soft_wrap=True,
+    )
     slower = [lb.name for lb in res.layers if lb.speedup < 1]
     if res.speedup < 1:
-        out.print(f"sparse inference is SLOWER than dense here ({1 / res.speedup:.2f}x the time)", highlight=False, soft_wrap=True)
+        out.print(
+            f"sparse inference is SLOWER than dense here ({1 / res.speedup:.2f}x the time)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if slower:
         out.print(f"layers where sparse is slower: {', '.join(slower)}", highlight=False, soft_wrap=True)
     if any(lb.kind == "Conv2d" for lb in res.layers):
         out.print(CONV_NOTE, highlight=False, soft_wrap=True)
     if res.kept_dense:
-        out.print(f"kept dense (density > 0.5, or a grouped conv): {', '.join(res.kept_dense)}", highlight=False,
-                  soft_wrap=True)
+        out.print(
+            f"kept dense (density > 0.5, or a grouped conv): {', '.join(res.kept_dense)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if res.max_abs_diff > 1e-3:
         out.print(f"[yellow]warning:[/yellow] dense and sparse outputs differ by up to {res.max_abs_diff:.3g}")
 
@@ -810,19 +1052,24 @@ def _print_bench(loaded, batch_size: int, repeats: int, threads: Optional[int], 
 @app.command("results")
 def results_cmd(
     db: DbOpt = None,
-    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Only this sweep's runs (name or id).")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="Only this sweep's runs (name or id).")] = None,
     table: Annotated[ResultsTable, typer.Option("--table", help="Which table.")] = ResultsTable.runs,
-    status: Annotated[Optional[str], typer.Option("--status", help="Only runs with this status (e.g. completed).")] = None,
-    fmt: Annotated[ResultsFormat, typer.Option("--format", help="File format (DuckDB's own COPY); json is one array.")] = ResultsFormat.csv,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write (default: standard output; parquet needs a file).")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="Only runs with this status (e.g. completed).")] = None,
+    fmt: Annotated[
+        ResultsFormat, typer.Option("--format", help="File format (DuckDB's own COPY); json is one array.")
+    ] = ResultsFormat.csv,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="File to write (default: standard output; parquet needs a file).")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Export a results table (runs by default) as CSV, Parquet or JSON, read-only (works while a sweep writes)."""
     from .results_io import ResultsError, export_table
 
     try:
-        count, data = export_table(_db_path(db), table=str(table), fmt=str(fmt), out=out_file, sweep=sweep,
-                                   status=status)
+        count, data = export_table(
+            _db_path(db), table=str(table), fmt=str(fmt), out=out_file, sweep=sweep, status=status
+        )
     except ResultsError as e:
         fail(str(e))
     if data is not None:
@@ -835,10 +1082,14 @@ def results_cmd(
 
 @app.command("sql")
 def sql_cmd(
-    query: Annotated[str, typer.Argument(help="One SQL statement, e.g. \"select method, avg(final_test_acc) from runs group by all\".")],
+    query: Annotated[
+        str, typer.Argument(help='One SQL statement, e.g. "select method, avg(final_test_acc) from runs group by all".')
+    ],
     db: DbOpt = None,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on standard output instead of a table.")] = False,
-    max_rows: Annotated[int, typer.Option("--max-rows", min=1, help="Rows shown in the table (--csv prints all).")] = 1000,
+    max_rows: Annotated[
+        int, typer.Option("--max-rows", min=1, help="Rows shown in the table (--csv prints all).")
+    ] = 1000,
 ) -> None:
     """Run SQL against the results database, read-only (tables: runs, epochs, layers, mask_updates, sweeps)."""
     import csv
@@ -867,8 +1118,9 @@ def sql_cmd(
 
 
 # ----------------------------------------------------------------------------- data
-data_app = typer.Typer(help="Datasets: fetch CIFAR-10/100 with torchvision's own download and checksums.",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Datasets: fetch CIFAR-10/100 with torchvision's own download and checksums.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -880,7 +1132,9 @@ class FetchDataset(StrEnum):
 
 @data_app.command("fetch")
 def data_fetch(
-    dataset: Annotated[FetchDataset, typer.Argument(help="cifar10 or cifar100 (imagenet cannot be downloaded: a clear error).")],
+    dataset: Annotated[
+        FetchDataset, typer.Argument(help="cifar10 or cifar100 (imagenet cannot be downloaded: a clear error).")
+    ],
     root: Annotated[Path, typer.Option("--root", help="Folder to download into; use it as data.root.")] = Path("data"),
     quiet: QuietOpt = False,
 ) -> None:
@@ -896,8 +1150,9 @@ def data_fetch(
 
 
 # ----------------------------------------------------------------------------- db
-db_app = typer.Typer(help="Results databases: merge the files of jobs that each wrote their own --db.",
-                     no_args_is_help=True)
+db_app = typer.Typer(
+    help="Results databases: merge the files of jobs that each wrote their own --db.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 
 
@@ -919,8 +1174,12 @@ def db_merge(
         with Store(db_path) as st:
             for src in sources:
                 n = st.merge_from(src)
-                out.print(f"{src}: {n['runs']} run(s) added ({n['epochs']} epochs), {n['skipped']} already in "
-                          f"{db_path}; {n['sweeps']} sweep(s) added", highlight=False, soft_wrap=True)
+                out.print(
+                    f"{src}: {n['runs']} run(s) added ({n['epochs']} epochs), {n['skipped']} already in "
+                    f"{db_path}; {n['sweeps']} sweep(s) added",
+                    highlight=False,
+                    soft_wrap=True,
+                )
     except StoreError as e:
         fail(str(e))
 

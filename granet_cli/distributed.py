@@ -33,8 +33,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, spec_data: dict, run_dir: str, resume: bool,
-            events, threads: int) -> None:
+def _worker(
+    rank: int, world: int, port: int, spec_data: dict, run_dir: str, resume: bool, events, threads: int
+) -> None:
     from . import train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -43,7 +44,10 @@ def _worker(rank: int, world: int, port: int, spec_data: dict, run_dir: str, res
         dist.init_process_group(backend, rank=rank, world_size=world)
         spec = RunSpec.model_validate(spec_data)
         result = train.run(
-            spec, run_dir, resume=resume, threads=threads,
+            spec,
+            run_dir,
+            resume=resume,
+            threads=threads,
             on_start=(lambda: events.put(("start", rank, None))) if rank == 0 else None,
             on_epoch=(lambda row, updates: events.put(("epoch", rank, (row, updates)))) if rank == 0 else None,
         )
@@ -55,9 +59,15 @@ def _worker(rank: int, world: int, port: int, spec_data: dict, run_dir: str, res
             dist.destroy_process_group()
 
 
-def run_distributed(spec: RunSpec, run_dir: str | os.PathLike, nproc: int, *, resume: bool = False,
-                    on_start: Callable[[], None] | None = None,
-                    on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None) -> RunResult:
+def run_distributed(
+    spec: RunSpec,
+    run_dir: str | os.PathLike,
+    nproc: int,
+    *,
+    resume: bool = False,
+    on_start: Callable[[], None] | None = None,
+    on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+) -> RunResult:
     """Run `spec` on `nproc` DDP ranks; callbacks run here, in the parent.
 
     CUDA DDP needs one GPU per rank (nccl); with fewer GPUs, `device: auto` trains on
@@ -65,17 +75,31 @@ def run_distributed(spec: RunSpec, run_dir: str | os.PathLike, nproc: int, *, re
     """
     enough_gpus = torch.cuda.device_count() >= nproc
     if spec.device == "cuda" and not enough_gpus:
-        raise DistributedSetupError(f"--nproc {nproc} with device cuda needs {nproc} GPUs, "
-                         f"found {torch.cuda.device_count()}")
+        raise DistributedSetupError(
+            f"--nproc {nproc} with device cuda needs {nproc} GPUs, found {torch.cuda.device_count()}"
+        )
     device = "cuda" if spec.device != "cpu" and enough_gpus else "cpu"
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // nproc)
     port = _free_port()
-    procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(r, nproc, port, {**spec.model_dump(mode="json"), "device": device},
-                               str(Path(run_dir)), resume, events, threads))
-             for r in range(nproc)]
+    procs = [
+        ctx.Process(
+            target=_worker,
+            daemon=True,
+            args=(
+                r,
+                nproc,
+                port,
+                {**spec.model_dump(mode="json"), "device": device},
+                str(Path(run_dir)),
+                resume,
+                events,
+                threads,
+            ),
+        )
+        for r in range(nproc)
+    ]
     for p in procs:
         p.start()
     results: dict[int, dict] = {}
@@ -86,7 +110,9 @@ def run_distributed(spec: RunSpec, run_dir: str | os.PathLike, nproc: int, *, re
             except queue_mod.Empty:
                 dead = [i for i, p in enumerate(procs) if not p.is_alive() and i not in results]
                 if dead:
-                    raise RuntimeError(f"DDP rank {dead[0]} exited without a result (exit code {procs[dead[0]].exitcode})")
+                    raise RuntimeError(
+                        f"DDP rank {dead[0]} exited without a result (exit code {procs[dead[0]].exitcode})"
+                    ) from None
                 continue
             if kind == "start" and on_start:
                 on_start()

@@ -39,7 +39,7 @@ class ExportError(RuntimeError):
 @dataclass
 class RunRef:
     run_id: str
-    row: dict[str, Any]           # the runs row of the results db
+    row: dict[str, Any]  # the runs row of the results db
     run_dir: Path
     checkpoint: Path
 
@@ -62,11 +62,14 @@ def _run_by_id(store, ref: str) -> dict[str, Any]:
     row = store.run(ref)
     if row is not None:
         return row
-    matches = [r["run_id"] for r in store._query(
-        "SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id", [ref])]
+    matches = [
+        r["run_id"] for r in store._query("SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id", [ref])
+    ]
     if not matches:
-        raise ExportError(f"{ref}: no such run in results db {store.path} (give a run id, a unique prefix of one, "
-                          f"or a run folder with checkpoint.pt)")
+        raise ExportError(
+            f"{ref}: no such run in results db {store.path} (give a run id, a unique prefix of one, "
+            f"or a run folder with checkpoint.pt)"
+        )
     if len(matches) > 1:
         shown = ", ".join(matches[:4]) + (", ..." if len(matches) > 4 else "")
         raise ExportError(f"{ref}: prefix matches {len(matches)} runs ({shown}); give more of the run id")
@@ -98,7 +101,8 @@ def _run_of_dir(store, run_dir: Path) -> dict[str, Any]:
     else:
         sql, params = "sweep_id IS NULL AND spec_hash = ?", [spec_hash]
     found = store._query(
-        f"SELECT run_id FROM runs WHERE {sql} ORDER BY started_at DESC NULLS LAST, run_id DESC LIMIT 1", params)
+        f"SELECT run_id FROM runs WHERE {sql} ORDER BY started_at DESC NULLS LAST, run_id DESC LIMIT 1", params
+    )
     if not found:
         raise ExportError(f"{run_dir}: no run of this checkpoint folder in results db {store.path} (use --db)")
     return store.run(found[0]["run_id"])
@@ -129,8 +133,7 @@ def resolve_run(ref: str, db_path: Path, runs_dir: Path) -> RunRef:
             run_dir = path
         else:
             row = _run_by_id(store, ref)
-            run_dir = (_sweep_trial_dir(Path(runs_dir), row) if row["sweep_id"]
-                       else Path(runs_dir) / row["spec_hash"])
+            run_dir = _sweep_trial_dir(Path(runs_dir), row) if row["sweep_id"] else Path(runs_dir) / row["spec_hash"]
     ckpt = run_dir / CHECKPOINT
     if not ckpt.is_file():
         raise ExportError(f"run {row['run_id']}: no checkpoint at {ckpt} (use --runs-dir for another runs folder)")
@@ -141,8 +144,10 @@ def resolve_run(ref: str, db_path: Path, runs_dir: Path) -> RunRef:
         except (OSError, ValueError, AttributeError):
             owner = None
         if owner and owner != row["run_id"]:
-            raise ExportError(f"run {row['run_id']}: the checkpoint at {ckpt} now belongs to run {owner} "
-                              f"(the same spec was run again)")
+            raise ExportError(
+                f"run {row['run_id']}: the checkpoint at {ckpt} now belongs to run {owner} "
+                f"(the same spec was run again)"
+            )
     return RunRef(row["run_id"], row, run_dir, ckpt)
 
 
@@ -180,7 +185,10 @@ def mask_stats(state: dict[str, Tensor]) -> dict[str, dict[str, Any]]:
     for key, mask in state.items():
         if key.endswith(MASK_SUFFIX):
             stats[key[: -len(MASK_SUFFIX)] + ".weight"] = {
-                "shape": list(mask.shape), "numel": mask.numel(), "active": int(mask.sum())}
+                "shape": list(mask.shape),
+                "numel": mask.numel(),
+                "active": int(mask.sum()),
+            }
     return stats
 
 
@@ -192,8 +200,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def sidecar_for(ref: RunRef, state: dict[str, Tensor], epoch: int | None, weights: Path | None,
-                fmt: str | None) -> dict[str, Any]:
+def sidecar_for(
+    ref: RunRef, state: dict[str, Tensor], epoch: int | None, weights: Path | None, fmt: str | None
+) -> dict[str, Any]:
     from . import __version__
 
     row = ref.row
@@ -205,10 +214,16 @@ def sidecar_for(ref: RunRef, state: dict[str, Tensor], epoch: int | None, weight
         raise ExportError(f"run {ref.run_id}: the results db holds no readable spec for it (runs.spec_json)")
     stats = mask_stats(state)
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "granet_version": __version__,
-        "run_id": ref.run_id, "sweep_id": row.get("sweep_id"), "spec_hash": row.get("spec_hash"),
-        "status": row.get("status"), "checkpoint_epoch": epoch,
-        "weights": weights.name if weights is not None else None, "weights_format": fmt,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "granet_version": __version__,
+        "run_id": ref.run_id,
+        "sweep_id": row.get("sweep_id"),
+        "spec_hash": row.get("spec_hash"),
+        "status": row.get("status"),
+        "checkpoint_epoch": epoch,
+        "weights": weights.name if weights is not None else None,
+        "weights_format": fmt,
         "spec": spec,
         "metrics": {k: _jsonable(v) for k, v in row.items() if k != "spec_json"},
         "masks": stats,
@@ -268,7 +283,9 @@ def load_weights(path: Path) -> dict[str, Tensor]:
     try:
         if path.suffix == ".safetensors":
             if not safetensors_available():
-                raise ExportError(f"{path}: reading safetensors needs the safetensors package (pip install safetensors)")
+                raise ExportError(
+                    f"{path}: reading safetensors needs the safetensors package (pip install safetensors)"
+                )
             from safetensors.torch import load_file
 
             state = load_file(str(path))
@@ -370,10 +387,17 @@ def evaluate_loaded(loaded: Loaded, overrides: list[str] | None = None, device: 
     model = rebuild_model(spec, loaded.state, loaders.info.num_classes, loaders.info.input_shape).to(dev)
     criterion = nn.CrossEntropyLoss(label_smoothing=spec.optim.label_smoothing)
     loss, acc, acc5 = evaluate(model, loaders.test, dev, criterion, spec.amp)
-    return {"test_acc": acc, "test_loss": loss, "test_acc5": acc5, "samples": len(loaders.test.dataset),
-            "dataset": spec.data.name, "device": str(dev), "source": loaded.source,
-            "run_id": loaded.sidecar.get("run_id"),
-            "db_final_test_acc": (loaded.sidecar.get("metrics") or {}).get("final_test_acc")}
+    return {
+        "test_acc": acc,
+        "test_loss": loss,
+        "test_acc5": acc5,
+        "samples": len(loaders.test.dataset),
+        "dataset": spec.data.name,
+        "device": str(dev),
+        "source": loaded.source,
+        "run_id": loaded.sidecar.get("run_id"),
+        "db_final_test_acc": (loaded.sidecar.get("metrics") or {}).get("final_test_acc"),
+    }
 
 
 # ----------------------------------------------------------------------------- sparse inference
@@ -476,7 +500,7 @@ class LayerBench:
     kind: str
     shape: list[int]
     density: float
-    macs: int               # dense multiply-adds per sample
+    macs: int  # dense multiply-adds per sample
     dense_ms: float
     sparse_ms: float
 
@@ -493,7 +517,7 @@ class BenchResult:
     input_shape: list[int]
     dense_ms: float
     sparse_ms: float
-    flops_fraction: float    # active MACs / dense MACs over the masked layers (inference)
+    flops_fraction: float  # active MACs / dense MACs over the masked layers (inference)
     max_abs_diff: float
     layers: list[LayerBench] = field(default_factory=list)
     kept_dense: list[str] = field(default_factory=list)
@@ -511,8 +535,14 @@ class BenchResult:
 
 
 @torch.inference_mode()
-def bench(loaded: Loaded, *, batch_size: int = 64, repeats: int = 20, threads: int | None = None,
-          overrides: list[str] | None = None) -> BenchResult:
+def bench(
+    loaded: Loaded,
+    *,
+    batch_size: int = 64,
+    repeats: int = 20,
+    threads: int | None = None,
+    overrides: list[str] | None = None,
+) -> BenchResult:
     """Dense vs CSR-sparse CPU inference of an exported model, whole model and per masked layer.
 
     The dense model runs torch's dense kernels (MKL / oneDNN) on the masked weights; the sparse
@@ -543,8 +573,10 @@ def bench(loaded: Loaded, *, batch_size: int = 64, repeats: int = 20, threads: i
     hooks = []
     for name, module in model.named_modules():
         if hasattr(module, "weight_mask") and name:
+
             def hook(mod, args, out, name=name):
                 inputs[name], outputs[name] = args[0].detach(), out.detach()
+
             hooks.append(module.register_forward_hook(hook))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
@@ -569,18 +601,36 @@ def bench(loaded: Loaded, *, batch_size: int = 64, repeats: int = 20, threads: i
                 continue
             smod = sparse.get_submodule(name)
             inp = inputs[name]
-            layers.append(LayerBench(
-                name=name, kind=type(module).__name__, shape=list(module.weight.shape), density=density,
-                macs=macs, dense_ms=_time_ms(lambda m=module, x=inp: m(x), repeats),
-                sparse_ms=_time_ms(lambda m=smod, x=inp: m(x), repeats)))
+            layers.append(
+                LayerBench(
+                    name=name,
+                    kind=type(module).__name__,
+                    shape=list(module.weight.shape),
+                    density=density,
+                    macs=macs,
+                    dense_ms=_time_ms(lambda m=module, x=inp: m(x), repeats),
+                    sparse_ms=_time_ms(lambda m=smod, x=inp: m(x), repeats),
+                )
+            )
     kept_dense = [n for n in inputs if n not in replaced]  # denser than DENSE_ABOVE, or a grouped conv
     db_frac = (loaded.sidecar.get("metrics") or {}).get("inference_flops_frac")
-    return BenchResult(model=spec.model.name, batch_size=batch_size, threads=torch.get_num_threads(),
-                       input_shape=list(info.input_shape), dense_ms=dense_ms, sparse_ms=sparse_ms,
-                       flops_fraction=active_macs / dense_macs if dense_macs else 1.0, max_abs_diff=diff,
-                       layers=layers, kept_dense=kept_dense, db_inference_flops_frac=db_frac)
+    return BenchResult(
+        model=spec.model.name,
+        batch_size=batch_size,
+        threads=torch.get_num_threads(),
+        input_shape=list(info.input_shape),
+        dense_ms=dense_ms,
+        sparse_ms=sparse_ms,
+        flops_fraction=active_macs / dense_macs if dense_macs else 1.0,
+        max_abs_diff=diff,
+        layers=layers,
+        kept_dense=kept_dense,
+        db_inference_flops_frac=db_frac,
+    )
 
 
-CONV_NOTE = ("torch has no sparse convolution kernel for unstructured masks (torch.sparse offers CSR/COO "
-             "matmul; semi-structured 2:4 sparsity needs CUDA and a 2:4 pattern, which GraNet's masks are "
-             "not): sparse convs here are unfold + CSR matmul, against oneDNN's dense conv.")
+CONV_NOTE = (
+    "torch has no sparse convolution kernel for unstructured masks (torch.sparse offers CSR/COO "
+    "matmul; semi-structured 2:4 sparsity needs CUDA and a 2:4 pattern, which GraNet's masks are "
+    "not): sparse convs here are unfold + CSR matmul, against oneDNN's dense conv."
+)

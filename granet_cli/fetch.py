@@ -39,11 +39,15 @@ def fetch(name: str, root: str | Path, *, quiet: bool = False) -> Path:
 
     Raises DataError with one line on a network failure or a checksum mismatch."""
     if name == "imagenet":
-        raise DataError(f"imagenet cannot be downloaded (its licence needs a sign-up at image-net.org): "
-                        f"put it under a local root as {IMAGENET_LAYOUT} and set data.root")
+        raise DataError(
+            f"imagenet cannot be downloaded (its licence needs a sign-up at image-net.org): "
+            f"put it under a local root as {IMAGENET_LAYOUT} and set data.root"
+        )
     if name not in DOWNLOADABLE:
-        raise DataError(f"{name}: nothing to download (only {', '.join(DOWNLOADABLE)} are fetched; "
-                        f"digits ships with scikit-learn, synthetic is generated)")
+        raise DataError(
+            f"{name}: nothing to download (only {', '.join(DOWNLOADABLE)} are fetched; "
+            f"digits ships with scikit-learn, synthetic is generated)"
+        )
     from .data.cifar import _CIFAR
 
     cls, title, folder = _CIFAR[name][0], _CIFAR[name][1], _CIFAR[name][2]
@@ -65,9 +69,13 @@ def fetch(name: str, root: str | Path, *, quiet: bool = False) -> Path:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise DataError(f"{title}: download from {cls.url} failed ({' '.join(str(reason).split())})") from None
     except tarfile.TarError as e:
-        raise DataError(f"{title}: {root / cls.filename} is not a readable archive ({e}); delete it and retry") from None
+        raise DataError(
+            f"{title}: {root / cls.filename} is not a readable archive ({e}); delete it and retry"
+        ) from None
     except RuntimeError as e:  # torchvision: "File not found or corrupted." / "Dataset not found or corrupted."
         archive = root / cls.filename
-        raise DataError(f"{title}: checksum mismatch ({' '.join(str(e).split())}): {archive} does not have md5 "
-                        f"{cls.tgz_md5}, or a file under {root / folder} was changed; delete them and retry") from None
+        raise DataError(
+            f"{title}: checksum mismatch ({' '.join(str(e).split())}): {archive} does not have md5 "
+            f"{cls.tgz_md5}, or a file under {root / folder} was changed; delete them and retry"
+        ) from None
     return root / folder

@@ -93,7 +93,7 @@ def latest_per_seed(runs: list[dict], density_key) -> list[dict]:
         k = (density_key(r.get("target_density")), r.get("seed"))
         if k not in latest or _recency(r) > _recency(latest[k]):
             latest[k] = r
-    return sorted(latest.values(), key=lambda r: (str(r.get("run_id"))))
+    return sorted(latest.values(), key=lambda r: str(r.get("run_id")))
 
 
 def group_rows(runs: list[dict], density_key) -> list[RowGroup]:

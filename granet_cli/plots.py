@@ -17,8 +17,8 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -35,8 +35,14 @@ _RC = {
 }
 # fixed method colours so a method keeps its colour across figures
 _METHOD_COLORS = {
-    "dense": "#000000", "granet": "#1f77b4", "granet_uniform": "#17becf", "rigl": "#d62728",
-    "set": "#2ca02c", "gmp": "#ff7f0e", "gmp_uniform": "#bcbd22", "static": "#7f7f7f",
+    "dense": "#000000",
+    "granet": "#1f77b4",
+    "granet_uniform": "#17becf",
+    "rigl": "#d62728",
+    "set": "#2ca02c",
+    "gmp": "#ff7f0e",
+    "gmp_uniform": "#bcbd22",
+    "static": "#7f7f7f",
 }
 _EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 
@@ -122,8 +128,17 @@ def accuracy_vs_density_plot(
         for i, (m, v) in enumerate(pts.items()):
             # small multiplicative dodge so error bars of methods at one density do not overlap
             dodge = 1.025 ** (i - (len(pts) - 1) / 2)
-            ax.errorbar([p[0] * dodge for p in v], [p[1] for p in v], yerr=[p[2] if _finite(p[2]) else 0 for p in v],
-                        marker="o", ms=4, capsize=3, lw=1.4, label=m, color=method_color(m, order))
+            ax.errorbar(
+                [p[0] * dodge for p in v],
+                [p[1] for p in v],
+                yerr=[p[2] if _finite(p[2]) else 0 for p in v],
+                marker="o",
+                ms=4,
+                capsize=3,
+                lw=1.4,
+                label=m,
+                color=method_color(m, order),
+            )
         if dense is not None and _finite(dense[0]):
             mu, sd = dense[0], dense[1] if _finite(dense[1]) else 0.0
             ax.axhline(mu, color="black", ls="--", lw=1, label="dense")
@@ -137,7 +152,10 @@ def accuracy_vs_density_plot(
             ax.minorticks_off()
         ys = [p[1] + s * (p[2] if _finite(p[2]) else 0.0) for v in pts.values() for p in v for s in (-1, 1)]
         if dense is not None and _finite(dense[0]):
-            ys += [dense[0] - (dense[1] if _finite(dense[1]) else 0.0), dense[0] + (dense[1] if _finite(dense[1]) else 0.0)]
+            ys += [
+                dense[0] - (dense[1] if _finite(dense[1]) else 0.0),
+                dense[0] + (dense[1] if _finite(dense[1]) else 0.0),
+            ]
         _zoom(ax, ys)
         ax.set_xlabel("target density")
         ax.set_ylabel(ylabel)
@@ -183,8 +201,14 @@ def curves_plot(
                 ax.plot(xs, ys, lw=1.4, label=m, color=c)
                 sds = [p[2] if _finite(p[2]) else 0.0 for p in v]
                 if any(s > 0 for s in sds):
-                    ax.fill_between(xs, [y - s for y, s in zip(ys, sds)], [y + s for y, s in zip(ys, sds)],
-                                    color=c, alpha=0.12, lw=0)
+                    ax.fill_between(
+                        xs,
+                        [y - s for y, s in zip(ys, sds)],
+                        [y + s for y, s in zip(ys, sds)],
+                        color=c,
+                        alpha=0.12,
+                        lw=0,
+                    )
             if zoom_after is not None:
                 xs_all = [p[0] for v in series.values() for p in v]
                 cut = min(xs_all) + zoom_after * (max(xs_all) - min(xs_all))
@@ -203,8 +227,14 @@ def curves_plot(
                     if lab not in handles:
                         handles[lab] = h
                         labels.append(lab)
-        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center",
-                   ncols=min(len(labels), 5), fontsize=8, frameon=False)
+        fig.legend(
+            [handles[lab] for lab in labels],
+            labels,
+            loc="outside lower center",
+            ncols=min(len(labels), 5),
+            fontsize=8,
+            frameon=False,
+        )
         fig.suptitle(title)
         return Plot(key, title, _to_svg(fig))
 
@@ -225,8 +255,10 @@ def density_steps_plot(
     method gets one colour, each of its lines (one per target density) its own line style and
     legend entry (the line label, e.g. ``granet d=0.1``).  Log-y when densities span > 10x.
     """
-    lines = {m: [(lab, sorted(p for p in pts if _finite(p[0]) and _finite(p[1]))) for lab, pts in v]
-             for m, v in series.items()}
+    lines = {
+        m: [(lab, sorted(p for p in pts if _finite(p[0]) and _finite(p[1]))) for lab, pts in v]
+        for m, v in series.items()
+    }
     lines = {m: [(lab, pts) for lab, pts in v if pts] for m, v in lines.items()}
     lines = {m: v for m, v in lines.items() if v}
     if not lines:
@@ -239,8 +271,16 @@ def density_steps_plot(
         for m, v in lines.items():
             c = method_color(m, order)
             for i, (lab, pts) in enumerate(v):
-                ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color=c, lw=1.3,
-                        ls=_LINESTYLES[i % len(_LINESTYLES)], alpha=0.9, label=lab)
+                ax.step(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    where="post",
+                    color=c,
+                    lw=1.3,
+                    ls=_LINESTYLES[i % len(_LINESTYLES)],
+                    alpha=0.9,
+                    label=lab,
+                )
                 all_d += [p[1] for p in pts]
         pos = [d for d in all_d if d > 0]
         if pos and max(pos) / min(pos) > 10:
@@ -252,8 +292,13 @@ def density_steps_plot(
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         n = sum(len(v) for v in lines.values())
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7, frameon=False,
-                   ncols=1 if n <= 16 else 2)
+        fig.legend(
+            *ax.get_legend_handles_labels(),
+            loc="outside right upper",
+            fontsize=7,
+            frameon=False,
+            ncols=1 if n <= 16 else 2,
+        )
         return Plot(key, title, _to_svg(fig))
 
 
@@ -279,19 +324,36 @@ def accuracy_vs_flops_plot(
         fig, axes = _figure(1, 2, width=10.5, height=4.0)
         order = list(pts)
         ys = []
-        for ax, xkey, xlabel in ((axes[0][0], "train", "training FLOPs (fraction of dense)"),
-                                 (axes[0][1], "infer", "inference FLOPs (fraction of dense)")):
+        for ax, xkey, xlabel in (
+            (axes[0][0], "train", "training FLOPs (fraction of dense)"),
+            (axes[0][1], "infer", "inference FLOPs (fraction of dense)"),
+        ):
             xs_all = []
             for m, v in pts.items():
                 q = sorted((p for p in v if _finite(p.get(xkey)) and p[xkey] > 0), key=lambda p: p[xkey])
                 if not q:
                     continue
                 errs = [p["err"] if _finite(p.get("err")) else 0.0 for p in q]
-                ax.errorbar([p[xkey] for p in q], [p["mean"] for p in q], yerr=errs, marker="o", ms=4,
-                            capsize=3, lw=1.3, label=m, color=method_color(m, order))
+                ax.errorbar(
+                    [p[xkey] for p in q],
+                    [p["mean"] for p in q],
+                    yerr=errs,
+                    marker="o",
+                    ms=4,
+                    capsize=3,
+                    lw=1.3,
+                    label=m,
+                    color=method_color(m, order),
+                )
                 for p in q:
-                    ax.annotate(f"d={p['density']:g}", (p[xkey], p["mean"]), textcoords="offset points",
-                                xytext=(4, 4), fontsize=6.5, color=method_color(m, order))
+                    ax.annotate(
+                        f"d={p['density']:g}",
+                        (p[xkey], p["mean"]),
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize=6.5,
+                        color=method_color(m, order),
+                    )
                 xs_all += [p[xkey] for p in q]
                 ys += [p["mean"] + s * e for p, e in zip(q, errs) for s in (-1, 1)]
             if dense is not None and _finite(dense[0]):
@@ -324,8 +386,9 @@ def mask_updates_plot(
 ) -> Plot:
     """One subplot per panel (target density), per table row two lines over training steps:
     weights dropped (dashed, x) and regrown (solid, o).  ``panels``: title -> row -> [(step, dropped, grown)]."""
-    panels = {t: {m: sorted(v) for m, v in rows.items() if v and any(p[1] or p[2] for p in v)}
-              for t, rows in panels.items()}
+    panels = {
+        t: {m: sorted(v) for m, v in rows.items() if v and any(p[1] or p[2] for p in v)} for t, rows in panels.items()
+    }
     panels = {t: rows for t, rows in panels.items() if rows}
     if not panels:
         return Plot(key, title, None, "no drop-and-grow updates recorded (no method here regrows weights)")
@@ -340,8 +403,16 @@ def mask_updates_plot(
             for m, v in rows.items():
                 c = method_color(m, order)
                 ax.plot([p[0] for p in v], [p[2] for p in v], color=c, lw=1.3, marker="o", ms=2.5, label=f"{m} grown")
-                ax.plot([p[0] for p in v], [p[1] for p in v], color=c, lw=1.0, ls="--", marker="x", ms=3,
-                        label=f"{m} dropped")
+                ax.plot(
+                    [p[0] for p in v],
+                    [p[1] for p in v],
+                    color=c,
+                    lw=1.0,
+                    ls="--",
+                    marker="x",
+                    ms=3,
+                    label=f"{m} dropped",
+                )
             ax.set_title(ptitle, fontsize=9)
             ax.set_xlabel("training step")
             ax.set_ylabel("weights per update")
@@ -381,8 +452,15 @@ def layer_density_plot(
                         names.append(name)
             pos = {name: k for k, name in enumerate(names)}
             for m, v in rows.items():
-                ax.plot([pos[name] for name, _d in v], [d for _n, d in v], marker="o", ms=3, lw=1.2, label=m,
-                        color=method_color(m, order))
+                ax.plot(
+                    [pos[name] for name, _d in v],
+                    [d for _n, d in v],
+                    marker="o",
+                    ms=3,
+                    lw=1.2,
+                    label=m,
+                    color=method_color(m, order),
+                )
             step = max(1, math.ceil(len(names) / 16))
             ax.set_xticks(range(0, len(names), step))
             ax.set_xticklabels([names[k] for k in range(0, len(names), step)], rotation=60, ha="right", fontsize=6)
@@ -405,8 +483,14 @@ def _fig_legend(fig: Figure, axes) -> None:
                     handles[lab] = h
                     labels.append(lab)
     if labels:
-        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center",
-                   ncols=min(len(labels), 4), fontsize=8, frameon=False)
+        fig.legend(
+            [handles[lab] for lab in labels],
+            labels,
+            loc="outside lower center",
+            ncols=min(len(labels), 4),
+            fontsize=8,
+            frameon=False,
+        )
 
 
 _ID_RE = re.compile(r'\bid="([^"]+)"')
@@ -421,7 +505,12 @@ def inline_svg(svg: str, prefix: str) -> str:
     ids = set(_ID_RE.findall(svg))
     if ids:
         svg = _ID_RE.sub(lambda m: f'id="{prefix}-{m.group(1)}"', svg)
-        svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}-{m.group(1)})" if m.group(1) in ids else m.group(0), svg)
-        svg = re.sub(r'((?:xlink:)?href)="#([^"]+)"',
-                     lambda m: f'{m.group(1)}="#{prefix}-{m.group(2)}"' if m.group(2) in ids else m.group(0), svg)
+        svg = re.sub(
+            r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}-{m.group(1)})" if m.group(1) in ids else m.group(0), svg
+        )
+        svg = re.sub(
+            r'((?:xlink:)?href)="#([^"]+)"',
+            lambda m: f'{m.group(1)}="#{prefix}-{m.group(2)}"' if m.group(2) in ids else m.group(0),
+            svg,
+        )
     return svg.strip()

@@ -7,14 +7,23 @@ run starts, `store_final` picks the final metrics `Store.finish_run` / `Store.fa
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .spec import RunSpec
 
-FINAL_KEYS = ("final_test_acc", "best_test_acc", "final_test_acc5", "samples_per_second",
-              "final_density", "itop_rate",
-              "train_flops_frac", "inference_flops_frac", "wall_seconds",
-              "overall_density", "selected_test_acc")
+FINAL_KEYS = (
+    "final_test_acc",
+    "best_test_acc",
+    "final_test_acc5",
+    "samples_per_second",
+    "final_density",
+    "itop_rate",
+    "train_flops_frac",
+    "inference_flops_frac",
+    "wall_seconds",
+    "overall_density",
+    "selected_test_acc",
+)
 
 
 def store_final(final: dict) -> dict:
@@ -28,10 +37,15 @@ def record_for(spec: RunSpec, run_id: str, sweep_id: str | None) -> dict:
     object without `config_hash()` records NULL rather than failing the run."""
     config_hash = getattr(spec, "config_hash", None)
     return {
-        "run_id": run_id, "sweep_id": sweep_id, "spec_hash": spec.spec_hash(),
+        "run_id": run_id,
+        "sweep_id": sweep_id,
+        "spec_hash": spec.spec_hash(),
         "config_hash": config_hash() if callable(config_hash) else None,
-        "method": spec.sparsity.method, "model": spec.model.name, "dataset": spec.data.name,
-        "target_density": spec.sparsity.final_density, "seed": spec.seed,
+        "method": spec.sparsity.method,
+        "model": spec.model.name,
+        "dataset": spec.data.name,
+        "target_density": spec.sparsity.final_density,
+        "seed": spec.seed,
         "spec_json": json.dumps(spec.normalised(), sort_keys=True),
-        "started_at": datetime.now(timezone.utc).replace(tzinfo=None),
+        "started_at": datetime.now(UTC).replace(tzinfo=None),
     }

@@ -43,10 +43,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
@@ -63,8 +64,11 @@ METRICS = {
     "selected_test_acc": "Selected test accuracy (%, epoch of best validation accuracy)",
     "best_test_acc": "Best test accuracy over epochs (%, optimistic: selected on the test set)",
 }
-METRIC_SHORT = {"final_test_acc": "final test accuracy", "selected_test_acc": "selected test accuracy",
-                "best_test_acc": "best test accuracy (optimistic)"}
+METRIC_SHORT = {
+    "final_test_acc": "final test accuracy",
+    "selected_test_acc": "selected test accuracy",
+    "best_test_acc": "best test accuracy (optimistic)",
+}
 FORMATS = ("md", "html", "both")
 DASH = "–"
 BASELINE_LABEL = "dense (baseline)"
@@ -103,10 +107,20 @@ class Cell:
 
     def to_json(self, label: str, density: float) -> dict[str, Any]:
         ci = None if self.ci95 is None else [self.mean - self.ci95, self.mean + self.ci95]
-        return {"label": label, "density": density, "mean": self.mean, "std": self.std, "ci95": self.ci95,
-                "ci95_interval": ci, "n": self.n, "values": self.values,
-                "seeds": [r.get("seed") for r in self.runs],  # values[i] is the run of seeds[i]
-                "best": self.best, "tied": self.tied, "text": self.text}
+        return {
+            "label": label,
+            "density": density,
+            "mean": self.mean,
+            "std": self.std,
+            "ci95": self.ci95,
+            "ci95_interval": ci,
+            "n": self.n,
+            "values": self.values,
+            "seeds": [r.get("seed") for r in self.runs],  # values[i] is the run of seeds[i]
+            "best": self.best,
+            "tied": self.tied,
+            "text": self.text,
+        }
 
 
 @dataclass
@@ -165,14 +179,23 @@ class Table:
         from rich.table import Table as RichTable
         from rich.text import Text
 
-        t = RichTable(title=f"{self.dataset} / {self.model}: {self.title}", box=box.SIMPLE_HEAD,
-                      caption=" ".join(self.notes) or None, caption_justify="left", padding=(0, 1))
+        t = RichTable(
+            title=f"{self.dataset} / {self.model}: {self.title}",
+            box=box.SIMPLE_HEAD,
+            caption=" ".join(self.notes) or None,
+            caption_justify="left",
+            padding=(0, 1),
+        )
         t.add_column("method \\ density", overflow="fold", min_width=8)
         for h in self.header[1:]:
             t.add_column(h, justify="right", overflow="fold")
         for r in self.rows:
-            cells = [Text(c.text + c.mark, style="bold green" if c.best else ("yellow" if c.tied else ""))
-                     if c else Text(DASH, style="dim") for c in r.cells]
+            cells = [
+                Text(c.text + c.mark, style="bold green" if c.best else ("yellow" if c.tied else ""))
+                if c
+                else Text(DASH, style="dim")
+                for c in r.cells
+            ]
             t.add_row(Text(r.label, style="italic" if r.baseline else ""), *cells)
         return t
 
@@ -180,10 +203,24 @@ class Table:
         rows = []
         for r in self.rows:
             dens = [1.0] * len(self.densities) if r.baseline else self.densities
-            rows.append({"label": r.label, "method": r.method, "baseline": r.baseline,
-                         "cells": [c.to_json(r.label, d) if c else None for c, d in zip(r.cells, dens)]})
-        return {"key": self.key, "title": self.title, "dataset": self.dataset, "model": self.model,
-                "densities": self.densities, "n": self.n, "notes": self.notes, "rows": rows}
+            rows.append(
+                {
+                    "label": r.label,
+                    "method": r.method,
+                    "baseline": r.baseline,
+                    "cells": [c.to_json(r.label, d) if c else None for c, d in zip(r.cells, dens)],
+                }
+            )
+        return {
+            "key": self.key,
+            "title": self.title,
+            "dataset": self.dataset,
+            "model": self.model,
+            "densities": self.densities,
+            "n": self.n,
+            "notes": self.notes,
+            "rows": rows,
+        }
 
 
 @dataclass
@@ -229,8 +266,12 @@ class GroupReport:
         return next((t for t in self.tables if t.key == key), None)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"dataset": self.dataset, "model": self.model, "n_completed": self.n_completed,
-                               "main": self.main.to_json()}
+        out: dict[str, Any] = {
+            "dataset": self.dataset,
+            "model": self.model,
+            "n_completed": self.n_completed,
+            "main": self.main.to_json(),
+        }
         for key in ("dense_diff", "comparisons", "published", "budget"):
             t = self.table(key)
             out[key] = t.data if t else []
@@ -335,8 +376,10 @@ def _modal_n(cells: list[Cell]) -> int | None:
 
 def _make_cell(runs: list[dict], column: str) -> Cell | None:
     """The cell of ``runs`` (one per distinct seed), ``values`` in seed order."""
-    runs = sorted((r for r in runs if _finite(r.get(column))),
-                  key=lambda r: (r.get("seed") if r.get("seed") is not None else 1 << 30, str(r.get("run_id"))))
+    runs = sorted(
+        (r for r in runs if _finite(r.get(column))),
+        key=lambda r: (r.get("seed") if r.get("seed") is not None else 1 << 30, str(r.get("run_id"))),
+    )
     vals = [float(r[column]) for r in runs]
     s = _agg(vals)
     if s is None:
@@ -344,8 +387,17 @@ def _make_cell(runs: list[dict], column: str) -> Cell | None:
     return Cell(s.mean, s.std, s.n, ci95=s.ci95, values=vals, runs=runs)
 
 
-def build_table(runs: list[dict], column: str, *, key: str, title: str, unit: Unit = PERCENT,
-                mark_best: bool = False, higher_is_better: bool = True, notes: bool = True) -> Table:
+def build_table(
+    runs: list[dict],
+    column: str,
+    *,
+    key: str,
+    title: str,
+    unit: Unit = PERCENT,
+    mark_best: bool = False,
+    higher_is_better: bool = True,
+    notes: bool = True,
+) -> Table:
     """Aggregate completed ``runs`` (one dataset/model) of ``column`` into a Table.
 
     One row per method and configuration (see grouping.py): runs are pooled only when their
@@ -377,8 +429,10 @@ def build_table(runs: list[dict], column: str, *, key: str, title: str, unit: Un
     note_lines: list[str] = []
     if all_cells:
         uniform = all(c.n == table_n for c in all_cells)
-        note_lines.append(f"Each cell: {CI_NOTE}; n = {table_n} distinct seed{'s' if table_n != 1 else ''} per cell"
-                          + ("." if uniform else " unless the cell says otherwise."))
+        note_lines.append(
+            f"Each cell: {CI_NOTE}; n = {table_n} distinct seed{'s' if table_n != 1 else ''} per cell"
+            + ("." if uniform else " unless the cell says otherwise.")
+        )
     for r in rows:
         if r.baseline:
             cell = r.cells[0] if r.cells else None
@@ -387,19 +441,33 @@ def build_table(runs: list[dict], column: str, *, key: str, title: str, unit: Un
     if mark_best:
         for j in range(len(densities)):
             sparse = [r for r in rows if not r.baseline]
-            rank = S.rank_column([r.cells[j].values if r.cells[j] else None for r in sparse],
-                                 higher_is_better=higher_is_better)
+            rank = S.rank_column(
+                [r.cells[j].values if r.cells[j] else None for r in sparse], higher_is_better=higher_is_better
+            )
             if rank.best is not None:
                 sparse[rank.best].cells[j].best = True
             for i in rank.tied:
                 sparse[i].cells[j].tied = True
-        note_lines.append("Bold: significantly best in its density column (Welch's t-test, p < 0.05 against every "
-                          "other sparse row); ≈: tied for best (the highest mean and every row not significantly "
-                          "below it); a cell with one seed cannot be tested and is never marked.")
+        note_lines.append(
+            "Bold: significantly best in its density column (Welch's t-test, p < 0.05 against every "
+            "other sparse row); ≈: tied for best (the highest mean and every row not significantly "
+            "below it); a cell with one seed cannot be tested and is never marked."
+        )
     if not any(r.method == "dense" for r in rows):
         note_lines.insert(0, "No completed dense baseline run.")
-    return Table(key, title, dataset, model, densities, rows, note_lines if notes else [], marks_best=mark_best,
-                 run_labels=run_labels, groups=groups, n=table_n)
+    return Table(
+        key,
+        title,
+        dataset,
+        model,
+        densities,
+        rows,
+        note_lines if notes else [],
+        marks_best=mark_best,
+        run_labels=run_labels,
+        groups=groups,
+        n=table_n,
+    )
 
 
 def _groups(runs: list[dict]) -> list[tuple[str, str, list[dict]]]:
@@ -448,18 +516,39 @@ def dense_diff_table(main: Table) -> TextTable | None:
             texts.append(f"{_pp(diff)} ({fmt_p(w.p)})" if w else f"{_pp(diff)} (n<2)")
             if w and w.significant:
                 strong.add((len(rows), j + 1))
-            data.append({"row": r.label, "dense_row": d_row.label, "density": d, "diff": diff,
-                         "t": w.t if w else None, "df": w.df if w else None, "p": w.p if w else None,
-                         "n": c.n, "n_dense": dense.n})
+            data.append(
+                {
+                    "row": r.label,
+                    "dense_row": d_row.label,
+                    "density": d,
+                    "diff": diff,
+                    "t": w.t if w else None,
+                    "df": w.df if w else None,
+                    "p": w.p if w else None,
+                    "n": c.n,
+                    "n_dense": dense.n,
+                }
+            )
         rows.append([r.label, *texts])
     if not rows:
         return None
-    notes = [("Mean of the cell minus the mean of the dense baseline trained with the same recipe, in percentage "
-              "points, and the two-sided p-value of Welch's t-test on the per-seed values; bold: p < 0.05; (n<2): "
-              "one side has a single seed, no test.")]
-    return TextTable("dense_diff", "Difference to dense (percentage points)",
-                     ["method", *(fmt_density(d) for d in main.densities)], rows, notes, strong,
-                     [False] + [True] * len(main.densities), data)
+    notes = [
+        (
+            "Mean of the cell minus the mean of the dense baseline trained with the same recipe, in percentage "
+            "points, and the two-sided p-value of Welch's t-test on the per-seed values; bold: p < 0.05; (n<2): "
+            "one side has a single seed, no test."
+        )
+    ]
+    return TextTable(
+        "dense_diff",
+        "Difference to dense (percentage points)",
+        ["method", *(fmt_density(d) for d in main.densities)],
+        rows,
+        notes,
+        strong,
+        [False] + [True] * len(main.densities),
+        data,
+    )
 
 
 def comparison_table(main: Table, reference: str = "granet") -> TextTable | None:
@@ -484,16 +573,37 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
                 texts.append(f"{_pp(diff)} ({fmt_p(w.p)})" if w else f"{_pp(diff)} (n<2)")
                 if w and w.significant:
                     strong.add((len(rows), j + 1))
-                data.append({reference: g.label, "other": o.label, "density": d, "diff": diff,
-                             "t": w.t if w else None, "df": w.df if w else None, "p": w.p if w else None,
-                             f"n_{reference}": a.n, "n_other": b.n})
+                data.append(
+                    {
+                        reference: g.label,
+                        "other": o.label,
+                        "density": d,
+                        "diff": diff,
+                        "t": w.t if w else None,
+                        "df": w.df if w else None,
+                        "p": w.p if w else None,
+                        f"n_{reference}": a.n,
+                        "n_other": b.n,
+                    }
+                )
             rows.append([f"{g.label} vs {o.label}", *texts])
-    notes = [(f"{reference} minus the other row: difference of means in percentage points, and the two-sided "
-              "p-value of Welch's t-test (unequal variances) on the per-seed values; bold: p < 0.05; (n<2): one side "
-              "has a single seed, no test.")]
-    return TextTable("comparisons", f"{reference} vs each other method (Welch's t-test)",
-                     ["comparison", *(fmt_density(d) for d in main.densities)], rows, notes, strong,
-                     [False] + [True] * len(main.densities), data)
+    notes = [
+        (
+            f"{reference} minus the other row: difference of means in percentage points, and the two-sided "
+            "p-value of Welch's t-test (unequal variances) on the per-seed values; bold: p < 0.05; (n<2): one side "
+            "has a single seed, no test."
+        )
+    ]
+    return TextTable(
+        "comparisons",
+        f"{reference} vs each other method (Welch's t-test)",
+        ["comparison", *(fmt_density(d) for d in main.densities)],
+        rows,
+        notes,
+        strong,
+        [False] + [True] * len(main.densities),
+        data,
+    )
 
 
 def budget_table(main: Table) -> tuple[TextTable | None, list[str]]:
@@ -521,16 +631,32 @@ def budget_table(main: Table) -> tuple[TextTable | None, list[str]]:
         means = {c: _agg([x.get(c) for x in runs]) for c, _h, _u in cols}
         lab = label if len(runs) == table_n else f"{label} (n={len(runs)})"
         rows.append([lab, fmt_density(d), *(u.value(means[c].mean if means[c] else None) for c, _h, u in cols)])
-        data.append({"row": label, "density": d, "n": len(runs),
-                     **{c: (means[c].mean if means[c] else None) for c, _h, _u in cols},
-                     **{f"{c}_std": (means[c].std if means[c] else None) for c, _h, _u in cols}})
+        data.append(
+            {
+                "row": label,
+                "density": d,
+                "n": len(runs),
+                **{c: (means[c].mean if means[c] else None) for c, _h, _u in cols},
+                **{f"{c}_std": (means[c].std if means[c] else None) for c, _h, _u in cols},
+            }
+        )
     uniform = all(n == table_n for n in ns)
-    notes = [f"Means over n = {table_n} seed{'s' if table_n != 1 else ''} per row"
-             + ("." if uniform else " unless the row says otherwise.")
-             + " final density: the sparsified layers; overall density: all conv/linear weights, layers kept dense "
-               "included; FLOPs as fractions of dense training / inference; ITOP: fraction of weights ever active."]
-    return TextTable("budget", "Budget: densities, FLOPs, ITOP, wall time", ["method", "target density",
-                     *(h for _c, h, _u in cols)], rows, notes, set(), [False] + [True] * (len(cols) + 1), data), missing
+    notes = [
+        f"Means over n = {table_n} seed{'s' if table_n != 1 else ''} per row"
+        + ("." if uniform else " unless the row says otherwise.")
+        + " final density: the sparsified layers; overall density: all conv/linear weights, layers kept dense "
+        "included; FLOPs as fractions of dense training / inference; ITOP: fraction of weights ever active."
+    ]
+    return TextTable(
+        "budget",
+        "Budget: densities, FLOPs, ITOP, wall time",
+        ["method", "target density", *(h for _c, h, _u in cols)],
+        rows,
+        notes,
+        set(),
+        [False] + [True] * (len(cols) + 1),
+        data,
+    ), missing
 
 
 # ------------------------------------------------------------------ published numbers
@@ -549,9 +675,15 @@ def load_published(path: Path = PUBLISHED_CSV) -> list[dict[str, Any]]:
         return []
     out = []
     for row in csv.DictReader(lines):
-        out.append({**{k: (row.get(k) or "").strip() for k in PUBLISHED_FIELDS},
-                    "density": float(row["density"]), "epochs": int(row["epochs"]), "number": float(row["number"]),
-                    "std": float(row["std"]) if (row.get("std") or "").strip() else None})
+        out.append(
+            {
+                **{k: (row.get(k) or "").strip() for k in PUBLISHED_FIELDS},
+                "density": float(row["density"]),
+                "epochs": int(row["epochs"]),
+                "number": float(row["number"]),
+                "std": float(row["std"]) if (row.get("std") or "").strip() else None,
+            }
+        )
     return out
 
 
@@ -579,18 +711,41 @@ def published_table(main: Table, published: list[dict[str, Any]], metric: str) -
                 gap = c.mean * 100 - p["number"]
                 pub = f"{p['number']:.2f}" + (f" ± {p['std']:.2f}" if p["std"] is not None else "")
                 rows.append([r.label, fmt_density(d), c.text, pub, f"{gap:+.2f}", f"{p['paper']}, {p['table']}"])
-                data.append({"row": r.label, "density": d, "measured_mean": c.mean, "measured_ci95": c.ci95,
-                             "measured_n": c.n, "published": p["number"], "published_std": p["std"],
-                             "gap_pp": gap, "paper": p["paper"], "table": p["table"], "source": p["source"],
-                             "epochs": p["epochs"]})
+                data.append(
+                    {
+                        "row": r.label,
+                        "density": d,
+                        "measured_mean": c.mean,
+                        "measured_ci95": c.ci95,
+                        "measured_n": c.n,
+                        "published": p["number"],
+                        "published_std": p["std"],
+                        "gap_pp": gap,
+                        "paper": p["paper"],
+                        "table": p["table"],
+                        "source": p["source"],
+                        "epochs": p["epochs"],
+                    }
+                )
     if not rows:
         return None
-    notes = [(f"Published top-1 test accuracies (granet_cli/data/published.csv) beside the measured "
-              f"{METRIC_SHORT.get(metric, metric)} (%, {CI_NOTE}) where the recipe matches: dataset, model, method, "
-              "target density and epochs; gap = measured − published, in percentage points.")]
-    return TextTable("published", "Published numbers beside yours",
-                     ["method", "density", "measured", "published", "gap", "source"], rows, notes, set(),
-                     [False, True, True, True, True, False], data)
+    notes = [
+        (
+            f"Published top-1 test accuracies (granet_cli/data/published.csv) beside the measured "
+            f"{METRIC_SHORT.get(metric, metric)} (%, {CI_NOTE}) where the recipe matches: dataset, model, method, "
+            "target density and epochs; gap = measured − published, in percentage points."
+        )
+    ]
+    return TextTable(
+        "published",
+        "Published numbers beside yours",
+        ["method", "density", "measured", "published", "gap", "source"],
+        rows,
+        notes,
+        set(),
+        [False, True, True, True, True, False],
+        data,
+    )
 
 
 # ----------------------------------------------------------------------------- plots
@@ -629,8 +784,9 @@ def _lowest_seed(by_run: dict[str, dict], labels: dict[str, str], having: set[st
     return chosen
 
 
-def _per_epoch_panels(main: Table, by_run: dict[str, dict], epochs: list[dict], column: str, scale: float,
-                      *, include_baseline: bool) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+def _per_epoch_panels(
+    main: Table, by_run: dict[str, dict], epochs: list[dict], column: str, scale: float, *, include_baseline: bool
+) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
     """density panel -> row label -> [(epoch, mean, std)] of an epochs column over the cell's seeds."""
     labels = main.run_labels
     order = {row.label: i for i, row in enumerate(main.rows)}
@@ -640,8 +796,9 @@ def _per_epoch_panels(main: Table, by_run: dict[str, dict], epochs: list[dict], 
         r = by_run.get(e["run_id"])
         if r is None or not _finite(e.get(column)) or e["epoch"] is None:
             continue
-        per.setdefault((labels[r["run_id"]], _dkey(r["target_density"])), {}).setdefault(
-            int(e["epoch"]), []).append(e[column])
+        per.setdefault((labels[r["run_id"]], _dkey(r["target_density"])), {}).setdefault(int(e["epoch"]), []).append(
+            e[column]
+        )
     panels: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     for d in _pick_panels(main.densities):
         panel: dict[str, list[tuple[float, float, float]]] = {}
@@ -649,16 +806,18 @@ def _per_epoch_panels(main: Table, by_run: dict[str, dict], epochs: list[dict], 
             if m in baseline and not include_baseline:
                 continue
             if dk == d or m in baseline:
-                panel[m] = [(ep, a.mean * scale, a.std * scale)
-                            for ep, vals in sorted(curve.items()) if (a := _agg(vals))]
+                panel[m] = [
+                    (ep, a.mean * scale, a.std * scale) for ep, vals in sorted(curve.items()) if (a := _agg(vals))
+                ]
         panels[f"density {fmt_density(d)}"] = panel
     if not any(m not in baseline for p in panels.values() for m in p):
         return {}
     return panels
 
 
-def density_lines(main: Table, by_run: dict[str, dict], masks: list[dict],
-                  epochs: list[dict]) -> dict[str, list[tuple[str, list[tuple[float, float]]]]]:
+def density_lines(
+    main: Table, by_run: dict[str, dict], masks: list[dict], epochs: list[dict]
+) -> dict[str, list[tuple[str, list[tuple[float, float]]]]]:
     """row label -> [(line label "<row> d=<target>", [(step, density), ...])], one line per target
     density (its lowest seed with mask updates): (0, initial density) first unless an update was
     recorded at step 0, then every mask update, then the last epoch's density if it comes later."""
@@ -688,8 +847,9 @@ def density_lines(main: Table, by_run: dict[str, dict], masks: list[dict],
     return dseries
 
 
-def _group_plots(runs: list[dict], epochs: list[dict], masks: list[dict], layers: list[dict], metric: str,
-                 main: Table) -> list[P.Plot]:
+def _group_plots(
+    runs: list[dict], epochs: list[dict], masks: list[dict], layers: list[dict], metric: str, main: Table
+) -> list[P.Plot]:
     name = METRICS[metric].split(" (")[0]
     dense = None
     for r in main.rows:
@@ -708,19 +868,32 @@ def _group_plots(runs: list[dict], epochs: list[dict], masks: list[dict], layers
                 continue
             tr = _agg([x.get("train_flops_frac") for x in c.runs])
             inf = _agg([x.get("inference_flops_frac") for x in c.runs])
-            pts.append({"density": d, "train": tr.mean if tr else None, "infer": inf.mean if inf else None,
-                        "mean": c.mean * 100, "err": (c.ci95 or 0.0) * 100})
+            pts.append(
+                {
+                    "density": d,
+                    "train": tr.mean if tr else None,
+                    "infer": inf.mean if inf else None,
+                    "mean": c.mean * 100,
+                    "err": (c.ci95 or 0.0) * 100,
+                }
+            )
         fseries[r.label] = pts
     plots = [P.accuracy_vs_flops_plot(fseries, dense=dense, ylabel=METRICS[metric], title=f"{name} vs FLOPs")]
-    plots[-1].caption = (f"{name} against the cost: a point per table row and target density d (mean over seeds, "
-                         "error bars the 95 % CI), at the mean training FLOPs (left) and inference FLOPs (right) as "
-                         "fractions of dense; the dashed line and the star at 1 are the dense baseline.")
+    plots[-1].caption = (
+        f"{name} against the cost: a point per table row and target density d (mean over seeds, "
+        "error bars the 95 % CI), at the mean training FLOPs (left) and inference FLOPs (right) as "
+        "fractions of dense; the dashed line and the star at 1 are the dense baseline."
+    )
 
     # 2. accuracy vs density (from the main table's aggregates)
-    series = {r.label: [(d, c.mean * 100, (c.ci95 or 0.0) * 100) for d, c in zip(main.densities, r.cells) if c]
-              for r in main.rows if not r.baseline}
-    plots.append(P.accuracy_vs_density_plot(series, dense=dense, ylabel=METRICS[metric],
-                                            title=f"{name} vs target density"))
+    series = {
+        r.label: [(d, c.mean * 100, (c.ci95 or 0.0) * 100) for d, c in zip(main.densities, r.cells) if c]
+        for r in main.rows
+        if not r.baseline
+    }
+    plots.append(
+        P.accuracy_vs_density_plot(series, dense=dense, ylabel=METRICS[metric], title=f"{name} vs target density")
+    )
     plots[-1].caption = f"{name} vs target density: mean over seeds, error bars the 95 % CI; dashed: dense baseline."
 
     # 3. test accuracy over epochs, one panel per density, one line per table row
@@ -728,41 +901,64 @@ def _group_plots(runs: list[dict], epochs: list[dict], masks: list[dict], layers
     by_run = {r["run_id"]: r for r in runs if r["run_id"] in labels}
     panels = _per_epoch_panels(main, by_run, epochs, "test_acc", 100.0, include_baseline=True)
     plots.append(P.curves_plot(panels, zoom_after=0.25, title="Test accuracy over epochs"))
-    plots[-1].caption = ("Test accuracy over epochs, mean ± std over seeds, one panel per target density; the y axis "
-                         "frames the last three quarters of training (the first epochs may run off the bottom).")
+    plots[-1].caption = (
+        "Test accuracy over epochs, mean ± std over seeds, one panel per target density; the y axis "
+        "frames the last three quarters of training (the first epochs may run off the bottom)."
+    )
 
     # 4. density of the sparsified layers over training steps, from its initial density; lowest seed per cell
     order = {row.label: i for i, row in enumerate(main.rows)}
     dseries = density_lines(main, by_run, masks, epochs)
-    plots.append(P.density_steps_plot(dseries, ylabel="density of the sparsified layers",
-                                      title="Density over training steps"))
-    plots[-1].caption = ("Density of the sparsified layers over training steps, from the initial density at step 0 "
-                         "(1.0 for GMP, init_density for GraNet, the target for RigL/SET/static) through every "
-                         "pruning and drop-and-grow update to the end of training; lowest seed per cell, one line "
-                         "per target density d.")
+    plots.append(
+        P.density_steps_plot(dseries, ylabel="density of the sparsified layers", title="Density over training steps")
+    )
+    plots[-1].caption = (
+        "Density of the sparsified layers over training steps, from the initial density at step 0 "
+        "(1.0 for GMP, init_density for GraNet, the target for RigL/SET/static) through every "
+        "pruning and drop-and-grow update to the end of training; lowest seed per cell, one line "
+        "per target density d."
+    )
 
     # 5. ITOP rate over epochs
     ipanels = _per_epoch_panels(main, by_run, epochs, "itop_rate", 1.0, include_baseline=False)
-    plots.append(P.curves_plot(ipanels, ylabel="ITOP rate", key="itop_over_epochs", title="ITOP rate over epochs",
-                               empty_note="no ITOP rate recorded"))
-    plots[-1].caption = ("In-time over-parameterisation: the fraction of the sparsified weights that have ever been "
-                         "active, over epochs (mean ± std over seeds), one panel per target density.")
+    plots.append(
+        P.curves_plot(
+            ipanels,
+            ylabel="ITOP rate",
+            key="itop_over_epochs",
+            title="ITOP rate over epochs",
+            empty_note="no ITOP rate recorded",
+        )
+    )
+    plots[-1].caption = (
+        "In-time over-parameterisation: the fraction of the sparsified weights that have ever been "
+        "active, over epochs (mean ± std over seeds), one panel per target density."
+    )
 
     # 6. weights dropped / regrown per mask update
     by_mu: dict[str, list[tuple[float, float, float]]] = {}
     for u in masks:
-        if _finite(u["step"]) and _finite(u.get("dropped")) and _finite(u.get("grown")) and (u["dropped"] or u["grown"]):
+        if (
+            _finite(u["step"])
+            and _finite(u.get("dropped"))
+            and _finite(u.get("grown"))
+            and (u["dropped"] or u["grown"])
+        ):
             by_mu.setdefault(u["run_id"], []).append((u["step"], u["dropped"], u["grown"]))
     chosen = _lowest_seed(by_run, labels, set(by_mu))
     mpanels: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     for d in _pick_panels(main.densities):
-        mpanels[f"density {fmt_density(d)}"] = {m: by_mu[r["run_id"]] for (m, dk), r in
-                                               sorted(chosen.items(), key=lambda kv: order.get(kv[0][0], 99))
-                                               if dk == d}
+        mpanels[f"density {fmt_density(d)}"] = {
+            m: by_mu[r["run_id"]]
+            for (m, dk), r in sorted(chosen.items(), key=lambda kv: order.get(kv[0][0], 99))
+            if dk == d
+        }
     plots.append(P.mask_updates_plot(mpanels, title="Weights dropped and regrown per mask update"))
-    plots[-1].caption = ("Weights dropped (dashed) and regrown (solid) at each drop-and-grow update, lowest seed per "
-                         "cell, one panel per target density; pruning-only steps (GMP, GraNet's schedule) are not "
-                         "drawn.")
+    plots[-1].caption = (
+        "Weights dropped (dashed) and regrown (solid) at each drop-and-grow update, lowest seed per "
+        "cell, one panel per target density; pruning-only steps (GMP, GraNet's schedule) are not "
+        "drawn."
+    )
 
     # 7. final density per layer
     by_layer: dict[str, list[tuple[str, float]]] = {}
@@ -775,11 +971,14 @@ def _group_plots(runs: list[dict], epochs: list[dict], masks: list[dict], layers
         lpanels[f"density {fmt_density(d)}"] = {
             m: sorted(by_layer[r["run_id"]], key=lambda x: _natural_key(x[0]))
             for (m, dk), r in sorted(chosen.items(), key=lambda kv: order.get(kv[0][0], 99))
-            if dk == d and m not in {row.label for row in main.rows if row.baseline}}
+            if dk == d and m not in {row.label for row in main.rows if row.baseline}
+        }
     plots.append(P.layer_density_plot(lpanels, title="Final density per layer"))
-    plots[-1].caption = ("The density each sparsified layer ends with (lowest seed per cell, layers in name order): "
-                         "the ERK distribution RigL/SET/static keep from initialisation against what global "
-                         "magnitude pruning (GraNet, GMP) leaves.")
+    plots[-1].caption = (
+        "The density each sparsified layer ends with (lowest seed per cell, layers in name order): "
+        "the ERK distribution RigL/SET/static keep from initialisation against what global "
+        "magnitude pruning (GraNet, GMP) leaves."
+    )
     return plots
 
 
@@ -800,8 +999,14 @@ def _configurations(groups: list[GroupReport]) -> list[dict[str, Any]]:
                 spec.get("sparsity", {}).pop("final_density", None)
             label = g.main.run_labels.get(run["run_id"], row.label)
             seeds = sorted({r["seed"] for r in row.runs if r.get("seed") is not None})
-            out.append({"group": f"{g.dataset} / {g.model}", "label": label, "seeds": seeds,
-                        "spec": json.dumps(spec, indent=2, sort_keys=True)})
+            out.append(
+                {
+                    "group": f"{g.dataset} / {g.model}",
+                    "label": label,
+                    "seeds": seeds,
+                    "spec": json.dumps(spec, indent=2, sort_keys=True),
+                }
+            )
     return out
 
 
@@ -838,8 +1043,7 @@ def _no_completed(db_path: Any, sweep: str | None) -> ReportError:
     return ReportError(f"no completed runs{where} in {db_path}")
 
 
-def summary_tables(db_path: str | Path, *, sweep: str | None = None,
-                   metric: str = "final_test_acc") -> list[Table]:
+def summary_tables(db_path: str | Path, *, sweep: str | None = None, metric: str = "final_test_acc") -> list[Table]:
     """The main table per (dataset, model) without writing anything."""
     _check_metric(metric)
     runs, _sid, _sname, st = _load(db_path, sweep)
@@ -919,26 +1123,41 @@ def _analyse(db_path: str | Path, sweep: str | None, metric: str, *, with_plots:
     for dataset, model, g in _groups(done):
         main = _main_table(g, metric)
         budget, missing = budget_table(main)
-        tables = [t for t in (dense_diff_table(main), comparison_table(main), published_table(main, published, metric),
-                              budget) if t is not None]
+        tables = [
+            t
+            for t in (dense_diff_table(main), comparison_table(main), published_table(main, published, metric), budget)
+            if t is not None
+        ]
         notes = []
         if not any(r.method == "granet" for r in main.rows):
             notes.append("No GraNet row here, so no pairwise comparison with GraNet.")
         gplots: list[P.Plot] = []
         if with_plots:
             gids = {r["run_id"] for r in g}
-            gplots = _group_plots(g, [e for e in epochs if e["run_id"] in gids],
-                                  [u for u in masks if u["run_id"] in gids],
-                                  [x for x in layers if x["run_id"] in gids], metric, main)
-        groups.append(GroupReport(dataset, model, _slug(f"{dataset}-{model}"), main, tables, gplots, len(g),
-                                  missing, notes))
+            gplots = _group_plots(
+                g,
+                [e for e in epochs if e["run_id"] in gids],
+                [u for u in masks if u["run_id"] in gids],
+                [x for x in layers if x["run_id"] in gids],
+                metric,
+                main,
+            )
+        groups.append(
+            GroupReport(dataset, model, _slug(f"{dataset}-{model}"), main, tables, gplots, len(g), missing, notes)
+        )
 
     others = [
         {**r, "error_line": _one_line(r["error"])}
-        for r in sorted((r for r in runs if r["status"] != "completed"),
-                        key=lambda r: (str(r["status"]), method_sort_key(str(r["method"])),
-                                       r["target_density"] if _finite(r["target_density"]) else 0.0,
-                                       r["seed"] if r["seed"] is not None else 0, str(r["run_id"])))
+        for r in sorted(
+            (r for r in runs if r["status"] != "completed"),
+            key=lambda r: (
+                str(r["status"]),
+                method_sort_key(str(r["method"])),
+                r["target_density"] if _finite(r["target_density"]) else 0.0,
+                r["seed"] if r["seed"] is not None else 0,
+                str(r["run_id"]),
+            ),
+        )
     ]
     counts: dict[str, int] = {}
     for r in runs:
@@ -953,18 +1172,32 @@ def report_json(db_path: str | Path, *, sweep: str | None = None, metric: str = 
     their gaps and the budget table; plus the runs not completed.  Accuracies are fractions."""
     a = _analyse(db_path, sweep, metric, with_plots=False)
     return {
-        "db": str(db_path), "sweep_id": a.sweep_id, "sweep_name": a.sweep_name, "metric": metric,
-        "metric_title": METRICS[metric], "units": "accuracy values are fractions (tables show percent); "
-        "differences and gaps marked _pp are percentage points", "confidence": S.CONFIDENCE, "alpha": S.ALPHA,
+        "db": str(db_path),
+        "sweep_id": a.sweep_id,
+        "sweep_name": a.sweep_name,
+        "metric": metric,
+        "metric_title": METRICS[metric],
+        "units": "accuracy values are fractions (tables show percent); "
+        "differences and gaps marked _pp are percentage points",
+        "confidence": S.CONFIDENCE,
+        "alpha": S.ALPHA,
         "counts": a.counts,
         "groups": [g.to_json() for g in a.groups],
-        "not_completed": [{k: r.get(k) for k in ("run_id", "method", "target_density", "seed", "status", "error")}
-                          for r in a.others],
+        "not_completed": [
+            {k: r.get(k) for k in ("run_id", "method", "target_density", "seed", "status", "error")} for r in a.others
+        ],
     }
 
 
-def build_report(db_path: str | Path, *, sweep: str | None = None, out_dir: Path = Path("reports"),
-                 fmt: str = "both", metric: str = "final_test_acc", name: str | None = None) -> ReportResult:
+def build_report(
+    db_path: str | Path,
+    *,
+    sweep: str | None = None,
+    out_dir: Path = Path("reports"),
+    fmt: str = "both",
+    metric: str = "final_test_acc",
+    name: str | None = None,
+) -> ReportResult:
     """Write the report; see the module docstring.  Raises ReportError (one line)
     for a missing/unreadable db, an unknown sweep, metric or format, or no completed runs."""
     if fmt not in FORMATS:
@@ -981,7 +1214,7 @@ def build_report(db_path: str | Path, *, sweep: str | None = None, out_dir: Path
         sweep_name=sweep_name,
         metric=metric,
         metric_title=METRICS[metric],
-        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         counts=", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         groups=groups,
         others=others,
@@ -1015,21 +1248,43 @@ def build_report(db_path: str | Path, *, sweep: str | None = None, out_dir: Path
             md_path = out_dir / f"{report_name}.md"
             md_path.write_text(md, encoding="utf-8")
         if fmt in ("html", "both"):
+
             def inline(p: P.Plot, g: GroupReport) -> Markup:
                 return Markup(P.inline_svg(p.svg, f"{g.slug}-{p.key}")) if p.svg else Markup("")
+
             page = env.get_template("report.html.j2").render(**ctx, inline_svg=inline)
             html_path = out_dir / f"{report_name}.html"
             html_path.write_text(page, encoding="utf-8")
     except OSError as e:
         raise ReportError(f"cannot write report in {out_dir}: {_one_line(e)}") from None
 
-    return ReportResult(md_path=md_path, html_path=html_path, main_tables=[g.main for g in groups],
-                        name=report_name, sweep_id=sweep_id, groups=groups, other_runs=others,
-                        plot_paths=plot_paths)
+    return ReportResult(
+        md_path=md_path,
+        html_path=html_path,
+        main_tables=[g.main for g in groups],
+        name=report_name,
+        sweep_id=sweep_id,
+        groups=groups,
+        other_runs=others,
+        plot_paths=plot_paths,
+    )
 
 
 __all__ = [
-    "ReportError", "ReportResult", "Table", "TableRow", "Cell", "GroupReport",
-    "build_report", "summary_tables", "build_table", "METHOD_ORDER", "METRICS", "md_cell",
-    "report_json", "TextTable", "load_published", "Unit",
+    "ReportError",
+    "ReportResult",
+    "Table",
+    "TableRow",
+    "Cell",
+    "GroupReport",
+    "build_report",
+    "summary_tables",
+    "build_table",
+    "METHOD_ORDER",
+    "METRICS",
+    "md_cell",
+    "report_json",
+    "TextTable",
+    "load_published",
+    "Unit",
 ]

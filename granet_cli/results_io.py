@@ -55,8 +55,15 @@ def _quote(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
-def export_table(db_path: Path, *, table: str = "runs", fmt: str = "csv", out: Path | None = None,
-                 sweep: str | None = None, status: str | None = None) -> tuple[int, bytes | None]:
+def export_table(
+    db_path: Path,
+    *,
+    table: str = "runs",
+    fmt: str = "csv",
+    out: Path | None = None,
+    sweep: str | None = None,
+    status: str | None = None,
+) -> tuple[int, bytes | None]:
     """COPY one table (rows of one sweep / one status when given) to `out`, or return its bytes
     when `out` is None (csv/json only). Returns (row count, bytes or None)."""
     import duckdb
@@ -77,12 +84,14 @@ def export_table(db_path: Path, *, table: str = "runs", fmt: str = "csv", out: P
             sweep_id = store.find_sweep(sweep)
             if sweep_id is None:
                 raise ResultsError(f"--sweep {sweep}: no such sweep (name or id) in {db_path}")
-            where.append("sweep_id = ?" if table in ("runs", "sweeps")
-                         else "run_id IN (SELECT run_id FROM runs WHERE sweep_id = ?)")
+            where.append(
+                "sweep_id = ?"
+                if table in ("runs", "sweeps")
+                else "run_id IN (SELECT run_id FROM runs WHERE sweep_id = ?)"
+            )
             params.append(sweep_id)
         if status is not None:
-            where.append("status = ?" if table == "runs"
-                         else "run_id IN (SELECT run_id FROM runs WHERE status = ?)")
+            where.append("status = ?" if table == "runs" else "run_id IN (SELECT run_id FROM runs WHERE status = ?)")
             params.append(status)
         query = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
         count = con.execute(f"SELECT count(*) FROM ({query})", params).fetchone()[0]
@@ -96,8 +105,7 @@ def export_table(db_path: Path, *, table: str = "runs", fmt: str = "csv", out: P
             if not target.parent.is_dir():
                 raise ResultsError(f"--out {out}: folder {target.parent} does not exist")
         try:
-            con.execute(f"COPY ({query} ORDER BY {TABLE_ORDER[table]}) TO {_quote(target)} {FORMATS[fmt]}",
-                              params)
+            con.execute(f"COPY ({query} ORDER BY {TABLE_ORDER[table]}) TO {_quote(target)} {FORMATS[fmt]}", params)
             data = target.read_bytes() if tmp is not None else None
         except duckdb.Error as e:
             raise ResultsError(f"--out {target}: {_one_line(e, 200)}") from None

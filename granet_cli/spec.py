@@ -16,8 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .sparse.methods import METHODS, PRESETS, canonical_method
 from .sparse.methods import PRESET_FIELDS as CORE_PRESET_FIELDS
+from .sparse.methods import PRESETS, canonical_method
 from .sparse.rules import GRADIENT_INITS, GROWTH_RULES, PRUNE_INITS, SPARSE_INITS  # noqa: F401  (core's tables)
 
 #: fields a method preset decides: when `sparsity.method` is overridden (by --set or a
@@ -37,8 +37,18 @@ class SpecError(ValueError):
 SEED_MAX = 2**31 - 1
 #: models of granet_cli.models (kept here, torch-free, so validation stays cheap;
 #: tests/test_bad_input.py checks it against the registry)
-MODEL_NAMES = ("mlp", "lenet5", "resnet18", "resnet32", "resnet50", "vgg16", "vgg19", "wrn28_10", "wrn16_8",
-               "resnet50_imagenet")
+MODEL_NAMES = (
+    "mlp",
+    "lenet5",
+    "resnet18",
+    "resnet32",
+    "resnet50",
+    "vgg16",
+    "vgg19",
+    "wrn28_10",
+    "wrn16_8",
+    "resnet50_imagenet",
+)
 SWEEP_NAME_MAX = 100
 _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -67,15 +77,29 @@ class DataSpec(_Strict):
     test_batch_size: int = Field(512, gt=0)
     num_workers: int = Field(0, ge=0)
     augment: bool = Field(True, description="the reference's training augmentation (cifar/imagenet)")
-    val_fraction: float = Field(0.0, ge=0, lt=1, description=(
-        "fraction of the training set held out for validation (fixed, stratified by class, the same for "
-        "every run seed); > 0 enables selected_test_acc, the reference's model selection"))
-    download: bool = Field(False, description=(
-        "cifar10/cifar100: download into root with torchvision (md5-checked) when missing; never part of "
-        "the spec hash"))
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "fraction of the training set held out for validation (fixed, stratified by class, the same for "
+            "every run seed); > 0 enables selected_test_acc, the reference's model selection"
+        ),
+    )
+    download: bool = Field(
+        False,
+        description=(
+            "cifar10/cifar100: download into root with torchvision (md5-checked) when missing; never part of "
+            "the spec hash"
+        ),
+    )
     # synthetic data only
-    input_shape: list[int] = Field(default_factory=lambda: [3, 32, 32], min_length=1, max_length=3,
-                                   description="(C, H, W) for conv models; 1 to 3 positive sizes for mlp")
+    input_shape: list[int] = Field(
+        default_factory=lambda: [3, 32, 32],
+        min_length=1,
+        max_length=3,
+        description="(C, H, W) for conv models; 1 to 3 positive sizes for mlp",
+    )
     num_classes: int = Field(10, gt=1)
     train_size: int = Field(512, gt=0)
     test_size: int = Field(256, gt=0)
@@ -97,15 +121,21 @@ class OptimSpec(_Strict):
     weight_decay: float = Field(5e-4, ge=0)
     epochs: int = Field(160, gt=0)
     lr_schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
-                                    description="multistep: fractions of the epochs where lr *= gamma")
+    milestones: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75], description="multistep: fractions of the epochs where lr *= gamma"
+    )
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: int = Field(0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
-    multiplier: int = Field(1, ge=1, description=(
-        "the reference's --multiplier: trains epochs x multiplier epochs, with init/final_prune_epoch, "
-        "update_end_epoch and the lr milestones scaled by the same factor"))
+    multiplier: int = Field(
+        1,
+        ge=1,
+        description=(
+            "the reference's --multiplier: trains epochs x multiplier epochs, with init/final_prune_epoch, "
+            "update_end_epoch and the lr milestones scaled by the same factor"
+        ),
+    )
 
     @field_validator("milestones")
     @classmethod
@@ -193,7 +223,7 @@ class RunSpec(_Strict):
         return _check_seed(v)
 
     @model_validator(mode="after")
-    def _fill_presets_and_check(self) -> "RunSpec":
+    def _fill_presets_and_check(self) -> RunSpec:
         sp = self.sparsity
         preset = PRESETS[sp.method]
         explicit = sp.model_fields_set
@@ -210,30 +240,45 @@ class RunSpec(_Strict):
             object.__setattr__(sp, "final_prune_epoch", default_end)
         problems = []
         if sp.init_density < sp.final_density:
-            problems.append(f"sparsity.init_density: must be >= final_density ({sp.final_density}), got {sp.init_density}")
+            problems.append(
+                f"sparsity.init_density: must be >= final_density ({sp.final_density}), got {sp.init_density}"
+            )
         # the prune epochs only matter to methods with a gradual schedule (gmp, granet)
         if sp.gradual and sp.final_prune_epoch > self.optim.epochs:
-            problems.append(f"sparsity.final_prune_epoch: must be <= optim.epochs ({self.optim.epochs}), got {sp.final_prune_epoch}")
+            problems.append(
+                f"sparsity.final_prune_epoch: must be <= optim.epochs ({self.optim.epochs}), got {sp.final_prune_epoch}"
+            )
         if sp.gradual and sp.init_prune_epoch >= sp.final_prune_epoch:
-            problems.append(f"sparsity.init_prune_epoch: must be < final_prune_epoch ({sp.final_prune_epoch}) "
-                            f"for gradual pruning, got {sp.init_prune_epoch}")
+            problems.append(
+                f"sparsity.init_prune_epoch: must be < final_prune_epoch ({sp.final_prune_epoch}) "
+                f"for gradual pruning, got {sp.init_prune_epoch}"
+            )
         if not sp.gradual and sp.sparse_init not in ("GMP", "dense") and sp.init_density != sp.final_density:
-            problems.append(f"sparsity.init_density: method {sp.method} has no gradual pruning, so init_density "
-                            f"must equal final_density ({sp.final_density}), got {sp.init_density}")
+            problems.append(
+                f"sparsity.init_density: method {sp.method} has no gradual pruning, so init_density "
+                f"must equal final_density ({sp.final_density}), got {sp.init_density}"
+            )
         if sp.sparse_init in ("GMP", "dense") and not sp.gradual and sp.final_density < 1.0:
-            problems.append(f"sparsity.sparse_init: {sp.sparse_init} starts dense but method {sp.method} never prunes "
-                            f"to final_density {sp.final_density}")
+            problems.append(
+                f"sparsity.sparse_init: {sp.sparse_init} starts dense but method {sp.method} never prunes "
+                f"to final_density {sp.final_density}"
+            )
         if self.data.name in ("cifar10", "cifar100", "imagenet") and not self.data.root:
-            problems.append(f"data.root: dataset {self.data.name} needs a local root folder"
-                            + (" to download into" if self.data.download else " (or data.download: true for cifar)"))
+            problems.append(
+                f"data.root: dataset {self.data.name} needs a local root folder"
+                + (" to download into" if self.data.download else " (or data.download: true for cifar)")
+            )
         if self.data.download and self.data.name == "imagenet":
-            problems.append("data.download: imagenet cannot be downloaded (licence); put it under data.root as "
-                            "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG")
+            problems.append(
+                "data.download: imagenet cannot be downloaded (licence); put it under data.root as "
+                "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"
+            )
         if self.model.name not in MODEL_NAMES:
             problems.append(f"model.name: unknown model {self.model.name!r}; choose from {', '.join(MODEL_NAMES)}")
         elif self.data.name == "synthetic" and self.model.name != "mlp" and len(self.data.input_shape) != 3:
-            problems.append(f"data.input_shape: model {self.model.name} needs a (C, H, W) input shape, "
-                            f"got {self.data.input_shape}")
+            problems.append(
+                f"data.input_shape: model {self.model.name} needs a (C, H, W) input shape, got {self.data.input_shape}"
+            )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -251,17 +296,20 @@ class RunSpec(_Strict):
         their seed are repetitions of one experiment, and a report cell aggregates exactly those)."""
         return _hash(self.normalised(), drop=("name", "seed"))
 
-    def scaled(self) -> "RunSpec":
+    def scaled(self) -> RunSpec:
         """The spec the trainer runs: `optim.multiplier` applied (epochs, prune epochs and
         update_end_epoch multiplied; lr milestones are fractions of training, so they follow)."""
         k = self.optim.multiplier
         if k == 1:
             return self
         sp = self.sparsity
-        sparsity = sp.model_copy(update={
-            "init_prune_epoch": sp.init_prune_epoch * k,
-            "final_prune_epoch": sp.final_prune_epoch * k if sp.final_prune_epoch is not None else None,
-            "update_end_epoch": sp.update_end_epoch * k if sp.update_end_epoch is not None else None})
+        sparsity = sp.model_copy(
+            update={
+                "init_prune_epoch": sp.init_prune_epoch * k,
+                "final_prune_epoch": sp.final_prune_epoch * k if sp.final_prune_epoch is not None else None,
+                "update_end_epoch": sp.update_end_epoch * k if sp.update_end_epoch is not None else None,
+            }
+        )
         optim = self.optim.model_copy(update={"epochs": self.optim.epochs * k, "multiplier": 1})
         return self.model_copy(update={"optim": optim, "sparsity": sparsity})
 
@@ -296,8 +344,11 @@ def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
             msg = f"{msg}, got {e.get('input')!r}"
         elif isinstance(e.get("input"), bool) and e["type"] in ("float_type", "int_type"):
             msg = f"expected a number, not a boolean ({str(e['input']).lower()})"
-        elif e["type"] not in ("value_error", "assertion_error", "missing") and "got" not in msg \
-                and not isinstance(e.get("input"), dict):
+        elif (
+            e["type"] not in ("value_error", "assertion_error", "missing")
+            and "got" not in msg
+            and not isinstance(e.get("input"), dict)
+        ):
             shown = repr(e.get("input"))
             msg = f"{msg}, got {shown if len(shown) <= 60 else shown[:57] + '...'}"
         if not path:  # model-level validator: the message already names its fields
@@ -327,7 +378,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     """Apply `key.path=value` overrides to a raw spec dict (before validation)."""
     problems = []
     _drop_preset_fields_if_method_changes(
-        data, {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item})
+        data, {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item}
+    )
     for item in overrides or []:
         if "=" not in item:
             problems.append(f"--set {item}: expected key.path=value")
@@ -371,16 +423,16 @@ class SpecLoader(yaml.SafeLoader):
                 except TypeError:  # unhashable key: SafeLoader reports it
                     continue
                 if first is not None:
-                    raise DuplicateKeyError(None, None, f"duplicate key {key!r} (first given on line {first + 1})",
-                                            key_node.start_mark)
+                    raise DuplicateKeyError(
+                        None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark
+                    )
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
 
 SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -406,8 +458,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             where = f" (character {e.character!r} at offset {e.position} is not allowed)"
         raise SpecError([f"{path}: not valid YAML{where}"]) from None
     if data is None or data == {}:
-        raise SpecError([f"{path}: the spec file is empty (write the fields of the run, e.g. as in "
-                         f"experiments/quickstart.yaml)"])
+        raise SpecError(
+            [f"{path}: the spec file is empty (write the fields of the run, e.g. as in experiments/quickstart.yaml)"]
+        )
     if not isinstance(data, dict):
         raise SpecError([f"{path}: a spec is a YAML mapping, got {type(data).__name__}"])
     return data
@@ -459,10 +512,18 @@ class SweepSpec(_Strict):
     densities: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])
     seeds: list[int] = Field(default_factory=lambda: [0])
     cpus_per_trial: float | None = Field(None, gt=0, description="CPUs reserved per trial (torch threads) [default: 1]")
-    gpus_per_trial: float | None = Field(None, ge=0, description="GPUs per trial [default: 1 when the cluster has GPUs]")
-    max_concurrent: int | None = Field(None, gt=0, description="at most this many trials at once [default: as resources allow]")
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description=(
-        "more grid axes: spec field path -> values, e.g. {optim.lr: [0.05, 0.1]} (x methods x densities x seeds)"))
+    gpus_per_trial: float | None = Field(
+        None, ge=0, description="GPUs per trial [default: 1 when the cluster has GPUs]"
+    )
+    max_concurrent: int | None = Field(
+        None, gt=0, description="at most this many trials at once [default: as resources allow]"
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description=(
+            "more grid axes: spec field path -> values, e.g. {optim.lr: [0.05, 0.1]} (x methods x densities x seeds)"
+        ),
+    )
     max_failures: int = Field(2, ge=0, description="retries of a trial (lost node, crash) from its last checkpoint")
 
     @field_validator("grid")

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -91,7 +91,7 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch | None:
     from scipy.stats import ttest_ind
 
     res = ttest_ind(a, b, equal_var=False)
-    df = se2 ** 2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
+    df = se2**2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
     return Welch(statistics.fmean(a) - statistics.fmean(b), float(res.statistic), float(df), float(res.pvalue))
 
 

@@ -57,11 +57,12 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import duckdb
 
@@ -99,22 +100,67 @@ FAIL_STATUSES = (RunStatus.FAILED.value, RunStatus.DIVERGED.value, RunStatus.INT
 
 #: runs columns holding the final metrics of a run (finish_run / fail_run keys)
 FINAL_COLUMNS = (
-    "final_test_acc", "best_test_acc", "final_density", "itop_rate",
-    "train_flops_frac", "inference_flops_frac", "wall_seconds", "final_test_acc5", "samples_per_second",
-    "overall_density", "selected_test_acc",
+    "final_test_acc",
+    "best_test_acc",
+    "final_density",
+    "itop_rate",
+    "train_flops_frac",
+    "inference_flops_frac",
+    "wall_seconds",
+    "final_test_acc5",
+    "samples_per_second",
+    "overall_density",
+    "selected_test_acc",
 )
 #: keys start_run reads from its dict (started_at defaults to now); an optional "attempts" is accepted too
 START_COLUMNS = (
-    "run_id", "sweep_id", "spec_hash", "config_hash", "method", "model", "dataset",
-    "target_density", "seed", "spec_json", "started_at",
+    "run_id",
+    "sweep_id",
+    "spec_hash",
+    "config_hash",
+    "method",
+    "model",
+    "dataset",
+    "target_density",
+    "seed",
+    "spec_json",
+    "started_at",
 )
 RUN_COLUMNS = (
-    "run_id", "sweep_id", "spec_hash", "config_hash", "method", "model", "dataset", "target_density", "seed",
-    "status", *FINAL_COLUMNS, "attempts", "pid", "host", "spec_json", "started_at", "finished_at", "error",
+    "run_id",
+    "sweep_id",
+    "spec_hash",
+    "config_hash",
+    "method",
+    "model",
+    "dataset",
+    "target_density",
+    "seed",
+    "status",
+    *FINAL_COLUMNS,
+    "attempts",
+    "pid",
+    "host",
+    "spec_json",
+    "started_at",
+    "finished_at",
+    "error",
 )
 EPOCH_COLUMNS = (
-    "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-    "density", "itop_rate", "seconds", "test_acc5", "val_loss", "val_acc", "overall_density",
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "density",
+    "itop_rate",
+    "seconds",
+    "test_acc5",
+    "val_loss",
+    "val_acc",
+    "overall_density",
 )
 LAYER_COLUMNS = ("name", "shape", "numel", "final_density")
 MASK_UPDATE_COLUMNS = ("step", "target_density", "dropped", "grown", "density")
@@ -125,24 +171,61 @@ _D = "DOUBLE"
 COLUMN_TYPES: dict[str, dict[str, str]] = {
     "sweeps": {"sweep_id": _V, "name": _V, "created_at": "TIMESTAMP", "grid_json": _V},
     "runs": {
-        "run_id": _V, "sweep_id": _V, "spec_hash": _V, "method": _V, "model": _V, "dataset": _V,
-        "target_density": _D, "seed": "INTEGER", "status": _V,  # a RunStatus value
-        "final_test_acc": _D, "best_test_acc": _D, "final_density": _D, "itop_rate": _D, "train_flops_frac": _D,
-        "inference_flops_frac": _D, "wall_seconds": _D,
-        "final_test_acc5": _D, "samples_per_second": _D,                          # v1
-        "spec_json": _V, "started_at": "TIMESTAMP", "finished_at": "TIMESTAMP", "error": _V,
-        "overall_density": _D, "selected_test_acc": _D, "config_hash": _V,        # v2
-        "attempts": "INTEGER", "pid": "INTEGER", "host": _V,                      # v2
+        "run_id": _V,
+        "sweep_id": _V,
+        "spec_hash": _V,
+        "method": _V,
+        "model": _V,
+        "dataset": _V,
+        "target_density": _D,
+        "seed": "INTEGER",
+        "status": _V,  # a RunStatus value
+        "final_test_acc": _D,
+        "best_test_acc": _D,
+        "final_density": _D,
+        "itop_rate": _D,
+        "train_flops_frac": _D,
+        "inference_flops_frac": _D,
+        "wall_seconds": _D,
+        "final_test_acc5": _D,
+        "samples_per_second": _D,  # v1
+        "spec_json": _V,
+        "started_at": "TIMESTAMP",
+        "finished_at": "TIMESTAMP",
+        "error": _V,
+        "overall_density": _D,
+        "selected_test_acc": _D,
+        "config_hash": _V,  # v2
+        "attempts": "INTEGER",
+        "pid": "INTEGER",
+        "host": _V,  # v2
     },
     "epochs": {
-        "run_id": _V, "epoch": "INTEGER", "step": "BIGINT", "lr": _D, "train_loss": _D, "train_acc": _D,
-        "test_loss": _D, "test_acc": _D, "density": _D, "itop_rate": _D, "seconds": _D,
-        "test_acc5": _D,                                                          # v1
-        "val_loss": _D, "val_acc": _D, "overall_density": _D,                     # v2
+        "run_id": _V,
+        "epoch": "INTEGER",
+        "step": "BIGINT",
+        "lr": _D,
+        "train_loss": _D,
+        "train_acc": _D,
+        "test_loss": _D,
+        "test_acc": _D,
+        "density": _D,
+        "itop_rate": _D,
+        "seconds": _D,
+        "test_acc5": _D,  # v1
+        "val_loss": _D,
+        "val_acc": _D,
+        "overall_density": _D,  # v2
     },
     "layers": {"run_id": _V, "name": _V, "shape": _V, "numel": "BIGINT", "final_density": _D},
-    "mask_updates": {"run_id": _V, "step": "BIGINT", "target_density": _D, "dropped": "BIGINT",
-                     "grown": "BIGINT", "density": _D},
+    "mask_updates": {
+        "run_id": _V,
+        "step": "BIGINT",
+        "target_density": _D,
+        "dropped": "BIGINT",
+        "grown": "BIGINT",
+        "density": _D,
+    },
 }
 PRIMARY_KEYS = {"sweeps": ("sweep_id",), "runs": ("run_id",), "epochs": ("run_id", "epoch")}
 _DEFAULTS = {("runs", "attempts"): "1"}
@@ -150,12 +233,16 @@ TABLES = tuple(COLUMN_TYPES)
 #: columns each schema version added (to tables that already existed)
 ADDED_IN: dict[int, dict[str, tuple[str, ...]]] = {
     1: {"runs": ("final_test_acc5", "samples_per_second"), "epochs": ("test_acc5",)},
-    2: {"runs": ("overall_density", "selected_test_acc", "config_hash", "attempts", "pid", "host"),
-        "epochs": ("val_loss", "val_acc", "overall_density")},
+    2: {
+        "runs": ("overall_density", "selected_test_acc", "config_hash", "attempts", "pid", "host"),
+        "epochs": ("val_loss", "val_acc", "overall_density"),
+    },
 }
 #: the columns every granet db has had since v0: how a db without granet_meta is recognised
-V0_COLUMNS = {t: tuple(c for c in cols if not any(c in a.get(t, ()) for a in ADDED_IN.values()))
-              for t, cols in COLUMN_TYPES.items()}
+V0_COLUMNS = {
+    t: tuple(c for c in cols if not any(c in a.get(t, ()) for a in ADDED_IN.values()))
+    for t, cols in COLUMN_TYPES.items()
+}
 
 
 def _column_def(table: str, col: str) -> str:
@@ -216,9 +303,9 @@ def default_db_path() -> Path:
 
 def _utc_naive(ts: datetime | None) -> datetime:
     if ts is None:
-        return datetime.now(timezone.utc).replace(tzinfo=None)
+        return datetime.now(UTC).replace(tzinfo=None)
     if ts.tzinfo is not None:
-        return ts.astimezone(timezone.utc).replace(tzinfo=None)
+        return ts.astimezone(UTC).replace(tzinfo=None)
     return ts
 
 
@@ -257,8 +344,12 @@ def _is_no_space(e: BaseException) -> bool:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     low = str(e).lower()
-    return ("no space left" in low or "enospc" in low or "disk quota exceeded" in low
-            or ("could not write" in low and "permission denied" not in low))
+    return (
+        "no space left" in low
+        or "enospc" in low
+        or "disk quota exceeded" in low
+        or ("could not write" in low and "permission denied" not in low)
+    )
 
 
 def _backoff(delay: float, deadline: float) -> float:
@@ -281,13 +372,16 @@ def _inspect(con: duckdb.DuckDBPyConnection) -> tuple[int | None, dict[str, set[
 
     Version None means the database has no tables or views at all (a new file).  Raises
     _NotGranet for a DuckDB file whose tables are not granet's."""
-    objects = con.execute("SELECT table_schema, table_name FROM information_schema.tables "
-                          "WHERE table_catalog = current_database()").fetchall()
+    objects = con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = current_database()"
+    ).fetchall()
     if not objects:
         return None, {}
     cols: dict[str, set[str]] = {}
-    for table, col in con.execute("SELECT table_name, column_name FROM information_schema.columns "
-                                  "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall():
+    for table, col in con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_catalog = current_database() AND table_schema = 'main'"
+    ).fetchall():
         cols.setdefault(table, set()).add(col)
     missing = [t for t in TABLES if t not in cols]
     if missing:
@@ -333,15 +427,21 @@ class Store:
     (seconds; default ``$GRANET_DB_LOCK_TIMEOUT`` or 60) bounds every wait for another
     process's lock."""
 
-    def __init__(self, path: str | os.PathLike, *, read_only: bool = False, snapshot_if_locked: bool = True,
-                 lock_timeout: float | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        read_only: bool = False,
+        snapshot_if_locked: bool = True,
+        lock_timeout: float | None = None,
+    ):
         self.path = Path(path)
         self.read_only = read_only
         self._tmpdir: str | None = None
-        self._ro: duckdb.DuckDBPyConnection | None = None   # read-only store: the connection it holds
+        self._ro: duckdb.DuckDBPyConnection | None = None  # read-only store: the connection it holds
         self._mem: duckdb.DuckDBPyConnection | None = None  # writer store: in-memory instance that attaches the file
-        self._columns: dict[str, set[str]] = {}             # columns the file has (older files lack some)
-        self._lock = threading.RLock()                      # one call at a time on the shared connection
+        self._columns: dict[str, set[str]] = {}  # columns the file has (older files lack some)
+        self._lock = threading.RLock()  # one call at a time on the shared connection
         self._closed = False
         #: seconds this store has spent waiting for other processes' locks (diagnostics)
         self.lock_wait_seconds = 0.0
@@ -377,8 +477,9 @@ class Store:
         if "not a valid duckdb database" in low or "corrupt" in low:
             return StoreError(f"results db {self.path}: not a DuckDB database ({_one_line(msg, 200)})")
         if _is_lock_error(e):
-            return StoreError(f"results db {self.path}: locked by another process (a sweep still writing?) "
-                              f"({_one_line(msg, 200)})")
+            return StoreError(
+                f"results db {self.path}: locked by another process (a sweep still writing?) ({_one_line(msg, 200)})"
+            )
         return StoreError(f"results db {self.path}: {_one_line(msg)}")
 
     def _not_granet(self, e: _NotGranet, *, writing: bool) -> StoreError:
@@ -434,10 +535,13 @@ class Store:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
             if isinstance(e, duckdb.Error):
-                raise StoreError(f"results db {self.path}: locked by another process and its snapshot copy "
-                                 f"could not be read ({_one_line(e, 200)})") from None
-            raise StoreError(f"results db {self.path}: locked by another process and could not be copied "
-                             f"({_one_line(e, 200)})") from None
+                raise StoreError(
+                    f"results db {self.path}: locked by another process and its snapshot copy "
+                    f"could not be read ({_one_line(e, 200)})"
+                ) from None
+            raise StoreError(
+                f"results db {self.path}: locked by another process and could not be copied ({_one_line(e, 200)})"
+            ) from None
 
     def _classify(self, con: duckdb.DuckDBPyConnection) -> tuple[int | None, dict[str, set[str]]]:
         """_inspect for a writer: a foreign or newer db is a StoreError."""
@@ -446,8 +550,10 @@ class Store:
         except _NotGranet as e:
             raise self._not_granet(e, writing=True) from None
         if version is not None and version > SCHEMA_VERSION:
-            raise StoreError(f"results db {self.path}: written by a newer granet (schema v{version}; this granet "
-                             f"writes v{SCHEMA_VERSION}); upgrade granet or choose another --db")
+            raise StoreError(
+                f"results db {self.path}: written by a newer granet (schema v{version}; this granet "
+                f"writes v{SCHEMA_VERSION}); upgrade granet or choose another --db"
+            )
         return version, cols
 
     def _prepare(self) -> None:
@@ -491,8 +597,9 @@ class Store:
     def _instance(self) -> duckdb.DuckDBPyConnection:
         if self._mem is None:
             # never reach for the network: no extension is installed or loaded behind our back
-            self._mem = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                                           "autoload_known_extensions": False})
+            self._mem = duckdb.connect(
+                ":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+            )
         return self._mem
 
     def _drop_instance(self) -> None:
@@ -522,8 +629,10 @@ class Store:
                     # this very process has the file open (another Store, e.g. a read-only one left
                     # open): only another thread can release it, so don't wait a full lock_timeout
                     if time.monotonic() - start >= min(self.lock_timeout, READ_LOCK_WAIT):
-                        raise StoreError(f"results db {self.path}: already open in this process by another "
-                                         "store (close it before writing)") from None
+                        raise StoreError(
+                            f"results db {self.path}: already open in this process by another "
+                            "store (close it before writing)"
+                        ) from None
                     delay = self._wait(delay, start + min(self.lock_timeout, READ_LOCK_WAIT))
                     continue
                 if _is_lock_error(e):
@@ -538,9 +647,11 @@ class Store:
                     raise self._wrap(e) from None
                 if time.monotonic() - start >= limit:
                     if _is_lock_error(e):
-                        raise StoreError(f"results db {self.path}: still locked by another process after "
-                                         f"{self.lock_timeout:g} s (set {LOCK_TIMEOUT_ENV} to wait longer) "
-                                         f"({_one_line(e, 160)})") from None
+                        raise StoreError(
+                            f"results db {self.path}: still locked by another process after "
+                            f"{self.lock_timeout:g} s (set {LOCK_TIMEOUT_ENV} to wait longer) "
+                            f"({_one_line(e, 160)})"
+                        ) from None
                     raise self._wrap(e) from None
                 delay = self._wait(delay, start + limit)
 
@@ -655,7 +766,7 @@ class Store:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
                 self._tmpdir = None
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -675,14 +786,19 @@ class Store:
             exists = con.execute("SELECT 1 FROM sweeps WHERE sweep_id = ?", [sweep_id]).fetchone()
             if exists:
                 if created_at is None:
-                    con.execute("UPDATE sweeps SET name = ?, grid_json = ? WHERE sweep_id = ?",
-                                [name, grid_json, sweep_id])
+                    con.execute(
+                        "UPDATE sweeps SET name = ?, grid_json = ? WHERE sweep_id = ?", [name, grid_json, sweep_id]
+                    )
                 else:
-                    con.execute("UPDATE sweeps SET name = ?, grid_json = ?, created_at = ? WHERE sweep_id = ?",
-                                [name, grid_json, _utc_naive(created_at), sweep_id])
+                    con.execute(
+                        "UPDATE sweeps SET name = ?, grid_json = ?, created_at = ? WHERE sweep_id = ?",
+                        [name, grid_json, _utc_naive(created_at), sweep_id],
+                    )
             else:
-                con.execute("INSERT INTO sweeps (sweep_id, name, created_at, grid_json) VALUES (?, ?, ?, ?)",
-                            [sweep_id, name, _utc_naive(created_at), grid_json])
+                con.execute(
+                    "INSERT INTO sweeps (sweep_id, name, created_at, grid_json) VALUES (?, ?, ?, ?)",
+                    [sweep_id, name, _utc_naive(created_at), grid_json],
+                )
 
     def start_run(self, run: dict) -> None:
         """Register a run as 'running'.
@@ -713,13 +829,20 @@ class Store:
                     f"UPDATE runs SET {', '.join(f'{c} = ?' for c in fields)}, spec_json = ?, pid = ?, host = ?, "
                     f"status = ?, error = NULL, finished_at = NULL, {clear}, "
                     "attempts = COALESCE(?, COALESCE(attempts, 1) + 1) WHERE run_id = ?",
-                    [*values, RunStatus.RUNNING.value, attempts, run["run_id"]])
+                    [*values, RunStatus.RUNNING.value, attempts, run["run_id"]],
+                )
             else:
                 con.execute(
                     f"INSERT INTO runs (run_id, {', '.join(fields)}, spec_json, pid, host, started_at, status, "
                     f"attempts) VALUES (?{', ?' * (len(fields) + 6)})",
-                    [run["run_id"], *values, _utc_naive(run.get("started_at")), RunStatus.RUNNING.value,
-                     1 if attempts is None else attempts])
+                    [
+                        run["run_id"],
+                        *values,
+                        _utc_naive(run.get("started_at")),
+                        RunStatus.RUNNING.value,
+                        1 if attempts is None else attempts,
+                    ],
+                )
 
     def add_epoch(self, run_id: str, row: dict, mask_updates: list[dict] | None = None) -> None:
         """Insert or replace one epochs row (keys: EPOCH_COLUMNS; missing ones are NULL).
@@ -735,11 +858,14 @@ class Store:
         with self._tx() as con:
             if not self._run_exists(con, run_id):
                 raise StoreError(f"results db {self.path}: add_epoch: unknown run {run_id} (call start_run first)")
-            con.execute(_insert_sql("epochs", EPOCH_COLUMNS, replace=True),
-                        [run_id, *(row.get(c) for c in EPOCH_COLUMNS)])
+            con.execute(
+                _insert_sql("epochs", EPOCH_COLUMNS, replace=True), [run_id, *(row.get(c) for c in EPOCH_COLUMNS)]
+            )
             if mask_updates:
-                con.executemany(_insert_sql("mask_updates", MASK_UPDATE_COLUMNS),
-                                [[run_id, *(r.get(c) for c in MASK_UPDATE_COLUMNS)] for r in mask_updates])
+                con.executemany(
+                    _insert_sql("mask_updates", MASK_UPDATE_COLUMNS),
+                    [[run_id, *(r.get(c) for c in MASK_UPDATE_COLUMNS)] for r in mask_updates],
+                )
 
     def add_mask_updates(self, run_id: str, rows: list[dict]) -> None:
         """Append mask-update rows (keys: MASK_UPDATE_COLUMNS) in one transaction."""
@@ -750,8 +876,10 @@ class Store:
         with self._tx() as con:
             if not self._run_exists(con, run_id):
                 raise StoreError(f"results db {self.path}: add_mask_updates: unknown run {run_id}")
-            con.executemany(_insert_sql("mask_updates", MASK_UPDATE_COLUMNS),
-                            [[run_id, *(r.get(c) for c in MASK_UPDATE_COLUMNS)] for r in rows])
+            con.executemany(
+                _insert_sql("mask_updates", MASK_UPDATE_COLUMNS),
+                [[run_id, *(r.get(c) for c in MASK_UPDATE_COLUMNS)] for r in rows],
+            )
 
     def truncate_after(self, run_id: str, epoch: int, step: int) -> None:
         """Resume support: drop epochs after ``epoch`` and mask updates after ``step``."""
@@ -776,26 +904,31 @@ class Store:
                 raise StoreError(f"results db {self.path}: finish_run: unknown run {run_id}")
             con.execute("DELETE FROM layers WHERE run_id = ?", [run_id])
             if layers:
-                con.executemany(_insert_sql("layers", LAYER_COLUMNS),
-                                [[run_id, *(_layer_value(c, r.get(c)) for c in LAYER_COLUMNS)] for r in layers])
+                con.executemany(
+                    _insert_sql("layers", LAYER_COLUMNS),
+                    [[run_id, *(_layer_value(c, r.get(c)) for c in LAYER_COLUMNS)] for r in layers],
+                )
             con.execute(
                 f"UPDATE runs SET {', '.join([*sets, 'status = ?', 'finished_at = ?', 'error = NULL'])} "
                 "WHERE run_id = ?",
-                [*vals, RunStatus.COMPLETED.value, _utc_naive(None), run_id])
+                [*vals, RunStatus.COMPLETED.value, _utc_naive(None), run_id],
+            )
 
     def fail_run(self, run_id: str, status: str, error: str, final: dict | None = None) -> None:
         """Mark a run 'failed', 'diverged' or 'interrupted' (resumable) with its error text and
         optional partial metrics (keys: FINAL_COLUMNS)."""
         if status not in FAIL_STATUSES:
-            raise StoreError(f"results db {self.path}: fail_run status must be one of {', '.join(FAIL_STATUSES)}, "
-                             f"not {status!r}")
+            raise StoreError(
+                f"results db {self.path}: fail_run status must be one of {', '.join(FAIL_STATUSES)}, not {status!r}"
+            )
         sets, vals = self._final_assignments("fail_run", final)
         with self._tx() as con:
             if not self._run_exists(con, run_id):
                 raise StoreError(f"results db {self.path}: fail_run: unknown run {run_id}")
             con.execute(
                 f"UPDATE runs SET {', '.join([*sets, 'status = ?', 'error = ?', 'finished_at = ?'])} WHERE run_id = ?",
-                [*vals, str(status), error, _utc_naive(None), run_id])
+                [*vals, str(status), error, _utc_naive(None), run_id],
+            )
 
     def reap_orphans(self, spec_hash: str | None = None) -> int:
         """Mark 'running' rows whose writer process is gone as 'interrupted'; returns how many.
@@ -815,9 +948,16 @@ class Store:
             for run_id, pid in con.execute(sql, params).fetchall():
                 if _pid_alive(int(pid)):
                     continue
-                con.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ? AND status = ?",
-                            [RunStatus.INTERRUPTED.value, f"interrupted (process {pid} gone)", _utc_naive(None),
-                             run_id, RunStatus.RUNNING.value])
+                con.execute(
+                    "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ? AND status = ?",
+                    [
+                        RunStatus.INTERRUPTED.value,
+                        f"interrupted (process {pid} gone)",
+                        _utc_naive(None),
+                        run_id,
+                        RunStatus.RUNNING.value,
+                    ],
+                )
                 reaped += 1
         return reaped
 
@@ -835,8 +975,11 @@ class Store:
         with Store(src_path, read_only=True, lock_timeout=self.lock_timeout) as src:
             runs, sweeps = src.runs(), src.sweeps()
             ids = [r["run_id"] for r in runs]
-            children = {"epochs": (EPOCH_COLUMNS, src.epochs(ids)), "layers": (LAYER_COLUMNS, src.layers(ids)),
-                        "mask_updates": (MASK_UPDATE_COLUMNS, src.mask_updates(ids))}
+            children = {
+                "epochs": (EPOCH_COLUMNS, src.epochs(ids)),
+                "layers": (LAYER_COLUMNS, src.layers(ids)),
+                "mask_updates": (MASK_UPDATE_COLUMNS, src.mask_updates(ids)),
+            }
         counts = {"runs": 0, "skipped": 0, "epochs": 0, "layers": 0, "mask_updates": 0, "sweeps": 0}
         with self._tx() as con:
             have = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
@@ -846,8 +989,10 @@ class Store:
             if new:
                 for r in new:
                     r["attempts"] = 1 if r["attempts"] is None else r["attempts"]
-                con.executemany(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES (?{', ?' * (len(RUN_COLUMNS) - 1)})",
-                                [[r[c] for c in RUN_COLUMNS] for r in new])
+                con.executemany(
+                    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES (?{', ?' * (len(RUN_COLUMNS) - 1)})",
+                    [[r[c] for c in RUN_COLUMNS] for r in new],
+                )
             for table, (cols, rows_) in children.items():
                 mine = [[r["run_id"], *(r[c] for c in cols)] for r in rows_ if r["run_id"] in new_ids]
                 if mine:
@@ -856,8 +1001,10 @@ class Store:
             have_sweeps = {r[0] for r in con.execute("SELECT sweep_id FROM sweeps").fetchall()}
             new_sweeps = [s for s in sweeps if s["sweep_id"] not in have_sweeps]
             if new_sweeps:
-                con.executemany("INSERT INTO sweeps (sweep_id, name, created_at, grid_json) VALUES (?, ?, ?, ?)",
-                                [[s["sweep_id"], s["name"], s["created_at"], s["grid_json"]] for s in new_sweeps])
+                con.executemany(
+                    "INSERT INTO sweeps (sweep_id, name, created_at, grid_json) VALUES (?, ?, ?, ?)",
+                    [[s["sweep_id"], s["name"], s["created_at"], s["grid_json"]] for s in new_sweeps],
+                )
             counts["sweeps"] = len(new_sweeps)
         return counts
 
@@ -895,7 +1042,9 @@ class Store:
             return []
         return self._query(
             f"SELECT run_id, {self._select(table, columns)} FROM {table} WHERE list_contains(?, run_id) "
-            f"ORDER BY run_id, {order}", [list(run_ids)])
+            f"ORDER BY run_id, {order}",
+            [list(run_ids)],
+        )
 
     def epochs(self, run_ids: list[str]) -> list[dict]:
         """epochs rows (run_id + EPOCH_COLUMNS) of the given runs, ordered by run_id, epoch."""
@@ -911,8 +1060,9 @@ class Store:
 
     def sweeps(self) -> list[dict]:
         """sweeps rows (grid_json decoded into 'grid'), newest first."""
-        rows = self._query("SELECT sweep_id, name, created_at, grid_json FROM sweeps "
-                           "ORDER BY created_at DESC NULLS LAST, sweep_id")
+        rows = self._query(
+            "SELECT sweep_id, name, created_at, grid_json FROM sweeps ORDER BY created_at DESC NULLS LAST, sweep_id"
+        )
         for r in rows:
             r["grid"] = json.loads(r["grid_json"]) if r["grid_json"] else {}
         return rows
@@ -925,8 +1075,10 @@ class Store:
         rows = self._query("SELECT sweep_id FROM sweeps WHERE sweep_id = ?", [name_or_id])
         if rows:
             return rows[0]["sweep_id"]
-        rows = self._query("SELECT sweep_id FROM sweeps WHERE name = ? "
-                           "ORDER BY created_at DESC NULLS LAST, sweep_id DESC LIMIT 1", [name_or_id])
+        rows = self._query(
+            "SELECT sweep_id FROM sweeps WHERE name = ? ORDER BY created_at DESC NULLS LAST, sweep_id DESC LIMIT 1",
+            [name_or_id],
+        )
         return rows[0]["sweep_id"] if rows else None
 
 
@@ -944,4 +1096,3 @@ def _layer_value(col: str, value: Any) -> Any:
         except TypeError:
             return str(value)
     return value
-

@@ -12,16 +12,62 @@ none of them imports Ray before a sweep actually starts.
 
 from __future__ import annotations
 
-from .sweep_plan import (DEFAULT_SPEC, DONE_STATUSES, INTERRUPTED, Point, SweepError, SweepOutcome, SweepPlan,
-                         TrialOutcome, default_spec_path, expand_grid, parse_grid_flags, plan_sweep, point_state,
-                         prior_state, sweep_identity)
-from .sweep_ray import (EPOCH_KEY, FINAL_KEY, REPLAY_KEY, UPDATES_KEY, _make_callback, check_feasible,
-                        find_checkpoints, run_sweep)
+from .sweep_plan import (
+    DEFAULT_SPEC,
+    DONE_STATUSES,
+    INTERRUPTED,
+    Point,
+    SweepError,
+    SweepOutcome,
+    SweepPlan,
+    TrialOutcome,
+    default_spec_path,
+    expand_grid,
+    parse_grid_flags,
+    plan_sweep,
+    point_state,
+    prior_state,
+    sweep_identity,
+)
+from .sweep_ray import (
+    EPOCH_KEY,
+    FINAL_KEY,
+    REPLAY_KEY,
+    UPDATES_KEY,
+    _make_callback,
+    check_feasible,
+    find_checkpoints,
+    run_sweep,
+)
 from .sweep_view import _Display, dry_run_table, failures, summary_line, summary_table
 
 __all__ = [
-    "DEFAULT_SPEC", "DONE_STATUSES", "INTERRUPTED", "Point", "SweepError", "SweepOutcome", "SweepPlan", "TrialOutcome",
-    "default_spec_path", "expand_grid", "parse_grid_flags", "plan_sweep", "point_state", "prior_state",
-    "sweep_identity", "EPOCH_KEY", "FINAL_KEY", "REPLAY_KEY", "UPDATES_KEY", "_make_callback", "check_feasible",
-    "find_checkpoints", "run_sweep", "_Display", "dry_run_table", "failures", "summary_line", "summary_table",
+    "DEFAULT_SPEC",
+    "DONE_STATUSES",
+    "INTERRUPTED",
+    "Point",
+    "SweepError",
+    "SweepOutcome",
+    "SweepPlan",
+    "TrialOutcome",
+    "default_spec_path",
+    "expand_grid",
+    "parse_grid_flags",
+    "plan_sweep",
+    "point_state",
+    "prior_state",
+    "sweep_identity",
+    "EPOCH_KEY",
+    "FINAL_KEY",
+    "REPLAY_KEY",
+    "UPDATES_KEY",
+    "_make_callback",
+    "check_feasible",
+    "find_checkpoints",
+    "run_sweep",
+    "_Display",
+    "dry_run_table",
+    "failures",
+    "summary_line",
+    "summary_table",
 ]

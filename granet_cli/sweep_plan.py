@@ -17,9 +17,10 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -30,8 +31,12 @@ DEFAULT_SPEC = Path("experiments") / "quickstart.yaml"
 DONE_STATUSES = ("completed", "diverged")
 INTERRUPTED = "interrupted"
 #: spec fields a `grid:` may not vary: each has its own axis (or does not change the run)
-GRID_RESERVED = {"seed": "--seeds / sweep.seeds", "sparsity.method": "--methods / sweep.methods",
-                 "sparsity.final_density": "--densities / sweep.densities", "name": "nothing (it is cosmetic)"}
+GRID_RESERVED = {
+    "seed": "--seeds / sweep.seeds",
+    "sparsity.method": "--methods / sweep.methods",
+    "sparsity.final_density": "--densities / sweep.densities",
+    "name": "nothing (it is cosmetic)",
+}
 TRIAL_NAME_MAX = 60
 
 
@@ -94,7 +99,7 @@ class Point:
         """Short and filesystem-safe: `granet_d0.1_s0_lr0.05`; a long one is cut and made unique by its hash."""
         name = _slug("_".join([f"{self.method}_d{self.density:g}_s{self.seed}", *self._params_text("")]))
         if len(name) > TRIAL_NAME_MAX:
-            name = name[:TRIAL_NAME_MAX - 9].rstrip("-_.") + "_" + self.spec_hash[:8]
+            name = name[: TRIAL_NAME_MAX - 9].rstrip("-_.") + "_" + self.spec_hash[:8]
         return name
 
 
@@ -121,12 +126,26 @@ class SweepPlan:
     def grid_record(self) -> dict[str, Any]:
         """What `store.add_sweep` keeps: the grid, the base spec and every point's spec_hash."""
         return {
-            "spec": str(self.spec_path), "overrides": list(self.overrides), "cwd": str(self.cwd),
-            "methods": self.grid.methods, "densities": self.grid.densities, "seeds": self.grid.seeds,
-            "grid": self.grid.grid, "identity": self.identity,
-            "base_spec_hash": self.base.spec_hash(), "base_spec": self.base.normalised(),
-            "points": [{"method": p.method, "density": p.density, "seed": p.seed, "spec_hash": p.spec_hash,
-                        **({"params": dict(p.params)} if p.params else {})} for p in self.points],
+            "spec": str(self.spec_path),
+            "overrides": list(self.overrides),
+            "cwd": str(self.cwd),
+            "methods": self.grid.methods,
+            "densities": self.grid.densities,
+            "seeds": self.grid.seeds,
+            "grid": self.grid.grid,
+            "identity": self.identity,
+            "base_spec_hash": self.base.spec_hash(),
+            "base_spec": self.base.normalised(),
+            "points": [
+                {
+                    "method": p.method,
+                    "density": p.density,
+                    "seed": p.seed,
+                    "spec_hash": p.spec_hash,
+                    **({"params": dict(p.params)} if p.params else {}),
+                }
+                for p in self.points
+            ],
         }
 
     def run_spec(self, point: Point) -> RunSpec:
@@ -210,12 +229,13 @@ def _field_problem(key: str) -> str | None:
                 return f"sweep.grid.{key}: a whole section; grid its fields (e.g. {key}.{next(iter(ann.model_fields))})"
             model = ann
         elif i < len(parts) - 1:
-            return f"sweep.grid.{key}: {'.'.join(parts[:i + 1])} is a value, not a section"
+            return f"sweep.grid.{key}: {'.'.join(parts[: i + 1])} is a value, not a section"
     return None
 
 
-def _parse_list(text: str | None, convert: Callable[[str], Any], flag: str, what: str,
-                problems: list[str]) -> list | None:
+def _parse_list(
+    text: str | None, convert: Callable[[str], Any], flag: str, what: str, problems: list[str]
+) -> list | None:
     if text is None:
         return None
     values = []
@@ -238,8 +258,12 @@ def sweep_identity(base: RunSpec, grid: SweepSpec) -> tuple[str, str]:
     the id is derived from the name, so the same sweep maps to the same id every time."""
     name = grid.name
     if name is None:
-        key: dict[str, Any] = {"base": base.spec_hash(), "methods": sorted(grid.methods),
-                               "densities": sorted(grid.densities), "seeds": sorted(grid.seeds)}
+        key: dict[str, Any] = {
+            "base": base.spec_hash(),
+            "methods": sorted(grid.methods),
+            "densities": sorted(grid.densities),
+            "seeds": sorted(grid.seeds),
+        }
         if grid.grid:  # absent when empty: sweeps of methods x densities x seeds keep their names
             key["grid"] = {k: _order_free(v) for k, v in grid.grid.items()}
         name = "sweep-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
@@ -257,7 +281,7 @@ def expand_grid(base: RunSpec, grid: SweepSpec) -> list[Point]:
     keys = list(grid.grid)
     combos = list(itertools.product(*(grid.grid[k] for k in keys))) if keys else [()]
     for method in grid.methods:
-        for density in ([1.0] if method == "dense" else grid.densities):
+        for density in [1.0] if method == "dense" else grid.densities:
             for seed in grid.seeds:
                 for combo in combos:
                     overrides: dict[str, Any] = {"seed": seed}
@@ -267,8 +291,9 @@ def expand_grid(base: RunSpec, grid: SweepSpec) -> list[Point]:
                         overrides["sparsity.final_density"] = density
                     params = tuple(zip(keys, combo))
                     overrides.update(params)
-                    label = " ".join([f"method={method} density={density:g} seed={seed}",
-                                      *(f"{k}={_fmt(v)}" for k, v in params)])
+                    label = " ".join(
+                        [f"method={method} density={density:g} seed={seed}", *(f"{k}={_fmt(v)}" for k, v in params)]
+                    )
                     try:
                         spec = with_overrides(base, overrides)
                     except SpecError as e:
@@ -283,11 +308,21 @@ def expand_grid(base: RunSpec, grid: SweepSpec) -> list[Point]:
     return points
 
 
-def plan_sweep(spec_path: Path | None, overrides: list[str] | None = None, *, methods: str | None = None,
-               densities: str | None = None, seeds: str | None = None, name: str | None = None,
-               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-               max_concurrent: int | None = None, grid: list[str] | None = None,
-               max_failures: int | None = None, cwd: Path | None = None) -> SweepPlan:
+def plan_sweep(
+    spec_path: Path | None,
+    overrides: list[str] | None = None,
+    *,
+    methods: str | None = None,
+    densities: str | None = None,
+    seeds: str | None = None,
+    name: str | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    max_concurrent: int | None = None,
+    grid: list[str] | None = None,
+    max_failures: int | None = None,
+    cwd: Path | None = None,
+) -> SweepPlan:
     """Base spec + the file's `sweep:` section + CLI flags (which win; `--grid` per key) -> a validated plan.
 
     Raises SpecError with one line per problem (of the flags, the grid, the base spec and
@@ -295,14 +330,19 @@ def plan_sweep(spec_path: Path | None, overrides: list[str] | None = None, *, me
     path = Path(spec_path) if spec_path is not None else default_spec_path()
     section = read_yaml(path).get("sweep") or {}
     if not isinstance(section, dict):
-        raise SpecError([f"{path}: sweep: a mapping of methods/densities/seeds/grid/name, got {type(section).__name__}"])
+        raise SpecError(
+            [f"{path}: sweep: a mapping of methods/densities/seeds/grid/name, got {type(section).__name__}"]
+        )
     problems: list[str] = []
     flags = {
         "methods": _parse_list(methods, str, "--methods", "a method", problems),
         "densities": _parse_list(densities, float, "--densities", "a number", problems),
         "seeds": _parse_list(seeds, int, "--seeds", "an integer", problems),
-        "name": name, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-        "max_concurrent": max_concurrent, "max_failures": max_failures,
+        "name": name,
+        "cpus_per_trial": cpus_per_trial,
+        "gpus_per_trial": gpus_per_trial,
+        "max_concurrent": max_concurrent,
+        "max_failures": max_failures,
     }
     merged = {**section, **{k: v for k, v in flags.items() if v is not None}}
     grid_flags = parse_grid_flags(grid, problems)
@@ -318,8 +358,10 @@ def plan_sweep(spec_path: Path | None, overrides: list[str] | None = None, *, me
         problems.extend(p for p in (_field_problem(k) for k in sweep.grid) if p)
         gpus = sweep.gpus_per_trial
         if gpus is not None and gpus > 1 and gpus != int(gpus):
-            problems.append(f"sweep.gpus_per_trial: above 1 a trial takes whole GPUs, got {gpus:g} "
-                            "(fractions below 1 let several trials share one GPU)")
+            problems.append(
+                f"sweep.gpus_per_trial: above 1 a trial takes whole GPUs, got {gpus:g} "
+                "(fractions below 1 let several trials share one GPU)"
+            )
     try:
         base = load_run_spec(path, overrides)
     except SpecError as e:
@@ -328,8 +370,16 @@ def plan_sweep(spec_path: Path | None, overrides: list[str] | None = None, *, me
         raise SpecError(problems)
     points = expand_grid(base, sweep)
     sweep_name, sweep_id = sweep_identity(base, sweep)
-    return SweepPlan(sweep_name, sweep_id, path, base, sweep, points, list(overrides or []),
-                     Path(cwd) if cwd is not None else Path.cwd())
+    return SweepPlan(
+        sweep_name,
+        sweep_id,
+        path,
+        base,
+        sweep,
+        points,
+        list(overrides or []),
+        Path(cwd) if cwd is not None else Path.cwd(),
+    )
 
 
 # ----------------------------------------------------------------------------- db state
@@ -360,9 +410,11 @@ def identity_problem(sweep_row: dict | None, plan: SweepPlan) -> str | None:
         return None
     before = sweep_row.get("grid") or {}
     n = len(before.get("points") or [])
-    return (f"sweep name {plan.name!r} is already used in this results db by a sweep with a different base spec or "
-            f"grid ({n} points, spec {before.get('spec', '?')}); rerun that one with the same spec, --set and "
-            f"grid, or give this one another --name")
+    return (
+        f"sweep name {plan.name!r} is already used in this results db by a sweep with a different base spec or "
+        f"grid ({n} points, spec {before.get('spec', '?')}); rerun that one with the same spec, --set and "
+        f"grid, or give this one another --name"
+    )
 
 
 def read_state(db_path: Path, plan: SweepPlan, *, refuse_running: bool = True) -> dict[str, dict]:
@@ -380,8 +432,10 @@ def read_state(db_path: Path, plan: SweepPlan, *, refuse_running: bool = True) -
         rows = st.runs(sweep=plan.sweep_id)
     live = [r for r in rows if refuse_running and r["status"] == "running" and _driver_alive(r)]
     if live:
-        raise SweepError(f"sweep {plan.name!r} is already running (driver pid {live[0]['pid']} on this machine, "
-                         f"{len(live)} trial(s) in progress); wait for it, or stop it and run this command again")
+        raise SweepError(
+            f"sweep {plan.name!r} is already running (driver pid {live[0]['pid']} on this machine, "
+            f"{len(live)} trial(s) in progress); wait for it, or stop it and run this command again"
+        )
     return pick(rows)
 
 

@@ -28,14 +28,24 @@ import signal
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .records import record_for, store_final
 from .spec import RunSpec
-from .sweep_plan import (DONE_STATUSES, INTERRUPTED, SweepError, SweepOutcome, SweepPlan, TrialOutcome, _slug, pick,
-                         read_state)
+from .sweep_plan import (
+    DONE_STATUSES,
+    INTERRUPTED,
+    SweepError,
+    SweepOutcome,
+    SweepPlan,
+    TrialOutcome,
+    _slug,
+    pick,
+    read_state,
+)
 from .sweep_view import _Display
 
 #: result keys of the trainable's reports (JSON strings, decoded by the driver)
@@ -101,7 +111,7 @@ def find_checkpoints(storage: str, experiment: str) -> dict[str, dict]:
                 continue
             cur = best.get(meta["spec_hash"])
             if cur is None or meta["epoch"] > cur["epoch"]:
-                rel = ck.path[len(root.rstrip("/")):].lstrip("/")
+                rel = ck.path[len(root.rstrip("/")) :].lstrip("/")
                 best[meta["spec_hash"]] = {**meta, "path": f"{storage.rstrip('/')}/{rel}"}
     return best
 
@@ -127,8 +137,9 @@ def _trainable(config: dict) -> None:
             checkpoint.to_directory(str(work))
             meta = json.loads((work / MARKER).read_text())
             if meta.get("spec_hash") != point["spec_hash"]:
-                raise RuntimeError(f"checkpoint {checkpoint.path} belongs to spec {meta.get('spec_hash')}, "
-                                   f"not {point['spec_hash']}")
+                raise RuntimeError(
+                    f"checkpoint {checkpoint.path} belongs to spec {meta.get('spec_hash')}, not {point['spec_hash']}"
+                )
             replay_to = int(meta["epoch"])
         replay: dict[str, list] = {"epochs": [], "updates": []}
 
@@ -140,25 +151,47 @@ def _trainable(config: dict) -> None:
                     tune.report({REPLAY_KEY: json.dumps(replay), "epoch": replay_to})
                 return
             # train.run has just written work/checkpoint.pt for this epoch
-            (work / MARKER).write_text(json.dumps({
-                "spec_hash": point["spec_hash"], "run_id": point["run_id"], "sweep_id": point["sweep_id"],
-                "epoch": row["epoch"], "step": row["step"]}))
-            tune.report({EPOCH_KEY: json.dumps(row), UPDATES_KEY: json.dumps(updates),
-                         "epoch": row["epoch"], "test_acc": row["test_acc"]},
-                        checkpoint=tune.Checkpoint.from_directory(str(work)))
+            (work / MARKER).write_text(
+                json.dumps(
+                    {
+                        "spec_hash": point["spec_hash"],
+                        "run_id": point["run_id"],
+                        "sweep_id": point["sweep_id"],
+                        "epoch": row["epoch"],
+                        "step": row["step"],
+                    }
+                )
+            )
+            tune.report(
+                {
+                    EPOCH_KEY: json.dumps(row),
+                    UPDATES_KEY: json.dumps(updates),
+                    "epoch": row["epoch"],
+                    "test_acc": row["test_acc"],
+                },
+                checkpoint=tune.Checkpoint.from_directory(str(work)),
+            )
 
         try:
             result = train.run(spec, work, resume=replay_to > 0, on_epoch=on_epoch, threads=point["threads"])
         except Exception as e:
             set_up = (DataError, ModelError, train.DeviceError)  # not the checkpoint's fault
             if replay_to and not replay["epochs"] and not isinstance(e, set_up):  # the checkpoint did not load
-                raise RuntimeError(f"continuing from checkpoint {checkpoint.path} failed "
-                                   f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); delete that "
-                                   "checkpoint folder to let the point start over") from e
+                raise RuntimeError(
+                    f"continuing from checkpoint {checkpoint.path} failed "
+                    f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); delete that "
+                    "checkpoint folder to let the point start over"
+                ) from e
             raise
-        tune.report({FINAL_KEY: json.dumps({"status": result.status, "error": result.error,
-                                            "final": result.final, "layers": result.layers}),
-                     "final_test_acc": result.final.get("final_test_acc"), "run_status": result.status})
+        tune.report(
+            {
+                FINAL_KEY: json.dumps(
+                    {"status": result.status, "error": result.error, "final": result.final, "layers": result.layers}
+                ),
+                "final_test_acc": result.final.get("final_test_acc"),
+                "run_status": result.status,
+            }
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -296,9 +329,11 @@ def _init_ray(address: str | None) -> bool:
         msg = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         if not address:
             raise SweepError(f"could not start a local Ray instance: {msg}") from None
-        raise SweepError(f"could not join the Ray cluster at {address}: {msg} (is it running? a cluster with "
-                         "token authentication also needs RAY_AUTH_MODE=token and its token in $RAY_AUTH_TOKEN "
-                         "or ~/.ray/auth_token)") from None
+        raise SweepError(
+            f"could not join the Ray cluster at {address}: {msg} (is it running? a cluster with "
+            "token authentication also needs RAY_AUTH_MODE=token and its token in $RAY_AUTH_TOKEN "
+            "or ~/.ray/auth_token)"
+        ) from None
     return True
 
 
@@ -311,13 +346,19 @@ def check_feasible(nodes: list[dict], cpus: float, gpus: float) -> None:
         return
     if not res:
         raise SweepError("the Ray cluster has no alive node")
-    ip, r = max(res, key=lambda x: (x[1].get("GPU", 0), x[1].get("CPU", 0)) if gpus > 0
-                else (x[1].get("CPU", 0), x[1].get("GPU", 0)))
+    ip, r = max(
+        res,
+        key=lambda x: (
+            (x[1].get("GPU", 0), x[1].get("CPU", 0)) if gpus > 0 else (x[1].get("CPU", 0), x[1].get("GPU", 0))
+        ),
+    )
     total_cpu = sum(x[1].get("CPU", 0) for x in res)
     total_gpu = sum(x[1].get("GPU", 0) for x in res)
-    raise SweepError(f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}: no node of the Ray cluster can run one "
-                     f"trial; the largest node ({ip}) has {r.get('CPU', 0):g} CPUs and {r.get('GPU', 0):g} GPUs "
-                     f"({len(res)} node(s), {total_cpu:g} CPUs and {total_gpu:g} GPUs in all; a trial runs on one node)")
+    raise SweepError(
+        f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}: no node of the Ray cluster can run one "
+        f"trial; the largest node ({ip}) has {r.get('CPU', 0):g} CPUs and {r.get('GPU', 0):g} GPUs "
+        f"({len(res)} node(s), {total_cpu:g} CPUs and {total_gpu:g} GPUs in all; a trial runs on one node)"
+    )
 
 
 # ----------------------------------------------------------------------------- the driver's db writes
@@ -332,8 +373,14 @@ def _start_attempt(store, t: TrialOutcome, sweep_id: str) -> None:
     store.start_run({**record_for(t.point.spec, t.run_id, sweep_id), "attempts": t.prior_attempts + t.attempts})
 
 
-def _make_callback(store, plan: SweepPlan, by_run: dict[str, TrialOutcome], display: _Display,
-                   max_failures: int = 0, outcome: SweepOutcome | None = None):
+def _make_callback(
+    store,
+    plan: SweepPlan,
+    by_run: dict[str, TrialOutcome],
+    display: _Display,
+    max_failures: int = 0,
+    outcome: SweepOutcome | None = None,
+):
     """The driver-side ray.tune.Callback that writes every trial to the results db.
 
     Its state lives on the instance (never in closures), and is left out when Tune
@@ -360,8 +407,9 @@ def _make_callback(store, plan: SweepPlan, by_run: dict[str, TrialOutcome], disp
             _start_attempt(self.store, t, self.plan.sweep_id)
             self.display.started()
             if t.resume_from:
-                self.display.note(f"[cyan]>>[/cyan] {t.point.label}: resuming from epoch {t.resume_epoch} "
-                                  f"(its checkpoint in storage)")
+                self.display.note(
+                    f"[cyan]>>[/cyan] {t.point.label}: resuming from epoch {t.resume_epoch} (its checkpoint in storage)"
+                )
 
         def _fail(self, t: TrialOutcome, error: str) -> None:
             t.status, t.error = "failed", error
@@ -386,8 +434,10 @@ def _make_callback(store, plan: SweepPlan, by_run: dict[str, TrialOutcome], disp
                 self.store.add_mask_updates(t.run_id, replay["updates"])
                 t.last_epoch = replay["epochs"][-1]["epoch"] if replay["epochs"] else 0
                 if t.fresh_attempt:
-                    self.display.note(f"[cyan]>>[/cyan] {t.point.label}: attempt {t.attempts} continues from its "
-                                      f"epoch-{t.last_epoch} checkpoint")
+                    self.display.note(
+                        f"[cyan]>>[/cyan] {t.point.label}: attempt {t.attempts} continues from its "
+                        f"epoch-{t.last_epoch} checkpoint"
+                    )
                 t.fresh_attempt = False
             if EPOCH_KEY in result:
                 row = json.loads(result[EPOCH_KEY])
@@ -452,9 +502,16 @@ class _Terminated(BaseException):
 
 
 # ----------------------------------------------------------------------------- the sweep
-def run_sweep(plan: SweepPlan, db_path: Path, *, runs_dir: Path = Path("runs"), address: str | None = None,
-              storage_path: str | os.PathLike | None = None, max_failures: int | None = None,
-              console=None) -> SweepOutcome:
+def run_sweep(
+    plan: SweepPlan,
+    db_path: Path,
+    *,
+    runs_dir: Path = Path("runs"),
+    address: str | None = None,
+    storage_path: str | os.PathLike | None = None,
+    max_failures: int | None = None,
+    console=None,
+) -> SweepOutcome:
     """Run every point of `plan` not done yet as a Ray Tune trial; the driver writes the db.
 
     Order: read the db (read-only: a name used by another sweep is refused), find checkpoints
@@ -508,33 +565,50 @@ def run_sweep(plan: SweepPlan, db_path: Path, *, runs_dir: Path = Path("runs"), 
             if ck is not None:
                 t.resume_from, t.resume_epoch = ck["path"], int(ck["epoch"])
                 earlier = store.run(ck.get("run_id") or "")
-                if earlier is not None and earlier.get("sweep_id") == plan.sweep_id \
-                        and earlier.get("spec_hash") == p.spec_hash:
+                if (
+                    earlier is not None
+                    and earlier.get("sweep_id") == plan.sweep_id
+                    and earlier.get("spec_hash") == p.spec_hash
+                ):
                     t.run_id = earlier["run_id"]  # the same run goes on: its rows are replaced, attempts add up
                     t.prior_attempts = int(earlier.get("attempts") or 1)
             trials.append(t)
         todo = [t for t in trials if t.status == "pending"]
-        outcome = SweepOutcome(plan, trials, len(trials) - len(todo), stale, 0.0,
-                               resumed=sum(t.resume_from is not None for t in todo))
+        outcome = SweepOutcome(
+            plan, trials, len(trials) - len(todo), stale, 0.0, resumed=sum(t.resume_from is not None for t in todo)
+        )
         if not todo:
             outcome.wall_seconds = time.perf_counter() - started_at
             return outcome
 
         joined = address or os.environ.get("RAY_ADDRESS")
         where = f"cluster at {joined}" if joined else ("local instance" if ray_started else "running instance")
-        console.print(f"ray: {where} ({len([n for n in ray.nodes() if n.get('Alive')])} node(s), "
-                      f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); "
-                      f"{len(todo)} trials to run ({outcome.already_done} already done, {outcome.resumed} resuming "
-                      f"from a checkpoint), {cpus:g} CPU + {gpus:g} GPU each, at most "
-                      f"{grid.max_concurrent or 'as resources allow'} at once, up to {retries} retries each; "
-                      f"checkpoints in {storage}/{experiment}", highlight=False)
+        console.print(
+            f"ray: {where} ({len([n for n in ray.nodes() if n.get('Alive')])} node(s), "
+            f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); "
+            f"{len(todo)} trials to run ({outcome.already_done} already done, {outcome.resumed} resuming "
+            f"from a checkpoint), {cpus:g} CPU + {gpus:g} GPU each, at most "
+            f"{grid.max_concurrent or 'as resources allow'} at once, up to {retries} retries each; "
+            f"checkpoints in {storage}/{experiment}",
+            highlight=False,
+        )
         threads = max(1, int(cpus))
         by_run = {t.run_id: t for t in todo}
-        space = [{"run_id": t.run_id, "sweep_id": plan.sweep_id, "name": t.point.trial_name,
-                  "spec_hash": t.point.spec_hash, "spec_json": json.dumps(plan.run_spec(t.point).normalised()),
-                  "resume_from": t.resume_from, "threads": threads} for t in todo]
-        best = max((t.final.get("best_test_acc") or 0.0 for t in trials if not t.ran and t.status == "completed"),
-                   default=None)
+        space = [
+            {
+                "run_id": t.run_id,
+                "sweep_id": plan.sweep_id,
+                "name": t.point.trial_name,
+                "spec_hash": t.point.spec_hash,
+                "spec_json": json.dumps(plan.run_spec(t.point).normalised()),
+                "resume_from": t.resume_from,
+                "threads": threads,
+            }
+            for t in todo
+        ]
+        best = max(
+            (t.final.get("best_test_acc") or 0.0 for t in trials if not t.ran and t.status == "completed"), default=None
+        )
 
         # No tracebacks of failed trials from Tune's loggers: each is recorded and summarised.
         for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
@@ -551,12 +625,15 @@ def run_sweep(plan: SweepPlan, db_path: Path, *, runs_dir: Path = Path("runs"), 
                     tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus}),
                     param_space={"point": tune.grid_search(space)},
                     tune_config=tune.TuneConfig(
-                        max_concurrent_trials=grid.max_concurrent, reuse_actors=True,
+                        max_concurrent_trials=grid.max_concurrent,
+                        reuse_actors=True,
                         trial_name_creator=lambda tr: tr.config["point"]["name"],
                         trial_dirname_creator=lambda tr: f"{tr.config['point']['name']}_{tr.trial_id}",
                     ),
                     run_config=tune.RunConfig(
-                        storage_path=storage, name=experiment, verbose=0,
+                        storage_path=storage,
+                        name=experiment,
+                        verbose=0,
                         callbacks=[_make_callback(store, plan, by_run, display, retries, outcome)],
                         failure_config=tune.FailureConfig(max_failures=retries, fail_fast=False),
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),

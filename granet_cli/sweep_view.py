@@ -21,18 +21,26 @@ class _Display:
         self.running = self.done = self.failed = 0
         self.best = best
         self.best_label = "earlier run" if best is not None else ""
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                 console=console, transient=False)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
         self.task = self.progress.add_task(plan.name, total=todo, info=self._info())
 
     def _info(self) -> str:
         pending = self.todo - self.running - self.done - self.failed
         best = f"{100 * self.best:.2f} % ({self.best_label})" if self.best is not None else "-"
-        return (f"done {self.done} | running {self.running} | pending {pending} | failed {self.failed} | "
-                f"best test acc {best}")
+        return (
+            f"done {self.done} | running {self.running} | pending {pending} | failed {self.failed} | "
+            f"best test acc {best}"
+        )
 
-    def __enter__(self) -> "_Display":
+    def __enter__(self) -> _Display:
         self.progress.start()
         return self
 
@@ -81,15 +89,28 @@ def dry_run_table(plan: SweepPlan, prior: dict[str, dict]):
 
     table = Table(title=f"sweep {plan.name} ({plan.sweep_id}): {len(plan.points)} points (dry run)")
     extra = _grid_columns(plan)
-    for col, just in (("method", "left"), ("density", "right"), ("seed", "right"),
-                      *((c, "right") for c in extra.values()), ("spec_hash", "left"), ("state", "left")):
+    for col, just in (
+        ("method", "left"),
+        ("density", "right"),
+        ("seed", "right"),
+        *((c, "right") for c in extra.values()),
+        ("spec_hash", "left"),
+        ("state", "left"),
+    ):
         table.add_column(col, justify=just)
     for p in plan.points:
         state = point_state(prior.get(p.spec_hash))
         style = "green" if state.startswith("done") else None
         values = dict(p.params)
-        table.add_row(p.method, f"{p.density:g}", str(p.seed), *(_fmt(values.get(k)) for k in extra),
-                      p.spec_hash, state, style=style)
+        table.add_row(
+            p.method,
+            f"{p.density:g}",
+            str(p.seed),
+            *(_fmt(values.get(k)) for k in extra),
+            p.spec_hash,
+            state,
+            style=style,
+        )
     return table
 
 
@@ -110,24 +131,38 @@ def summary_table(outcome: SweepOutcome):
         ran = "now" if t.ran else "earlier" if t.run_id and t.status in DONE_STATUSES else "-"
         if t.ran and t.resume_epoch:
             ran = f"now (from epoch {t.resume_epoch})"
-        table.add_row(t.point.method, f"{t.point.density:g}", str(t.point.seed), *(_fmt(values.get(k)) for k in extra),
-                      status, _pct(t.final.get("final_test_acc")), "-" if fd is None else f"{fd:.4f}",
-                      "-" if wall is None else f"{wall:.1f} s", ran, style=styles.get(t.status))
+        table.add_row(
+            t.point.method,
+            f"{t.point.density:g}",
+            str(t.point.seed),
+            *(_fmt(values.get(k)) for k in extra),
+            status,
+            _pct(t.final.get("final_test_acc")),
+            "-" if fd is None else f"{fd:.4f}",
+            "-" if wall is None else f"{wall:.1f} s",
+            ran,
+            style=styles.get(t.status),
+        )
     return table
 
 
 def failures(outcome: SweepOutcome) -> list[str]:
     """One line per trial of this invocation that failed or diverged, with its error."""
-    return [f"{t.point.label}: {t.status}: {t.error}" for t in outcome.ran
-            if t.status in ("failed", "diverged", "interrupted") and t.error]
+    return [
+        f"{t.point.label}: {t.status}: {t.error}"
+        for t in outcome.ran
+        if t.status in ("failed", "diverged", "interrupted") and t.error
+    ]
 
 
 def summary_line(outcome: SweepOutcome) -> str:
     ran = outcome.ran
     parts = [f"{outcome.already_done} already done, {len(ran)} ran"]
     if ran:
-        parts.append(f"({outcome.count('completed')} completed, {outcome.count('failed')} failed, "
-                     f"{outcome.count('diverged')} diverged)")
+        parts.append(
+            f"({outcome.count('completed')} completed, {outcome.count('failed')} failed, "
+            f"{outcome.count('diverged')} diverged)"
+        )
     if outcome.resumed:
         parts.append(f"- {outcome.resumed} resumed from a checkpoint")
     if outcome.retries:

@@ -16,11 +16,18 @@ class TrackerError(RuntimeError):
 
 #: epochs row key -> TensorBoard tag
 EPOCH_TAGS = {
-    "train_loss": "train/loss", "train_acc": "train/acc",
-    "test_loss": "test/loss", "test_acc": "test/acc", "test_acc5": "test/acc5",
-    "val_loss": "val/loss", "val_acc": "val/acc",
-    "density": "sparsity/density", "overall_density": "sparsity/overall_density",
-    "itop_rate": "sparsity/itop_rate", "lr": "optim/lr", "seconds": "time/epoch_seconds",
+    "train_loss": "train/loss",
+    "train_acc": "train/acc",
+    "test_loss": "test/loss",
+    "test_acc": "test/acc",
+    "test_acc5": "test/acc5",
+    "val_loss": "val/loss",
+    "val_acc": "val/acc",
+    "density": "sparsity/density",
+    "overall_density": "sparsity/overall_density",
+    "itop_rate": "sparsity/itop_rate",
+    "lr": "optim/lr",
+    "seconds": "time/epoch_seconds",
 }
 
 
@@ -29,8 +36,10 @@ def require_tensorboard() -> None:
         import tensorboard  # noqa: F401
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
-        raise TrackerError("--tensorboard needs the tensorboard package, which is not installed "
-                           "(pip install tensorboard, or pip install 'granet-cli[trackers]')") from None
+        raise TrackerError(
+            "--tensorboard needs the tensorboard package, which is not installed "
+            "(pip install tensorboard, or pip install 'granet-cli[trackers]')"
+        ) from None
 
 
 class TensorBoardLogger:

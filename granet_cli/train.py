@@ -77,8 +77,13 @@ def make_optimizer(spec: RunSpec, model: nn.Module) -> torch.optim.Optimizer:
     o = spec.optim
     if o.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
-                           weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        nesterov=o.nesterov and o.momentum > 0,
+    )
 
 
 def lr_factor(spec: RunSpec, step: int, steps_per_epoch: int) -> float:
@@ -135,8 +140,9 @@ def _save_atomic(obj: Any, path: Path) -> None:
         except OSError:
             pass
         if getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower():
-            raise OSError(errno.ENOSPC, f"no space left on {path.parent} (writing checkpoint {path.name})",
-                          str(path)) from None
+            raise OSError(
+                errno.ENOSPC, f"no space left on {path.parent} (writing checkpoint {path.name})", str(path)
+            ) from None
         raise
 
 
@@ -206,9 +212,11 @@ def empty_layers_problem(masking: Masking, final_density: float) -> str | None:
         if masking.cfg.pruning_schedule == "uniform":
             kept = min(kept, kept_count(masking.layer_target(layer, final_density), layer.weight.numel()))
         if kept == 0:
-            return (f"density {final_density:g} leaves layer {layer.name} "
-                    f"({layer.weight.numel():,} weights) with no weight at all; raise the density, or keep the "
-                    f"layer dense (sparsity.dense_first_layer / dense_classifier)")
+            return (
+                f"density {final_density:g} leaves layer {layer.name} "
+                f"({layer.weight.numel():,} weights) with no weight at all; raise the density, or keep the "
+                f"layer dense (sparsity.dense_first_layer / dense_classifier)"
+            )
     return None
 
 
@@ -280,8 +288,9 @@ def setup(spec: RunSpec, threads: int | None = None) -> Session:
     if spec.sparsity.sparse_init in GRADIENT_INITS:
         _init_gradients(model, loaders.test, device)
     sample = next(iter(loaders.test))[0][:1].to(device)
-    masking = Masking(model, optimizer, spec.sparsity, steps_per_epoch=steps_per_epoch,
-                      epochs=spec.optim.epochs, sample_input=sample)
+    masking = Masking(
+        model, optimizer, spec.sparsity, steps_per_epoch=steps_per_epoch, epochs=spec.optim.epochs, sample_input=sample
+    )
     problem = empty_layers_problem(masking, spec.sparsity.final_density)
     if problem:
         raise SparsityError(f"sparsity.final_density: {problem}")
@@ -292,9 +301,23 @@ def setup(spec: RunSpec, threads: int | None = None) -> Session:
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    return Session(spec, device, rank, world, loaders, model, net, optimizer, scheduler, scaler, criterion,
-                   masking, getattr(loaders.train, "generator", None))
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+    return Session(
+        spec,
+        device,
+        rank,
+        world,
+        loaders,
+        model,
+        net,
+        optimizer,
+        scheduler,
+        scaler,
+        criterion,
+        masking,
+        getattr(loaders.train, "generator", None),
+    )
 
 
 def restore(s: Session, ckpt_path: Path) -> None:
@@ -313,15 +336,24 @@ def restore(s: Session, ckpt_path: Path) -> None:
 
 
 def save_checkpoint(s: Session, path: Path, wall_seconds: float) -> None:
-    _save_atomic({
-        "epoch": s.epochs_done[-1]["epoch"], "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-        "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
-        "masking": s.masking.state_dict(), "rng": _rng_state(s.loader_gen), "wall_seconds": wall_seconds,
-        "best_test_acc": max(r["test_acc"] for r in s.epochs_done), "epochs": s.epochs_done,
-    }, path)
+    _save_atomic(
+        {
+            "epoch": s.epochs_done[-1]["epoch"],
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
+            "scaler": s.scaler.state_dict(),
+            "masking": s.masking.state_dict(),
+            "rng": _rng_state(s.loader_gen),
+            "wall_seconds": wall_seconds,
+            "best_test_acc": max(r["test_acc"] for r in s.epochs_done),
+            "epochs": s.epochs_done,
+        },
+        path,
+    )
 
 
-def train_epoch(s: Session, epoch: int, bar: "_Progress | None") -> tuple[float, float, float]:
+def train_epoch(s: Session, epoch: int, bar: _Progress | None) -> tuple[float, float, float]:
     """One pass over the training data; returns (loss sum, correct, samples) over all ranks."""
     spec, masking, device = s.spec, s.masking, s.device
     if hasattr(s.loaders.train.sampler, "set_epoch"):
@@ -361,19 +393,29 @@ def epoch_row(s: Session, epoch: int, sums: tuple[float, float, float], seconds:
     """The epoch's metrics, measured on the masked model (masks are in force after every step)."""
     loss_sum, correct, count = sums
     on_rank0 = s.rank == 0
-    test_loss, test_acc, test_acc5 = (evaluate(s.model, s.loaders.test, s.device, s.criterion, s.spec.amp)
-                                      if on_rank0 else (0.0, 0.0, None))
+    test_loss, test_acc, test_acc5 = (
+        evaluate(s.model, s.loaders.test, s.device, s.criterion, s.spec.amp) if on_rank0 else (0.0, 0.0, None)
+    )
     if not math.isfinite(test_loss):
         raise _Diverged(f"test loss became {test_loss} at epoch {epoch + 1}")
     val_loss = val_acc = None
     if s.loaders.val is not None and on_rank0:
         val_loss, val_acc, _ = evaluate(s.model, s.loaders.val, s.device, s.criterion, s.spec.amp)
     return {
-        "epoch": epoch + 1, "step": s.masking.step_count, "lr": s.optimizer.param_groups[0]["lr"],
-        "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
-        "test_loss": test_loss, "test_acc": test_acc, "density": s.masking.density(),
-        "itop_rate": s.masking.itop_rate(), "seconds": seconds, "test_acc5": test_acc5,
-        "val_loss": val_loss, "val_acc": val_acc, "overall_density": overall_density(s.masking, s.model),
+        "epoch": epoch + 1,
+        "step": s.masking.step_count,
+        "lr": s.optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum / max(count, 1),
+        "train_acc": correct / max(count, 1),
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "density": s.masking.density(),
+        "itop_rate": s.masking.itop_rate(),
+        "seconds": seconds,
+        "test_acc5": test_acc5,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "overall_density": overall_density(s.masking, s.model),
     }
 
 
@@ -396,9 +438,16 @@ def final_metrics(s: Session, wall_seconds: float, samples: int, elapsed: float)
     }
 
 
-def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
-        on_epoch: EpochCallback | None = None, on_start: Callable[[], None] | None = None,
-        progress: bool = False, threads: int | None = None) -> RunResult:
+def run(
+    spec: RunSpec,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    on_epoch: EpochCallback | None = None,
+    on_start: Callable[[], None] | None = None,
+    progress: bool = False,
+    threads: int | None = None,
+) -> RunResult:
     """Train `spec` to the end (or to divergence). Checkpoints into `run_dir` every epoch.
 
     With `resume=True` the run continues from `run_dir/checkpoint.pt` and first replays
@@ -447,8 +496,10 @@ def run(spec: RunSpec, run_dir: str | os.PathLike, *, resume: bool = False,
             bar.close()
     elapsed = time.perf_counter() - started
     final = final_metrics(s, s.wall_before + elapsed, samples, elapsed)
-    layers = [{"name": st["name"], "shape": str(st["shape"]), "numel": st["numel"], "final_density": st["density"]}
-              for st in s.masking.layer_stats()]
+    layers = [
+        {"name": st["name"], "shape": str(st["shape"]), "numel": st["numel"], "final_density": st["density"]}
+        for st in s.masking.layer_stats()
+    ]
     return RunResult(status, final, layers, s.epochs_done, list(s.masking.history), error, _mask_digest(s.masking))
 
 
@@ -462,8 +513,14 @@ class _Progress:
     def __init__(self, spec: RunSpec, steps_per_epoch: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
         self.progress.start()
         label = f"{spec.sparsity.method} d={spec.sparsity.final_density:g}"
         self.task = self.progress.add_task(label, total=spec.optim.epochs * steps_per_epoch, info="")

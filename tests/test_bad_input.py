@@ -102,32 +102,70 @@ for cmd, prefix in COMMANDS.items():
         Case(f"{cmd}-latin1-spec", [*prefix, "latin1.yaml"], 2, ["latin1.yaml", "UTF-8", "offset 9"]),
         Case(f"{cmd}-empty-spec", [*prefix, "empty.yaml"], 2, ["empty.yaml", "empty"]),
         Case(f"{cmd}-comments-only-spec", [*prefix, "comments.yaml"], 2, ["comments.yaml", "empty"]),
-        Case(f"{cmd}-duplicate-key", [*prefix, "dup.yaml"], 2, ["dup.yaml", "line 4", "duplicate key 'lr'",
-                                                                  "first given on line 3"]),
-        Case(f"{cmd}-unknown-model", [*prefix, Q, "--set", "model.name=foo"], 2,
-             ["model.name", "unknown model 'foo'", "resnet50"]),
+        Case(
+            f"{cmd}-duplicate-key",
+            [*prefix, "dup.yaml"],
+            2,
+            ["dup.yaml", "line 4", "duplicate key 'lr'", "first given on line 3"],
+        ),
+        Case(
+            f"{cmd}-unknown-model",
+            [*prefix, Q, "--set", "model.name=foo"],
+            2,
+            ["model.name", "unknown model 'foo'", "resnet50"],
+        ),
         Case(f"{cmd}-unknown-dataset", [*prefix, Q, "--set", "data.name=mnist"], 2, ["data.name", "mnist"]),
     ]
 CASES += [
     Case("validate-duplicate-top-level-key", ["validate", "dup_top.yaml"], 2, ["line 3", "duplicate key 'seed'"]),
     # numbers: finite, and no booleans standing in for them
-    *[Case(f"validate-lr-{v}", ["validate", Q, "--set", f"optim.lr={v}"], 2, ["optim.lr", want])
-      for v, want in (("inf", "valid number"), (".inf", "finite number"), ("1e400", "finite number"),
-                      ("-.inf", "finite number"), (".nan", "finite number"), ("true", "not a boolean"))],
+    *[
+        Case(f"validate-lr-{v}", ["validate", Q, "--set", f"optim.lr={v}"], 2, ["optim.lr", want])
+        for v, want in (
+            ("inf", "valid number"),
+            (".inf", "finite number"),
+            ("1e400", "finite number"),
+            ("-.inf", "finite number"),
+            (".nan", "finite number"),
+            ("true", "not a boolean"),
+        )
+    ],
     Case("validate-epochs-true", ["validate", Q, "--set", "optim.epochs=true"], 2, ["optim.epochs", "not a boolean"]),
-    Case("validate-density-false", ["validate", Q, "--set", "sparsity.final_density=false"], 2,
-         ["sparsity.final_density", "not a boolean"]),
-    Case("validate-milestone-nan", ["validate", Q, "--set", "optim.milestones=[0.5, .nan]"], 2,
-         ["optim.milestones", "finite"]),
+    Case(
+        "validate-density-false",
+        ["validate", Q, "--set", "sparsity.final_density=false"],
+        2,
+        ["sparsity.final_density", "not a boolean"],
+    ),
+    Case(
+        "validate-milestone-nan",
+        ["validate", Q, "--set", "optim.milestones=[0.5, .nan]"],
+        2,
+        ["optim.milestones", "finite"],
+    ),
     Case("run-lr-1e400", [*RUN, Q, "--set", "optim.lr=1e400"], 2, ["optim.lr", "finite number"]),
     Case("run-epochs-true", [*RUN, Q, "--set", "optim.epochs=true"], 2, ["optim.epochs", "not a boolean"]),
     # input shapes
-    *[Case(f"plan-input-shape-{name}", ["plan", Q, "--set", "data.name=synthetic", "--set", f"data.input_shape={v}"],
-           2, ["data.input_shape", want])
-      for name, v, want in (("negative", "[-1,3]", "positive"), ("empty", "[]", "at least 1"),
-                            ("zero", "[0]", "positive"), ("four-dims", "[1,2,3,4]", "at most 3"))],
-    Case("plan-conv-model-flat-shape", ["plan", Q, "--set", "data.name=synthetic", "--set", "data.input_shape=[64]",
-                                        "--set", "model.name=lenet5"], 2, ["data.input_shape", "lenet5", "(C, H, W)"]),
+    *[
+        Case(
+            f"plan-input-shape-{name}",
+            ["plan", Q, "--set", "data.name=synthetic", "--set", f"data.input_shape={v}"],
+            2,
+            ["data.input_shape", want],
+        )
+        for name, v, want in (
+            ("negative", "[-1,3]", "positive"),
+            ("empty", "[]", "at least 1"),
+            ("zero", "[0]", "positive"),
+            ("four-dims", "[1,2,3,4]", "at most 3"),
+        )
+    ],
+    Case(
+        "plan-conv-model-flat-shape",
+        ["plan", Q, "--set", "data.name=synthetic", "--set", "data.input_shape=[64]", "--set", "model.name=lenet5"],
+        2,
+        ["data.input_shape", "lenet5", "(C, H, W)"],
+    ),
     # seeds: what torch and the db's INTEGER column take
     Case("run-seed-huge", [*RUN, Q, "--set", "seed=99999999999999999999"], 2, ["seed", "[0, 2147483647]"]),
     Case("run-seed-2**31", [*RUN, Q, "--set", "seed=2147483648"], 2, ["seed", "got 2147483648"]),
@@ -141,21 +179,47 @@ CASES += [
     Case("validate-sweep-section-method", ["validate", "bad_sweep.yaml"], 2, ["sweep.methods", "bogus"]),
     Case("validate-sweep-section-seed", ["validate", "bad_sweep_seed.yaml"], 2, ["sweep.seeds", "3000000000"]),
     # --runs-dir that cannot be a folder: refused before the db or Ray
-    Case("run-runs-dir-is-a-file", ["run", "--db", "r.duckdb", "--runs-dir", "runs_file", Q], 2,
-         ["--runs-dir runs_file", "not a folder"], setup=[_runs_file]),
-    Case("run-runs-dir-under-a-file", ["run", "--db", "r.duckdb", "--runs-dir", "runs_file/sub", Q], 2,
-         ["--runs-dir runs_file/sub", "runs_file is not a folder"], setup=[_runs_file]),
-    Case("sweep-runs-dir-is-a-file", ["sweep", "--db", "r.duckdb", "--runs-dir", "runs_file", Q, "--methods", "gmp",
-                                      "--densities", "0.1"], 2, ["--runs-dir runs_file", "not a folder"],
-         setup=[_runs_file]),
+    Case(
+        "run-runs-dir-is-a-file",
+        ["run", "--db", "r.duckdb", "--runs-dir", "runs_file", Q],
+        2,
+        ["--runs-dir runs_file", "not a folder"],
+        setup=[_runs_file],
+    ),
+    Case(
+        "run-runs-dir-under-a-file",
+        ["run", "--db", "r.duckdb", "--runs-dir", "runs_file/sub", Q],
+        2,
+        ["--runs-dir runs_file/sub", "runs_file is not a folder"],
+        setup=[_runs_file],
+    ),
+    Case(
+        "sweep-runs-dir-is-a-file",
+        ["sweep", "--db", "r.duckdb", "--runs-dir", "runs_file", Q, "--methods", "gmp", "--densities", "0.1"],
+        2,
+        ["--runs-dir runs_file", "not a folder"],
+        setup=[_runs_file],
+    ),
     # --resume: read-only checks first, and no db is created for a refusal
     Case("resume-without-checkpoint", [*RUN, Q, "--resume"], 2, ["--resume", "no interrupted run", "no checkpoint"]),
-    Case("resume-corrupt-run-json", [*RUN, Q, "--resume"], 2, ["--resume", "run.json is corrupt",
-                                                              "without --resume"], setup=[_corrupt_run_json]),
-    Case("resume-run-json-not-a-mapping", [*RUN, Q, "--resume"], 2, ["run.json is corrupt"],
-         setup=[_run_json_without_id]),
-    Case("resume-completed-run", [*RUN, Q, "--resume"], 2,
-         ["--resume", "-c0mp1e7e", "already completed", "r.duckdb"], setup=[_completed_run], needs_db=True),
+    Case(
+        "resume-corrupt-run-json",
+        [*RUN, Q, "--resume"],
+        2,
+        ["--resume", "run.json is corrupt", "without --resume"],
+        setup=[_corrupt_run_json],
+    ),
+    Case(
+        "resume-run-json-not-a-mapping", [*RUN, Q, "--resume"], 2, ["run.json is corrupt"], setup=[_run_json_without_id]
+    ),
+    Case(
+        "resume-completed-run",
+        [*RUN, Q, "--resume"],
+        2,
+        ["--resume", "-c0mp1e7e", "already completed", "r.duckdb"],
+        setup=[_completed_run],
+        needs_db=True,
+    ),
 ]
 
 
@@ -206,13 +270,16 @@ def test_validate_accepts_a_good_sweep_section(cli, tmp_path, monkeypatch):
 
 
 def test_float_fields_still_take_ints_and_exponents(cli):
-    spec = load_run_spec(QUICKSTART, ["optim.lr=1", "optim.weight_decay=1e-4", "sparsity.final_density=1e-1",
-                                      "seed=2147483647"])
+    spec = load_run_spec(
+        QUICKSTART, ["optim.lr=1", "optim.weight_decay=1e-4", "sparsity.final_density=1e-1", "seed=2147483647"]
+    )
     assert (spec.optim.lr, spec.optim.weight_decay, spec.sparsity.final_density) == (1.0, 0.0001, 0.1)
     assert spec.seed == 2**31 - 1
     # a YAML exponent without a dot (`1e-3`, a string to YAML 1.1) is the number it looks like
-    assert load_run_spec(QUICKSTART, ["optim.lr=1e-3"]).spec_hash() == \
-        load_run_spec(QUICKSTART, ["optim.lr=0.001"]).spec_hash()
+    assert (
+        load_run_spec(QUICKSTART, ["optim.lr=1e-3"]).spec_hash()
+        == load_run_spec(QUICKSTART, ["optim.lr=0.001"]).spec_hash()
+    )
 
 
 def test_spec_name_lists_match_the_registries():
@@ -233,7 +300,9 @@ def test_unwritable_runs_dir_is_refused_before_anything_is_written(cli, tmp_path
     ro.mkdir()
     mounted = False
     if os.geteuid() == 0:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, check=False)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, check=False
+        )
         if r.returncode != 0:
             pytest.skip(f"running as root and cannot mount a read-only tmpfs: {r.stderr.decode().strip()}")
         mounted = True
@@ -242,10 +311,11 @@ def test_unwritable_runs_dir_is_refused_before_anything_is_written(cli, tmp_path
     try:
         monkeypatch.chdir(tmp_path)
         before = _snapshot(tmp_path)
-        for args in (["run", Q, "--db", "r.duckdb", "--runs-dir", "ro/runs"],
-                     ["sweep", Q, "--db", "r.duckdb", "--runs-dir", "ro/runs", "--methods", "gmp",
-                      "--densities", "0.1"],
-                     ["run", Q, "--db", "r.duckdb", "--runs-dir", "ro"]):
+        for args in (
+            ["run", Q, "--db", "r.duckdb", "--runs-dir", "ro/runs"],
+            ["sweep", Q, "--db", "r.duckdb", "--runs-dir", "ro/runs", "--methods", "gmp", "--densities", "0.1"],
+            ["run", Q, "--db", "r.duckdb", "--runs-dir", "ro"],
+        ):
             _check_one_error_line(cli(*args), 2, ["--runs-dir ro", "is not writable"])
         assert _snapshot(tmp_path) == before
     finally:
@@ -284,8 +354,9 @@ def _granet(*args: str) -> list[str]:
 
 
 def _start_and_wait_for_checkpoint(args: list[str], runs: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(_granet(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _granet(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list(runs.glob("*/checkpoint.pt")) and proc.poll() is None:
         time.sleep(0.05)
@@ -297,8 +368,11 @@ def _start_and_wait_for_checkpoint(args: list[str], runs: Path) -> subprocess.Po
 LONG = ["--set", "optim.epochs=40", "--set", "sparsity.final_prune_epoch=20"]
 
 
-@pytest.mark.parametrize("sig,code,what", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
-                                           (signal.SIGINT, 130, "interrupted (Ctrl-C)")], ids=["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize(
+    "sig,code,what",
+    [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted (Ctrl-C)")],
+    ids=["SIGTERM", "Ctrl-C"],
+)
 def test_signal_marks_interrupted_then_the_printed_hint_resumes(sig, code, what, cli, tmp_path):
     db, runs = tmp_path / "my db.duckdb", tmp_path / "runs"
     args = ["run", Q, *LONG, "--set", "name=it's mine", "--db", str(db), "--runs-dir", str(runs), "-q"]
@@ -307,8 +381,8 @@ def test_signal_marks_interrupted_then_the_printed_hint_resumes(sig, code, what,
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, (stdout, stderr)
     assert "Traceback" not in stdout + stderr
-    (status, error), = rows(db, "select status, error from runs")
-    (done,), = rows(db, "select count(*) from epochs")
+    ((status, error),) = rows(db, "select status, error from runs")
+    ((done,),) = rows(db, "select count(*) from epochs")
     assert status == "interrupted" and what in error and 0 < done < 40, (status, error, done)
     hint = [ln for ln in stderr.splitlines() if ln.startswith("continue with: ")]
     assert len(hint) == 1, stderr
@@ -318,7 +392,10 @@ def test_signal_marks_interrupted_then_the_printed_hint_resumes(sig, code, what,
         assert flag in argv
     assert argv[argv.index("--db") + 1] == str(db) and argv[argv.index("--runs-dir") + 1] == str(runs)
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--set"] == [
-        "optim.epochs=40", "sparsity.final_prune_epoch=20", "name=it's mine"]
+        "optim.epochs=40",
+        "sparsity.final_prune_epoch=20",
+        "name=it's mine",
+    ]
 
     # the resume runs out of disk saving its first checkpoint: one line, the row resumable, not 'running'
     run_dir = next(runs.glob("*/checkpoint.pt")).parent
@@ -326,14 +403,14 @@ def test_signal_marks_interrupted_then_the_printed_hint_resumes(sig, code, what,
     full = cli(*args, "--resume")
     _check_one_error_line(full, 1, [f"no space left on {run_dir}", "recorded as interrupted", "--resume"])
     assert not os.path.lexists(run_dir / "checkpoint.tmp")  # the partial file is gone
-    (status,), = rows(db, "select status from runs")
+    ((status,),) = rows(db, "select status from runs")
     assert status == "interrupted"
 
     # the printed command, pasted into a shell, finishes the run: one row, every epoch once
     resumed = subprocess.run(_granet(*argv[1:]), cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert rows(db, "select count(*), min(status), max(status) from runs") == [(1, "completed", "completed")]
-    assert [e for e, in rows(db, "select epoch from epochs order by epoch")] == list(range(1, 41))
+    assert [e for (e,) in rows(db, "select epoch from epochs order by epoch")] == list(range(1, 41))
 
 
 def test_checkpoint_disk_full_on_the_first_epoch_records_failed(cli, tmp_path):
@@ -344,7 +421,7 @@ def test_checkpoint_disk_full_on_the_first_epoch_records_failed(cli, tmp_path):
     result = cli("run", Q, *SHORT, "--db", db, "--runs-dir", runs, "-q")
     line = _check_one_error_line(result, 1, [f"no space left on {run_dir}", "recorded as failed"])
     assert "--resume" not in line  # nothing to resume from
-    (status, error), = rows(db, "select status, error from runs")
+    ((status, error),) = rows(db, "select status, error from runs")
     assert status == "failed" and "no space left on" in error
 
 
@@ -368,7 +445,7 @@ def test_results_db_failure_mid_run_is_one_line_and_resumable(cli, tmp_path, mon
     again = cli("run", Q, *SHORT, "--db", db, "--runs-dir", runs, "-q", "--resume")
     assert again.exit_code == 0, again.output
     assert rows(db, "select count(*), min(status) from runs") == [(1, "completed")]
-    assert [e for e, in rows(db, "select epoch from epochs order by epoch")] == [1, 2, 3]
+    assert [e for (e,) in rows(db, "select epoch from epochs order by epoch")] == [1, 2, 3]
 
 
 def test_killed_run_is_reaped_as_interrupted_by_the_next_run(cli, tmp_path):
@@ -379,7 +456,7 @@ def test_killed_run_is_reaped_as_interrupted_by_the_next_run(cli, tmp_path):
     proc = _start_and_wait_for_checkpoint(args, runs)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
-    (killed, status), = rows(db, "select run_id, status from runs")
+    ((killed, status),) = rows(db, "select run_id, status from runs")
     assert status == "running"  # nobody could mark it: the process is gone
     result = cli(*args)
     assert result.exit_code == 0, result.output
@@ -390,9 +467,27 @@ def test_killed_run_is_reaped_as_interrupted_by_the_next_run(cli, tmp_path):
 # ----------------------------------------------------------------------------- sweeps and reports
 def test_sweep_in_which_every_trial_diverges_exits_1(cli, tmp_path):
     db = tmp_path / "s.duckdb"
-    result = cli("sweep", Q, "--methods", "gmp", "--densities", "0.1", "--set", "optim.lr=1e12",
-                 "--set", "optim.weight_decay=0", "--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1",
-                 "--db", db, "--runs-dir", tmp_path / "runs", "-q")
+    result = cli(
+        "sweep",
+        Q,
+        "--methods",
+        "gmp",
+        "--densities",
+        "0.1",
+        "--set",
+        "optim.lr=1e12",
+        "--set",
+        "optim.weight_decay=0",
+        "--set",
+        "optim.epochs=2",
+        "--set",
+        "sparsity.final_prune_epoch=1",
+        "--db",
+        db,
+        "--runs-dir",
+        tmp_path / "runs",
+        "-q",
+    )
     assert "Traceback" not in result.output
     assert result.exit_code == 1, result.output
     assert "every trial of this sweep failed or diverged" in result.stderr
@@ -406,8 +501,19 @@ def test_markdown_report_escapes_the_sweep_name(tmp_path):
     evil = "<script>alert(1)</script> | *x*"
     with Store(db) as st:  # a name from before sweep names were checked
         st.add_sweep("sw-evil", evil, {"methods": ["granet"]})
-        st.start_run({"run_id": "r1", "sweep_id": "sw-evil", "spec_hash": "h1", "method": "granet", "model": "mlp",
-                      "dataset": "digits", "target_density": 0.1, "seed": 0, "spec_json": "{}"})
+        st.start_run(
+            {
+                "run_id": "r1",
+                "sweep_id": "sw-evil",
+                "spec_hash": "h1",
+                "method": "granet",
+                "model": "mlp",
+                "dataset": "digits",
+                "target_density": 0.1,
+                "seed": 0,
+                "spec_json": "{}",
+            }
+        )
         st.add_epoch("r1", {"epoch": 1, "step": 10, "test_acc": 0.9, "density": 0.1})
         st.finish_run("r1", {"final_test_acc": 0.9, "best_test_acc": 0.9, "final_density": 0.1}, [])
     res = build_report(db, sweep="sw-evil", out_dir=tmp_path / "rep", fmt="md", name="evil")

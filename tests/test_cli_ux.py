@@ -125,8 +125,14 @@ def local_cifar10(tmp_path, monkeypatch):
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
         with (src / name).open("wb") as f:
-            pickle.dump({"batch_label": name, "data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
-                         "labels": rng.integers(0, 10, 8).tolist()}, f)
+            pickle.dump(
+                {
+                    "batch_label": name,
+                    "data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+                    "labels": rng.integers(0, 10, 8).tolist(),
+                },
+                f,
+            )
     with (src / "batches.meta").open("wb") as f:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
     archive = tmp_path / "src" / "cifar-10-python.tar.gz"
@@ -174,14 +180,26 @@ def test_fetch_refuses_a_bad_checksum_a_dead_url_and_imagenet(local_cifar10, cli
 
 def test_run_with_data_download_fetches_then_trains(local_cifar10, cli, tmp_path):
     root, db = tmp_path / "data", tmp_path / "r.duckdb"
-    args = ["--set", "data.name=cifar10", "--set", f"data.root={root}", "--set", "data.download=true",
-            "--set", "sparsity.method=dense", "--set", "optim.epochs=1", "--set", "data.batch_size=16"]
+    args = [
+        "--set",
+        "data.name=cifar10",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "data.download=true",
+        "--set",
+        "sparsity.method=dense",
+        "--set",
+        "optim.epochs=1",
+        "--set",
+        "data.batch_size=16",
+    ]
     result = cli("run", QUICKSTART, *args, "--db", db, "--runs-dir", tmp_path / "runs", "-q")
     assert result.exit_code == 0, result.output
     assert (root / "cifar-10-batches-py" / "data_batch_5").is_file()
-    (status, dataset), = rows(db, "select status, dataset from runs")
+    ((status, dataset),) = rows(db, "select status, dataset from runs")
     assert (status, dataset) == ("completed", "cifar10")
-    (n,), = rows(db, "select count(*) from epochs")
+    ((n,),) = rows(db, "select count(*) from epochs")
     assert n == 1
     # where the files come from is not part of the experiment's identity
     with_dl = load_run_spec(QUICKSTART, ["data.name=cifar10", f"data.root={root}", "data.download=true"])
@@ -190,8 +208,18 @@ def test_run_with_data_download_fetches_then_trains(local_cifar10, cli, tmp_path
 
 
 def test_imagenet_download_is_refused_at_validation(cli, tmp_path):
-    line = _one_error_line(cli("validate", QUICKSTART, "--set", "data.name=imagenet", "--set", f"data.root={tmp_path}",
-                               "--set", "data.download=true"))
+    line = _one_error_line(
+        cli(
+            "validate",
+            QUICKSTART,
+            "--set",
+            "data.name=imagenet",
+            "--set",
+            f"data.root={tmp_path}",
+            "--set",
+            "data.download=true",
+        )
+    )
     assert "imagenet cannot be downloaded" in line
 
 
@@ -201,14 +229,31 @@ def test_tensorboard_event_file_holds_every_epoch(cli, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     db, tb = tmp_path / "r.duckdb", tmp_path / "tb"
-    result = cli("run", QUICKSTART, "--set", "optim.epochs=3", "--set", "sparsity.final_prune_epoch=2",
-                 "--db", db, "--runs-dir", tmp_path / "runs", "-q", "--tensorboard", tb)
+    result = cli(
+        "run",
+        QUICKSTART,
+        "--set",
+        "optim.epochs=3",
+        "--set",
+        "sparsity.final_prune_epoch=2",
+        "--db",
+        db,
+        "--runs-dir",
+        tmp_path / "runs",
+        "-q",
+        "--tensorboard",
+        tb,
+    )
     assert result.exit_code == 0, result.output
-    (run_id,), = rows(db, "select run_id from runs")
+    ((run_id,),) = rows(db, "select run_id from runs")
     acc = EventAccumulator(str(tb / run_id))
     acc.Reload()
-    for tag, column in (("test/acc", "test_acc"), ("sparsity/density", "density"), ("sparsity/itop_rate", "itop_rate"),
-                        ("train/loss", "train_loss")):
+    for tag, column in (
+        ("test/acc", "test_acc"),
+        ("sparsity/density", "density"),
+        ("sparsity/itop_rate", "itop_rate"),
+        ("train/loss", "train_loss"),
+    ):
         got = [(e.step, e.value) for e in acc.Scalars(tag)]
         want = rows(db, f"select epoch, {column} from epochs where run_id = ? order by epoch", run_id)
         assert [s for s, _ in got] == [e for e, _ in want] == [1, 2, 3], tag
@@ -222,7 +267,8 @@ def test_tensorboard_missing_is_one_line_and_writes_nothing(cli, tmp_path, monke
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
     db = tmp_path / "r.duckdb"
-    line = _one_error_line(cli("run", QUICKSTART, "--db", db, "--runs-dir", tmp_path / "runs", "--tensorboard",
-                               tmp_path / "tb"))
+    line = _one_error_line(
+        cli("run", QUICKSTART, "--db", db, "--runs-dir", tmp_path / "runs", "--tensorboard", tmp_path / "tb")
+    )
     assert "tensorboard package" in line
     assert not db.exists() and not (tmp_path / "runs").exists() and not (tmp_path / "tb").exists()

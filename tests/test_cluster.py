@@ -75,10 +75,16 @@ class LocalCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.temp = tempfile.mkdtemp(prefix="granet-ray-", dir="/tmp")  # Ray's socket paths are length-limited
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-                    # a dead node is noticed in ~2 s, not Ray's default ~30 s
-                    "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
-                    "RAY_health_check_initial_delay_ms": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            # a dead node is noticed in ~2 s, not Ray's default ~30 s
+            "RAY_health_check_period_ms": "500",
+            "RAY_health_check_failure_threshold": "4",
+            "RAY_health_check_initial_delay_ms": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
         self.env.pop("RAY_ADDRESS", None)
         self.tmp_path = tmp_path
         self.nodes: list[tuple[subprocess.Popen, Path, object]] = []
@@ -87,11 +93,28 @@ class LocalCluster:
     def _start(self, args: list[str], name: str) -> subprocess.Popen:
         log_path = self.tmp_path / f"ray-{name}.log"
         log = open(log_path, "w")
-        ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
-        proc = subprocess.Popen([str(RAY), "start", *args, "--num-cpus=1", "--node-ip-address=127.0.0.1", *ports,
-                                 "--disable-usage-stats", "--block"],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        ports = [
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ]
+        proc = subprocess.Popen(
+            [
+                str(RAY),
+                "start",
+                *args,
+                "--num-cpus=1",
+                "--node-ip-address=127.0.0.1",
+                *ports,
+                "--disable-usage-stats",
+                "--block",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.nodes.append((proc, log_path, log))
         deadline = time.time() + 120
         while "Ray runtime started" not in log_path.read_text():
@@ -100,8 +123,9 @@ class LocalCluster:
         return proc
 
     def start_head(self) -> subprocess.Popen:
-        proc = self._start(["--head", f"--port={self.port}", "--include-dashboard=false",
-                            f"--temp-dir={self.temp}"], "head")
+        proc = self._start(
+            ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp}"], "head"
+        )
         self.node_ids.extend(self.alive_nodes())
         return proc
 
@@ -116,8 +140,10 @@ class LocalCluster:
 
     def alive_nodes(self) -> list[str]:
         """Node ids of the alive nodes, as the cluster's GCS sees them."""
-        code = ("import ray, logging; ray.init(address='%s', logging_level=logging.ERROR, log_to_driver=False); "
-                "print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))" % self.address)
+        code = (
+            f"import ray, logging; ray.init(address='{self.address}', logging_level=logging.ERROR, "
+            "log_to_driver=False); print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))"
+        )
         r = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
         return r.stdout.strip().splitlines()[-1].split() if r.returncode == 0 and r.stdout.strip() else []
 
@@ -170,8 +196,19 @@ def cluster(tmp_path_factory):
 
 
 def _sweep(tmp_path, cluster, *args, timeout=420):
-    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", "--address", cluster.address, *map(str, args),
-           "--db", str(tmp_path / "r.duckdb"), "--storage-path", str(tmp_path / "storage")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "granet_cli.cli",
+        "sweep",
+        "--address",
+        cluster.address,
+        *map(str, args),
+        "--db",
+        str(tmp_path / "r.duckdb"),
+        "--storage-path",
+        str(tmp_path / "storage"),
+    ]
     return cmd, dict(cwd=ROOT, env=cluster.env, text=True)
 
 
@@ -190,8 +227,20 @@ def _checkpoint_epochs(storage: Path) -> dict[str, int]:
 
 def test_trial_larger_than_every_node_exits_2_and_writes_nothing(cluster, tmp_path):
     """Two 1-CPU nodes have 2 CPUs in all, but no trial of 2 CPUs can ever start."""
-    cmd, kw = _sweep(tmp_path, cluster, "--methods", "granet", "--densities", "0.1", "--cpus-per-trial", "2",
-                     "--set", "optim.epochs=1", "--set", "sparsity.final_prune_epoch=1")
+    cmd, kw = _sweep(
+        tmp_path,
+        cluster,
+        "--methods",
+        "granet",
+        "--densities",
+        "0.1",
+        "--cpus-per-trial",
+        "2",
+        "--set",
+        "optim.epochs=1",
+        "--set",
+        "sparsity.final_prune_epoch=1",
+    )
     r = subprocess.run(cmd, capture_output=True, timeout=180, **kw)
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
@@ -201,8 +250,20 @@ def test_trial_larger_than_every_node_exits_2_and_writes_nothing(cluster, tmp_pa
 
 
 EPOCHS = 30
-ARGS = ["--methods", "granet", "--densities", "0.1", "--grid", "optim.lr=0.05,0.1", "--max-concurrent", "2",
-        "--set", f"optim.epochs={EPOCHS}", "--set", "sparsity.final_prune_epoch=15"]
+ARGS = [
+    "--methods",
+    "granet",
+    "--densities",
+    "0.1",
+    "--grid",
+    "optim.lr=0.05,0.1",
+    "--max-concurrent",
+    "2",
+    "--set",
+    f"optim.epochs={EPOCHS}",
+    "--set",
+    "sparsity.final_prune_epoch=15",
+]
 
 
 def test_worker_node_killed_mid_trial_the_trial_finishes_on_the_head_exactly(cluster, tmp_path):
@@ -235,24 +296,36 @@ def test_worker_node_killed_mid_trial_the_trial_finishes_on_the_head_exactly(clu
     assert "ActorDiedError" not in out and "state-dump" not in out, out
 
     db = tmp_path / "r.duckdb"
-    plan = plan_sweep(None, [f"optim.epochs={EPOCHS}", "sparsity.final_prune_epoch=15"],
-                      methods="granet", densities="0.1", grid=["optim.lr=0.05,0.1"])
-    runs = rows(db, "select run_id, spec_hash, status, final_test_acc, best_test_acc, final_density, itop_rate "
-                    "from runs")
+    plan = plan_sweep(
+        None,
+        [f"optim.epochs={EPOCHS}", "sparsity.final_prune_epoch=15"],
+        methods="granet",
+        densities="0.1",
+        grid=["optim.lr=0.05,0.1"],
+    )
+    runs = rows(
+        db, "select run_id, spec_hash, status, final_test_acc, best_test_acc, final_density, itop_rate from runs"
+    )
     assert len(runs) == 2 and all(r[2] == "completed" for r in runs), runs
     for p in plan.points:
         run_id, _, _, acc, best, density, itop = next(r for r in runs if r[1] == p.spec_hash)
         direct = train.run(p.spec, tmp_path / f"direct-{p.spec_hash}", threads=1)  # never interrupted
-        assert (acc, best, density, itop) == (direct.final["final_test_acc"], direct.final["best_test_acc"],
-                                              direct.final["final_density"], direct.final["itop_rate"])
-        assert rows(db, "select epoch from epochs where run_id = ? order by epoch", run_id) == \
-            [(e,) for e in range(1, EPOCHS + 1)]
+        assert (acc, best, density, itop) == (
+            direct.final["final_test_acc"],
+            direct.final["best_test_acc"],
+            direct.final["final_density"],
+            direct.final["itop_rate"],
+        )
+        assert rows(db, "select epoch from epochs where run_id = ? order by epoch", run_id) == [
+            (e,) for e in range(1, EPOCHS + 1)
+        ]
         got = rows(db, "select step, dropped, grown from mask_updates where run_id = ? order by step", run_id)
         assert got == [(u["step"], u["dropped"], u["grown"]) for u in direct.mask_updates]
         # the masks the trial ended with (its last checkpoint in storage) are the uninterrupted run's
-        last = max((tmp_path / "storage").glob(f"*/*/checkpoint_*/{MARKER}"),
-                   key=lambda m: (json.loads(m.read_text())["spec_hash"] == p.spec_hash,
-                                  json.loads(m.read_text())["epoch"]))
+        last = max(
+            (tmp_path / "storage").glob(f"*/*/checkpoint_*/{MARKER}"),
+            key=lambda m: (json.loads(m.read_text())["spec_hash"] == p.spec_hash, json.loads(m.read_text())["epoch"]),
+        )
         ours = torch.load(last.parent / train.CHECKPOINT, weights_only=False)["model"]
         theirs = torch.load(tmp_path / f"direct-{p.spec_hash}" / train.CHECKPOINT, weights_only=False)["model"]
         masks = [k for k in theirs if k.endswith("weight_mask")]

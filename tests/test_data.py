@@ -116,8 +116,7 @@ def test_distributed_sampler_shards_train_set():
 
 # ----------------------------------------------------------------------------- synthetic
 def test_synthetic_shapes_and_labels():
-    spec = DataSpec(name="synthetic", input_shape=[2, 6, 5], num_classes=4, train_size=90, test_size=30,
-                    batch_size=32)
+    spec = DataSpec(name="synthetic", input_shape=[2, 6, 5], num_classes=4, train_size=90, test_size=30, batch_size=32)
     info = dataset_info(spec)
     assert info == DatasetInfo("synthetic", 4, (2, 6, 5), 90, 30)
     loaders = build_loaders(spec, seed=0)
@@ -154,7 +153,9 @@ def test_synthetic_labels_are_learnable(shape):
 # ----------------------------------------------------------------------------- local folders
 def test_cifar_info_needs_no_files(tmp_path):
     missing = tmp_path / "nowhere"
-    assert dataset_info(DataSpec(name="cifar10", root=str(missing))) == DatasetInfo("cifar10", 10, (3, 32, 32), 50000, 10000)
+    assert dataset_info(DataSpec(name="cifar10", root=str(missing))) == DatasetInfo(
+        "cifar10", 10, (3, 32, 32), 50000, 10000
+    )
     assert dataset_info(DataSpec(name="cifar100", root=str(missing))).num_classes == 100
     info = dataset_info(DataSpec(name="imagenet", root=str(missing)))
     assert info == DatasetInfo("imagenet", 1000, (3, 224, 224), 1281167, 50000)
@@ -200,12 +201,35 @@ def _write_fake_cifar10(root, per_batch=4):
         labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
         arrays[name] = (data, labels)
         with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "data": data, "labels": labels,
-                         "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}, f)
+            pickle.dump(
+                {
+                    "batch_label": name,
+                    "data": data,
+                    "labels": labels,
+                    "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+                },
+                f,
+            )
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer",
-                                     "dog", "frog", "horse", "ship", "truck"],
-                     "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+        pickle.dump(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ],
+                "num_cases_per_batch": per_batch,
+                "num_vis": 3072,
+            },
+            f,
+        )
     return arrays
 
 

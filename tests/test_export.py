@@ -27,13 +27,28 @@ def done(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: no oversubscription
     try:
-        result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--db", str(db), "--runs-dir", str(runs), "-q",
-                                          "--set", "device=cpu", "--set", "optim.epochs=6",
-                                          "--set", "sparsity.final_prune_epoch=4"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "run",
+                str(QUICKSTART),
+                "--db",
+                str(db),
+                "--runs-dir",
+                str(runs),
+                "-q",
+                "--set",
+                "device=cpu",
+                "--set",
+                "optim.epochs=6",
+                "--set",
+                "sparsity.final_prune_epoch=4",
+            ],
+        )
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
-    (run_id,), = rows(db, "select run_id from runs where status = 'completed'")
+    ((run_id,),) = rows(db, "select run_id from runs where status = 'completed'")
     return {"db": db, "runs": runs, "run_id": run_id, "base": base}
 
 
@@ -52,11 +67,11 @@ def _digits_accuracy(state: dict, spec) -> float:
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
-    x_tr, x_te, _y_tr, y_te = train_test_split(d.images / 16.0, d.target, test_size=0.25, stratify=d.target,
-                                               random_state=0)
+    x_tr, x_te, _y_tr, y_te = train_test_split(
+        d.images / 16.0, d.target, test_size=0.25, stratify=d.target, random_state=0
+    )
     x = torch.tensor((x_te - x_tr.mean()) / x_tr.std(), dtype=torch.float32).reshape(len(x_te), -1)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                        nn.Linear(128, 10))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
     net.load_state_dict({k: v for k, v in state.items() if not k.endswith("weight_mask")})
     assert spec.model.name == "mlp"
     with torch.no_grad():
@@ -74,20 +89,23 @@ def test_export_pt_loads_weights_only_and_eval_gives_the_db_accuracy(done, cli, 
 
     masks = {k[: -len(".weight_mask")] + ".weight": v for k, v in state.items() if k.endswith(".weight_mask")}
     assert set(masks) == {"1.weight", "3.weight", "5.weight"}  # every Linear of the mlp
-    layers = {name: (numel, dens) for name, numel, dens in rows(db, "select name, numel, final_density from layers "
-                                                                     "where run_id = ?", run_id)}
+    layers = {
+        name: (numel, dens)
+        for name, numel, dens in rows(db, "select name, numel, final_density from layers where run_id = ?", run_id)
+    }
     active_total = 0
     for name, mask in masks.items():
         weight = state[name]
         assert mask.dtype == torch.bool and mask.shape == weight.shape
         active = int(mask.sum())
         assert int(torch.count_nonzero(weight)) == active, name  # nonzeros are exactly the mask's weights
-        assert not torch.any(weight[~mask]), name                # masked weights are zeros
+        assert not torch.any(weight[~mask]), name  # masked weights are zeros
         numel, dens = layers[name]
         assert weight.numel() == numel and active == round(dens * numel), name
         active_total += active
-    (final_density, db_acc, spec_json), = rows(db, "select final_density, final_test_acc, spec_json from runs "
-                                                   "where run_id = ?", run_id)
+    ((final_density, db_acc, spec_json),) = rows(
+        db, "select final_density, final_test_acc, spec_json from runs where run_id = ?", run_id
+    )
     assert active_total / sum(m.numel() for m in masks.values()) == pytest.approx(final_density, abs=1e-12)
 
     side = json.loads(out.with_suffix(".json").read_text())
@@ -118,13 +136,13 @@ def test_export_safetensors_holds_the_same_tensors(done, cli, tmp_path):
     a, b = torch.load(tmp_path / "a.pt", weights_only=True), load_file(str(st))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     res = json.loads(cli("eval", st, "--json").stdout)
-    (db_acc,), = rows(db, "select final_test_acc from runs where run_id = ?", run_id)
+    ((db_acc,),) = rows(db, "select final_test_acc from runs where run_id = ?", run_id)
     assert res["test_acc"] == db_acc
 
 
 def test_eval_straight_from_the_run_and_its_folder(done, cli):
     db, runs, run_id = done["db"], done["runs"], done["run_id"]
-    (db_acc, spec_hash), = rows(db, "select final_test_acc, spec_hash from runs where run_id = ?", run_id)
+    ((db_acc, spec_hash),) = rows(db, "select final_test_acc, spec_hash from runs where run_id = ?", run_id)
     for ref in (run_id, runs / spec_hash):
         result = cli("eval", ref, "--db", db, "--runs-dir", runs, "--json")
         assert result.exit_code == 0, result.output
@@ -135,8 +153,9 @@ def test_bad_input_is_one_line_and_writes_nothing(done, cli, tmp_path):
     db, runs, run_id = done["db"], done["runs"], done["run_id"]
     out = tmp_path / "x.pt"
     assert "no such run" in _one_error_line(cli("export", "zzzz", "--db", db, "--runs-dir", runs, "--out", out))
-    assert "no checkpoint" in _one_error_line(cli("export", run_id, "--db", db, "--runs-dir", tmp_path / "none",
-                                                  "--out", out))
+    assert "no checkpoint" in _one_error_line(
+        cli("export", run_id, "--db", db, "--runs-dir", tmp_path / "none", "--out", out)
+    )
     assert "not found" in _one_error_line(cli("export", run_id, "--db", tmp_path / "missing.duckdb", "--out", out))
     assert not out.exists() and not out.with_suffix(".json").exists()
     junk = tmp_path / "junk.pt"
@@ -152,10 +171,12 @@ def test_bad_input_is_one_line_and_writes_nothing(done, cli, tmp_path):
 
 def test_bench_reports_speedup_next_to_the_flops_fraction(done, cli, tmp_path):
     db, runs, run_id = done["db"], done["runs"], done["run_id"]
-    result = cli("bench-sparse", run_id, "--db", db, "--runs-dir", runs, "--repeats", "3", "--batch-size", "8", "--json")
+    result = cli(
+        "bench-sparse", run_id, "--db", db, "--runs-dir", runs, "--repeats", "3", "--batch-size", "8", "--json"
+    )
     assert result.exit_code == 0, result.output
     res = json.loads(result.stdout)
-    (final_density,), = rows(db, "select final_density from runs where run_id = ?", run_id)
+    ((final_density,),) = rows(db, "select final_density from runs where run_id = ?", run_id)
     # an mlp's per-sample MACs of a Linear are its weight count: the fraction is the overall density
     assert res["flops_fraction"] == pytest.approx(final_density, abs=1e-9)
     assert [layer["kind"] for layer in res["layers"]] == ["Linear"] * 3
@@ -166,8 +187,14 @@ def test_bench_reports_speedup_next_to_the_flops_fraction(done, cli, tmp_path):
     assert "measured speed-up" in text.stdout and "theoretical: 0.1000 of the dense FLOPs" in text.stdout
 
 
-@pytest.mark.parametrize("kw", [{"stride": 1, "padding": 1}, {"stride": 2, "padding": 0},
-                                {"stride": 1, "padding": 2, "dilation": 2, "bias": False}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"stride": 1, "padding": 1},
+        {"stride": 2, "padding": 0},
+        {"stride": 1, "padding": 2, "dilation": 2, "bias": False},
+    ],
+)
 def test_csr_layers_compute_what_the_dense_ones_do(kw):
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 8, 3, **kw)
@@ -194,7 +221,7 @@ def test_sweep_trial_checkpoints_are_found_in_tune_storage(done, cli, tmp_path):
     con.execute("update runs set sweep_id = 'sw-1'")
     con.close()
     run_id = done["run_id"]
-    (spec_hash, db_acc), = rows(db, "select spec_hash, final_test_acc from runs where run_id = ?", run_id)
+    ((spec_hash, db_acc),) = rows(db, "select spec_hash, final_test_acc from runs where run_id = ?", run_id)
     real = done["runs"] / spec_hash / "checkpoint.pt"
     trial = tmp_path / "runs" / "ray" / "demo-sw-1" / "trial_0"
     for n, owner, good in ((5, run_id, False), (6, run_id, True), (9, "other-run", False)):
@@ -204,8 +231,9 @@ def test_sweep_trial_checkpoints_are_found_in_tune_storage(done, cli, tmp_path):
             shutil.copy(real, ck / "checkpoint.pt")
         else:
             (ck / "checkpoint.pt").write_bytes(b"not this one")
-        (ck / "granet_checkpoint.json").write_text(json.dumps({"run_id": owner, "spec_hash": spec_hash,
-                                                               "sweep_id": "sw-1", "epoch": n, "step": 22 * n}))
+        (ck / "granet_checkpoint.json").write_text(
+            json.dumps({"run_id": owner, "spec_hash": spec_hash, "sweep_id": "sw-1", "epoch": n, "step": 22 * n})
+        )
     result = cli("export", run_id, "--db", db, "--runs-dir", tmp_path / "runs", "--out", tmp_path / "m.pt")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "m.json").read_text())["sweep_id"] == "sw-1"

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from granet_cli.data import build_loaders
 from granet_cli.data.split import stratified_split
@@ -35,8 +34,7 @@ def _linear_weights(state):
 
 def test_one_shot_prune_at_the_last_step_is_in_the_checkpoint_and_the_accuracy(cli, tmp_path):
     """GMP's only pruning event is the last step of training: the reported model must be sparse."""
-    sets = ("sparsity.method=gmp", "optim.epochs=2", "sparsity.final_prune_epoch=2",
-            "sparsity.update_frequency=1000")
+    sets = ("sparsity.method=gmp", "optim.epochs=2", "sparsity.final_prune_epoch=2", "sparsity.update_frequency=1000")
     result = _run(cli, tmp_path, *sets)
     assert result.exit_code == 0, result.output
     spec, ckpt = _checkpoint(tmp_path, *sets)
@@ -54,7 +52,7 @@ def test_one_shot_prune_at_the_last_step_is_in_the_checkpoint_and_the_accuracy(c
     for pid, name in zip(params, trainable):
         if name in masks and pid in state:
             assert torch.count_nonzero(state[pid]["momentum_buffer"][~masks[name]]) == 0
-    (density, acc), = rows(tmp_path / "r.duckdb", "select final_density, final_test_acc from runs")
+    ((density, acc),) = rows(tmp_path / "r.duckdb", "select final_density, final_test_acc from runs")
     assert density == pytest.approx(nonzero / total, abs=1e-12)
     # the recorded accuracy is the accuracy of these sparse weights, re-measured here
     loaders = build_loaders(spec.data, spec.seed)
@@ -79,13 +77,13 @@ def test_overall_density_counts_layers_kept_dense(cli, tmp_path):
     total = sum(w.numel() for w in weights.values())
     sparse_total = total - weights[first].numel()
     nonzero_sparse = sum(int(torch.count_nonzero(w)) for k, w in weights.items() if k != first)
-    (final, overall), = rows(tmp_path / "r.duckdb", "select final_density, overall_density from runs")
+    ((final, overall),) = rows(tmp_path / "r.duckdb", "select final_density, overall_density from runs")
     assert final == pytest.approx(nonzero_sparse / sparse_total, abs=1e-12)
     assert final == pytest.approx(0.1, abs=1e-3)
     # the first layer is dense: every one of its weights counts
     assert overall == pytest.approx((nonzero_sparse + weights[first].numel()) / total, abs=1e-12)
     assert overall > 0.3
-    (epoch_overall,), = rows(tmp_path / "r.duckdb", "select overall_density from epochs where epoch = 3")
+    ((epoch_overall,),) = rows(tmp_path / "r.duckdb", "select overall_density from epochs where epoch = 3")
     assert epoch_overall == pytest.approx(overall, abs=1e-12)
     assert "overall density" in result.stdout
 
@@ -126,7 +124,7 @@ def test_selected_accuracy_is_test_acc_at_best_validation_epoch(cli, tmp_path):
     candidates = [(e, v, t) for e, v, t in epochs if e >= 3]  # measured at the target density
     best_val = max(v for _, v, _ in candidates)
     expected = next(t for _, v, t in candidates if v == best_val)  # earliest on a tie
-    (selected, best, final), = rows(db, "select selected_test_acc, best_test_acc, final_test_acc from runs")
+    ((selected, best, final),) = rows(db, "select selected_test_acc, best_test_acc, final_test_acc from runs")
     assert selected == pytest.approx(expected, abs=1e-12)
     assert best == pytest.approx(max(t for _, _, t in epochs), abs=1e-12)
     assert final == pytest.approx(epochs[-1][2], abs=1e-12)
@@ -142,20 +140,24 @@ def test_multiplier_scales_epochs_and_prune_epochs(cli, tmp_path):
     result = _run(cli, tmp_path, *sets)
     assert result.exit_code == 0, result.output
     db = tmp_path / "r.duckdb"
-    assert [e for e, in rows(db, "select epoch from epochs order by epoch")] == [1, 2, 3, 4]
-    (density,), = rows(db, "select density from epochs where epoch = 2")
+    assert [e for (e,) in rows(db, "select epoch from epochs order by epoch")] == [1, 2, 3, 4]
+    ((density,),) = rows(db, "select density from epochs where epoch = 2")
     assert density == pytest.approx(0.1, abs=1e-3)  # pruning ended at epoch 1 x 2
-    (early,), = rows(db, "select density from epochs where epoch = 1")
+    ((early,),) = rows(db, "select density from epochs where epoch = 1")
     assert early > 0.1 + 1e-3
-    spec_json, = rows(db, "select spec_json from runs")[0]
+    (spec_json,) = rows(db, "select spec_json from runs")[0]
     assert json.loads(spec_json)["optim"]["multiplier"] == 2  # the recorded spec is the user's
 
 
 def test_one_experiment_per_cell_and_n_counts_distinct_seeds(cli, tmp_path):
     """30-epoch and 2-epoch runs are different experiments; a seed run twice counts once."""
     base = ("sparsity.final_prune_epoch=2",)
-    runs = [("optim.epochs=30", "seed=0"), ("optim.epochs=2", "seed=0"), ("optim.epochs=2", "seed=0"),
-            ("optim.epochs=2", "seed=1")]
+    runs = [
+        ("optim.epochs=30", "seed=0"),
+        ("optim.epochs=2", "seed=0"),
+        ("optim.epochs=2", "seed=0"),
+        ("optim.epochs=2", "seed=1"),
+    ]
     for i, sets in enumerate(runs):
         result = _run(cli, tmp_path, *base, *sets, runs=f"runs{i}")
         assert result.exit_code == 0, result.output
@@ -170,8 +172,9 @@ def test_one_experiment_per_cell_and_n_counts_distinct_seeds(cli, tmp_path):
     by_epochs = {("optim.epochs=30" in ln): ln for ln in lines}
     # expected values recomputed from the DB rows: latest run per seed, per epochs setting
     latest = {}
-    for spec_json, seed, acc, _ in rows(db, "select spec_json, seed, final_test_acc, finished_at from runs "
-                                            "order by finished_at"):
+    for spec_json, seed, acc, _ in rows(
+        db, "select spec_json, seed, final_test_acc, finished_at from runs order by finished_at"
+    ):
         latest[(json.loads(spec_json)["optim"]["epochs"], seed)] = acc
     assert sorted(latest) == [(2, 0), (2, 1), (30, 0)]
     mean = (latest[(2, 0)] + latest[(2, 1)]) / 2

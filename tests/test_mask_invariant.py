@@ -15,7 +15,7 @@ from granet_cli.sparse.methods import METHODS, SparseConfig
 SPE, EPOCHS = 5, 4  # 20 steps
 SHAPES = {
     # name: (update_frequency, init_prune_epoch, final_prune_epoch)
-    "every_step": (1, 0, 3),          # first event at step 1, then one per step
+    "every_step": (1, 0, 3),  # first event at step 1, then one per step
     "only_last_step": (1000, 0, EPOCHS),  # a single (closing) event at the very last step
     "regular": (3, 1, 3),
 }
@@ -23,8 +23,9 @@ CASES = [(m, shape) for m in METHODS for shape in SHAPES] + [("granet_dense_star
 
 
 def net():
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(8 * 36, 32), nn.ReLU(), nn.Linear(32, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
 
 
 def inactive_values(model, optimizer, masks):
@@ -45,8 +46,11 @@ def inactive_values(model, optimizer, masks):
 def test_masks_in_force_after_every_step(method, shape, opt):
     torch.manual_seed(0)
     model = net()
-    optimizer = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if opt == "sgd"
-                 else torch.optim.Adam(model.parameters(), lr=1e-2))
+    optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if opt == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=1e-2)
+    )
     dT, t0, tf = SHAPES[shape]
     kw = dict(final_density=0.1, update_frequency=dT, init_prune_epoch=t0, final_prune_epoch=tf)
     if method == "granet_dense_start":

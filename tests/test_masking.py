@@ -14,9 +14,16 @@ from granet_cli.sparse.methods import SparseConfig
 
 def small_net():
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-        nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(32 * 16, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
     )
 
 
@@ -222,8 +229,9 @@ def test_masked_weights_and_momentum_stay_zero_with_weight_decay():
 @pytest.mark.parametrize("method", ["granet", "gmp"])
 def test_global_schedule_hits_every_target_and_final_exactly(method):
     spe, epochs, dT = 10, 8, 4
-    model, opt, masking, x, y = make(method, spe=spe, epochs=epochs, update_frequency=dT,
-                                     init_prune_epoch=1, final_prune_epoch=5, final_density=0.05)
+    model, opt, masking, x, y = make(
+        method, spe=spe, epochs=epochs, update_frequency=dT, init_prune_epoch=1, final_prune_epoch=5, final_density=0.05
+    )
     total = masking.total
     init = 0.5 if method == "granet" else 1.0
     t0, tf = 1 * spe, 5 * spe
@@ -243,8 +251,9 @@ def test_global_schedule_hits_every_target_and_final_exactly(method):
 
 
 def test_uniform_schedule_prunes_each_layer_with_classifier_floor():
-    model, opt, masking, x, y = make("gmp_uniform", spe=10, epochs=4, update_frequency=5,
-                                     final_prune_epoch=2, final_density=0.05)
+    model, opt, masking, x, y = make(
+        "gmp_uniform", spe=10, epochs=4, update_frequency=5, final_prune_epoch=2, final_density=0.05
+    )
     for _ in range(40):
         train_step(model, opt, x, y)
         masking.step()

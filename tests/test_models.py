@@ -27,8 +27,18 @@ def last_linear(model: nn.Module) -> nn.Linear:
 
 
 def test_registry_names():
-    assert set(MODEL_NAMES) == {"mlp", "lenet5", "resnet18", "resnet32", "resnet50", "vgg16", "vgg19",
-                                "wrn28_10", "wrn16_8", "resnet50_imagenet"}
+    assert set(MODEL_NAMES) == {
+        "mlp",
+        "lenet5",
+        "resnet18",
+        "resnet32",
+        "resnet50",
+        "vgg16",
+        "vgg19",
+        "wrn28_10",
+        "wrn16_8",
+        "resnet50_imagenet",
+    }
 
 
 @pytest.mark.parametrize("name", CIFAR_MODELS)
@@ -102,10 +112,13 @@ def test_resnet18_cifar_size():
     assert 11.1e6 < n_params(build("resnet18")) < 11.2e6
 
 
-@pytest.mark.parametrize("name,cfg", [
-    ("vgg16", [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]),
-    ("vgg19", [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]),
-])
+@pytest.mark.parametrize(
+    "name,cfg",
+    [
+        ("vgg16", [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]),
+        ("vgg19", [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]),
+    ],
+)
 def test_vgg_param_count(name, cfg):
     expected, cin = 0, 3
     for v in cfg:

@@ -62,7 +62,7 @@ def welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float, 
     vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1)
     se2 = va / len(a) + vb / len(b)
     t = (ma - mb) / math.sqrt(se2)
-    df = se2 ** 2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
+    df = se2**2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
     return ma - mb, t, df, 2 * float(student_t.sf(abs(t), df))
 
 
@@ -79,8 +79,9 @@ def flops(method: str, d: float, seed: int) -> float:
     return round(d * 1.5 + 0.001 * seed, 6) if method != "dense" else 1.0
 
 
-def make_db(path: Path, *, dataset: str = "digits", model: str = "mlp", sweep: str | None = "sw1",
-            masks: bool = True) -> None:
+def make_db(
+    path: Path, *, dataset: str = "digits", model: str = "mlp", sweep: str | None = "sw1", masks: bool = True
+) -> None:
     with Store(path) as st:
         if sweep:
             st.add_sweep(sweep, "paper-grid", {"method": ["granet", "rigl"]}, created_at=T0)
@@ -89,30 +90,89 @@ def make_db(path: Path, *, dataset: str = "digits", model: str = "mlp", sweep: s
             for seed, acc in enumerate(vals):
                 i += 1
                 rid = f"{dataset}-{model}-{method}-{d}-{seed}"
-                st.start_run(dict(run_id=rid, sweep_id=sweep, spec_hash=rid, method=method, model=model,
-                                  dataset=dataset, target_density=d, seed=seed, spec_json="{}",
-                                  started_at=T0 + timedelta(minutes=i)))
+                st.start_run(
+                    dict(
+                        run_id=rid,
+                        sweep_id=sweep,
+                        spec_hash=rid,
+                        method=method,
+                        model=model,
+                        dataset=dataset,
+                        target_density=d,
+                        seed=seed,
+                        spec_json="{}",
+                        started_at=T0 + timedelta(minutes=i),
+                    )
+                )
                 for e in range(4):
                     st.add_epoch(rid, dict(epoch=e, step=10 * (e + 1), test_acc=acc * (e + 1) / 4, density=d))
                 if masks and method != "dense":
-                    st.add_mask_updates(rid, [dict(step=s, target_density=d, dropped=3, grown=3,
-                                                   density=max(d, 1 - s / 40)) for s in (0, 10, 20, 30, 40)])
-                st.finish_run(rid, dict(final_test_acc=acc, best_test_acc=acc + BEST_ACC_OFFSET, final_density=d,
-                                        itop_rate=min(1.0, 2 * d), train_flops_frac=flops(method, d, seed),
-                                        inference_flops_frac=d, wall_seconds=10.0 + seed),
-                              [dict(name="fc.weight", shape=[10, 64], numel=640, final_density=d)])
+                    st.add_mask_updates(
+                        rid,
+                        [
+                            dict(step=s, target_density=d, dropped=3, grown=3, density=max(d, 1 - s / 40))
+                            for s in (0, 10, 20, 30, 40)
+                        ],
+                    )
+                st.finish_run(
+                    rid,
+                    dict(
+                        final_test_acc=acc,
+                        best_test_acc=acc + BEST_ACC_OFFSET,
+                        final_density=d,
+                        itop_rate=min(1.0, 2 * d),
+                        train_flops_frac=flops(method, d, seed),
+                        inference_flops_frac=d,
+                        wall_seconds=10.0 + seed,
+                    ),
+                    [dict(name="fc.weight", shape=[10, 64], numel=640, final_density=d)],
+                )
         f = FAILED
-        st.start_run(dict(run_id=f"{dataset}-failed", sweep_id=sweep, spec_hash="f", method=f["method"], model=model,
-                          dataset=dataset, target_density=f["density"], seed=f["seed"], spec_json="{}",
-                          started_at=T0))
+        st.start_run(
+            dict(
+                run_id=f"{dataset}-failed",
+                sweep_id=sweep,
+                spec_hash="f",
+                method=f["method"],
+                model=model,
+                dataset=dataset,
+                target_density=f["density"],
+                seed=f["seed"],
+                spec_json="{}",
+                started_at=T0,
+            )
+        )
         st.fail_run(f"{dataset}-failed", "failed", f["error"], dict(final_test_acc=f["acc"], best_test_acc=f["acc"]))
         dv = DIVERGED
-        st.start_run(dict(run_id=f"{dataset}-diverged", sweep_id=sweep, spec_hash="d", method=dv["method"],
-                          model=model, dataset=dataset, target_density=dv["density"], seed=dv["seed"],
-                          spec_json="{}", started_at=T0))
+        st.start_run(
+            dict(
+                run_id=f"{dataset}-diverged",
+                sweep_id=sweep,
+                spec_hash="d",
+                method=dv["method"],
+                model=model,
+                dataset=dataset,
+                target_density=dv["density"],
+                seed=dv["seed"],
+                spec_json="{}",
+                started_at=T0,
+            )
+        )
         st.fail_run(f"{dataset}-diverged", "diverged", dv["error"], dict(final_test_acc=0.999))
-        st.start_run(dict(run_id=f"{dataset}-running", sweep_id=sweep, spec_hash="r", method="granet", model=model,
-                          dataset=dataset, target_density=0.1, seed=5, spec_json="{}", started_at=T0))
+        st.start_run(
+            dict(
+                run_id=f"{dataset}-running",
+                sweep_id=sweep,
+                spec_hash="r",
+                method="granet",
+                model=model,
+                dataset=dataset,
+                target_density=0.1,
+                seed=5,
+                spec_json="{}",
+                started_at=T0,
+            )
+        )
         st.add_epoch(f"{dataset}-running", dict(epoch=0, test_acc=0.999))
 
 
@@ -128,8 +188,8 @@ def split_row(line: str) -> list[str]:
 
 def md_section(md: str, heading: str) -> str:
     start = md.index(heading + "\n")
-    nxt = re.search(r"^#{1,3} ", md[start + len(heading):], flags=re.M)
-    return md[start: start + len(heading) + (nxt.start() if nxt else len(md))]
+    nxt = re.search(r"^#{1,3} ", md[start + len(heading) :], flags=re.M)
+    return md[start : start + len(heading) + (nxt.start() if nxt else len(md))]
 
 
 def md_table(section: str) -> tuple[list[str], list[list[str]]]:
@@ -249,8 +309,17 @@ def test_markdown_budget_table(report):
                 continue
             seeds = range(len(ACC[(m, d)]))
             label = m if len(seeds) == 3 else f"{m} (n={len(seeds)})"
-            expected.append([label, f"{d:g}", f"{d:.4f}", f"{statistics.mean(flops(m, d, s) for s in seeds):.3f}x",
-                             f"{d:.3f}x", f"{min(1.0, 2 * d):.3f}", f"{statistics.mean(10.0 + s for s in seeds):.1f}"])
+            expected.append(
+                [
+                    label,
+                    f"{d:g}",
+                    f"{d:.4f}",
+                    f"{statistics.mean(flops(m, d, s) for s in seeds):.3f}x",
+                    f"{d:.3f}x",
+                    f"{min(1.0, 2 * d):.3f}",
+                    f"{statistics.mean(10.0 + s for s in seeds):.1f}",
+                ]
+            )
     assert rows == expected
 
 
@@ -273,9 +342,17 @@ def test_markdown_plots(report):
     md = res.md_path.read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     # every figure with data is linked; the ITOP plot has none here (no per-epoch itop_rate) and says so
-    assert sorted(links) == sorted(f"paper-grid_files/digits-mlp-{k}.svg" for k in (
-        "accuracy_vs_flops", "accuracy_vs_density", "accuracy_over_epochs", "density_over_steps",
-        "mask_updates", "layer_density"))
+    assert sorted(links) == sorted(
+        f"paper-grid_files/digits-mlp-{k}.svg"
+        for k in (
+            "accuracy_vs_flops",
+            "accuracy_vs_density",
+            "accuracy_over_epochs",
+            "density_over_steps",
+            "mask_updates",
+            "layer_density",
+        )
+    )
     assert "**ITOP rate over epochs:** _no ITOP rate recorded_" in md
     for link in links:
         assert link.startswith("paper-grid_files/") and link.endswith(".svg")
@@ -374,6 +451,7 @@ def test_main_tables_and_rich(report):
     assert rows["static"][0] == DASH
     assert t.n == 3 and t.best_cells() == {(1, 0)} and t.tied_cells() == {(1, 1), (2, 1)}
     from rich.console import Console
+
     con = Console(record=True, width=80)
     con.print(t.to_rich())
     out = con.export_text()
@@ -411,8 +489,20 @@ def test_groups_by_dataset_and_model(tmp_path: Path):
     with Store(db) as st:
         for seed, acc in enumerate([0.5, 0.6]):
             rid = f"c10-{seed}"
-            st.start_run(dict(run_id=rid, sweep_id=None, spec_hash=rid, method="gmp", model="resnet32",
-                              dataset="cifar10", target_density=0.05, seed=seed, spec_json="{}", started_at=T0))
+            st.start_run(
+                dict(
+                    run_id=rid,
+                    sweep_id=None,
+                    spec_hash=rid,
+                    method="gmp",
+                    model="resnet32",
+                    dataset="cifar10",
+                    target_density=0.05,
+                    seed=seed,
+                    spec_json="{}",
+                    started_at=T0,
+                )
+            )
             st.finish_run(rid, dict(final_test_acc=acc), [])
     tables = summary_tables(db)
     assert [(t.dataset, t.model) for t in tables] == [("cifar10", "resnet32"), ("digits", "mlp")]
@@ -444,8 +534,20 @@ def test_missing_and_empty_db(tmp_path: Path):
 
     only_failed = tmp_path / "failed.duckdb"
     with Store(only_failed) as st:
-        st.start_run(dict(run_id="x", sweep_id=None, spec_hash="x", method="rigl", model="mlp", dataset="digits",
-                          target_density=0.1, seed=0, spec_json="{}", started_at=T0))
+        st.start_run(
+            dict(
+                run_id="x",
+                sweep_id=None,
+                spec_hash="x",
+                method="rigl",
+                model="mlp",
+                dataset="digits",
+                target_density=0.1,
+                seed=0,
+                spec_json="{}",
+                started_at=T0,
+            )
+        )
         st.fail_run("x", "failed", "boom", dict(final_test_acc=0.9))
     with pytest.raises(ReportError, match="no completed runs"):
         build_report(only_failed, out_dir=tmp_path / "o")
@@ -491,7 +593,9 @@ def test_json_numbers_match_hand_computed_statistics(cli, tmp_path: Path):
             else:
                 assert c["ci95"] == pytest.approx(half, rel=1e-8)
                 lo, hi = c["ci95_interval"]
-                assert lo == pytest.approx(statistics.mean(vals) - half) and hi == pytest.approx(statistics.mean(vals) + half)
+                assert lo == pytest.approx(statistics.mean(vals) - half) and hi == pytest.approx(
+                    statistics.mean(vals) + half
+                )
             seen += 1
     assert seen == sum(len(DENSITIES) if m == "dense" else 1 for m, _d in ACC)
     # missing cells are null
@@ -508,8 +612,11 @@ def test_json_numbers_match_hand_computed_statistics(cli, tmp_path: Path):
             assert c["t"] is None and c["df"] is None and c["p"] is None
             continue
         _diff, t, df, p = welch_by_hand(a, b)
-        assert (c["t"], c["df"], c["p"]) == (pytest.approx(t, rel=1e-9), pytest.approx(df, rel=1e-9),
-                                             pytest.approx(p, rel=1e-7))
+        assert (c["t"], c["df"], c["p"]) == (
+            pytest.approx(t, rel=1e-9),
+            pytest.approx(df, rel=1e-9),
+            pytest.approx(p, rel=1e-7),
+        )
     # spot values, so a wrong formula on both sides cannot agree by accident
     assert comps[("rigl", 0.02)]["t"] == pytest.approx(3.2123229, rel=1e-6)
     assert comps[("rigl", 0.02)]["df"] == pytest.approx(3.5226889, rel=1e-6)
@@ -526,7 +633,9 @@ def test_json_numbers_match_hand_computed_statistics(cli, tmp_path: Path):
 
     budget = {(x["row"], x["density"]): x for x in g["budget"]}
     x = budget[("granet", 0.02)]
-    assert x["n"] == 3 and x["train_flops_frac"] == pytest.approx(statistics.mean(flops("granet", 0.02, s) for s in range(3)))
+    assert x["n"] == 3 and x["train_flops_frac"] == pytest.approx(
+        statistics.mean(flops("granet", 0.02, s) for s in range(3))
+    )
     assert x["wall_seconds"] == pytest.approx(11.0) and x["final_density"] == pytest.approx(0.02)
     assert {r["status"] for r in data["not_completed"]} == {"failed", "diverged", "running"}
 
@@ -585,16 +694,30 @@ def test_published_numbers_beside_matching_cells(tmp_path: Path):
     """A cell whose recipe matches a published row (dataset, model, method, density, epochs) gets
     the published number and the gap; another epochs setting gets none."""
     db = tmp_path / "r.duckdb"
-    measured = {("rigl", 0.1, 100): [0.725, 0.731], ("dense", 1.0, 100): [0.770, 0.765],
-                ("rigl", 0.2, 90): [0.741, 0.744]}
+    measured = {
+        ("rigl", 0.1, 100): [0.725, 0.731],
+        ("dense", 1.0, 100): [0.770, 0.765],
+        ("rigl", 0.2, 90): [0.741, 0.744],
+    }
     with Store(db) as st:
         for (method, d, epochs), accs in measured.items():
             for seed, acc in enumerate(accs):
                 rid = f"{method}-{d}-{epochs}-{seed}"
                 spec = {"optim": {"epochs": epochs}, "sparsity": {"method": method, "final_density": d}}
-                st.start_run(dict(run_id=rid, sweep_id=None, spec_hash=rid, method=method, model="resnet50_imagenet",
-                                  dataset="imagenet", target_density=d, seed=seed, spec_json=json.dumps(spec),
-                                  started_at=T0))
+                st.start_run(
+                    dict(
+                        run_id=rid,
+                        sweep_id=None,
+                        spec_hash=rid,
+                        method=method,
+                        model="resnet50_imagenet",
+                        dataset="imagenet",
+                        target_density=d,
+                        seed=seed,
+                        spec_json=json.dumps(spec),
+                        started_at=T0,
+                    )
+                )
                 st.finish_run(rid, dict(final_test_acc=acc), [])
     from granet_cli.report import load_published, report_json
 
@@ -632,10 +755,27 @@ def test_density_lines_start_at_the_initial_density(tmp_path: Path):
             for d in (0.1, 0.2):
                 rid = f"{method}-{d}"
                 sp = {"method": method, "final_density": d, **({"init_density": init} if init else {})}
-                st.start_run(dict(run_id=rid, sweep_id=None, spec_hash=rid, method=method, model="mlp", dataset="digits",
-                                  target_density=d, seed=0, spec_json=json.dumps({"sparsity": sp}), started_at=T0))
-                st.add_mask_updates(rid, [dict(step=s, target_density=d, dropped=1, grown=1, density=d + 0.01 * (3 - s / 10))
-                                          for s in (10, 20, 30)])
+                st.start_run(
+                    dict(
+                        run_id=rid,
+                        sweep_id=None,
+                        spec_hash=rid,
+                        method=method,
+                        model="mlp",
+                        dataset="digits",
+                        target_density=d,
+                        seed=0,
+                        spec_json=json.dumps({"sparsity": sp}),
+                        started_at=T0,
+                    )
+                )
+                st.add_mask_updates(
+                    rid,
+                    [
+                        dict(step=s, target_density=d, dropped=1, grown=1, density=d + 0.01 * (3 - s / 10))
+                        for s in (10, 20, 30)
+                    ],
+                )
                 st.add_epoch(rid, dict(epoch=1, step=45, test_acc=0.5, density=d))
                 st.finish_run(rid, dict(final_test_acc=0.5), [])
     (main,) = summary_tables(db)
@@ -643,8 +783,14 @@ def test_density_lines_start_at_the_initial_density(tmp_path: Path):
         runs = {r["run_id"]: r for r in st.runs()}
         lines = density_lines(main, runs, st.mask_updates(list(runs)), st.epochs(list(runs)))
     starts = {lab: pts[0] for m, v in lines.items() for lab, pts in v}
-    assert starts == {"granet d=0.1": (0, 0.5), "granet d=0.2": (0, 0.5), "rigl d=0.1": (0, 0.1),
-                      "rigl d=0.2": (0, 0.2), "gmp d=0.1": (0, 1.0), "gmp d=0.2": (0, 1.0)}
+    assert starts == {
+        "granet d=0.1": (0, 0.5),
+        "granet d=0.2": (0, 0.5),
+        "rigl d=0.1": (0, 0.1),
+        "rigl d=0.2": (0, 0.2),
+        "gmp d=0.1": (0, 1.0),
+        "gmp d=0.2": (0, 1.0),
+    }
     ends = {lab: pts[-1] for m, v in lines.items() for lab, pts in v}
     assert all(end[0] == 45 for end in ends.values())  # extended to the end of training
     res = build_report(db, out_dir=tmp_path / "o", fmt="md")
@@ -665,13 +811,25 @@ def test_terminal_table_fits_80_columns(tmp_path: Path, cli):
                     for seed in range(2):
                         rid = f"{method}-{lr}-{d}-{seed}"
                         spec = {"optim": {"lr": lr, "warmup_epochs": 5}, "sparsity": {"method": method}}
-                        st.start_run(dict(run_id=rid, sweep_id=None, spec_hash=rid, method=method, model="mlp",
-                                          dataset="digits", target_density=d, seed=seed,
-                                          spec_json=json.dumps(spec), started_at=T0))
+                        st.start_run(
+                            dict(
+                                run_id=rid,
+                                sweep_id=None,
+                                spec_hash=rid,
+                                method=method,
+                                model="mlp",
+                                dataset="digits",
+                                target_density=d,
+                                seed=seed,
+                                spec_json=json.dumps(spec),
+                                started_at=T0,
+                            )
+                        )
                         st.finish_run(rid, dict(final_test_acc=0.5 + d + 0.01 * seed + lr / 10), [])
     (t,) = summary_tables(db)
     assert any(len(r.label) > 20 for r in t.rows)
     from rich.console import Console
+
     con = Console(record=True, width=80)
     con.print(t.to_rich())
     out = con.export_text()

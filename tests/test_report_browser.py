@@ -19,11 +19,26 @@ import pytest
 from .conftest import QUICKSTART, ROOT, rows
 
 BROWSERS = ("chromium", "chromium-headless-shell", "chromium-browser")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 #: every figure a report of real GraNet / RigL / dense runs draws
-PLOTS = ("accuracy_vs_flops", "accuracy_vs_density", "accuracy_over_epochs", "density_over_steps",
-         "itop_over_epochs", "mask_updates", "layer_density")
+PLOTS = (
+    "accuracy_vs_flops",
+    "accuracy_vs_density",
+    "accuracy_over_epochs",
+    "density_over_steps",
+    "itop_over_epochs",
+    "mask_updates",
+    "layer_density",
+)
 SCREENSHOT = ROOT / "reports" / "screenshot-demo.png"
 METHODS, DENSITIES, SEEDS = ("granet", "rigl"), (0.1, 0.2), (0, 1)
 
@@ -53,8 +68,21 @@ def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     db = tmp / "demo.duckdb"
     runner = CliRunner()
-    base = ["run", str(QUICKSTART), "--db", str(db), "--runs-dir", str(tmp / "runs"), "-q",
-            "--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1", "--set", "sparsity.update_frequency=8"]
+    base = [
+        "run",
+        str(QUICKSTART),
+        "--db",
+        str(db),
+        "--runs-dir",
+        str(tmp / "runs"),
+        "-q",
+        "--set",
+        "optim.epochs=2",
+        "--set",
+        "sparsity.final_prune_epoch=1",
+        "--set",
+        "sparsity.update_frequency=8",
+    ]
     points = [(m, d, s) for m in METHODS for d in DENSITIES for s in SEEDS] + [("dense", None, s) for s in SEEDS]
     for method, d, seed in points:
         sets = ["--set", f"sparsity.method={method}", "--set", f"seed={seed}"]
@@ -63,8 +91,9 @@ def demo(tmp_path_factory):
         result = runner.invoke(app, base + sets)
         assert result.exit_code == 0, result.output
     assert rows(db, "select count(*) from runs where status = 'completed'") == [(len(points),)]
-    result = runner.invoke(app, ["report", "--db", str(db), "--out", str(tmp / "rep"), "--name", "demo",
-                                 "--format", "html"])
+    result = runner.invoke(
+        app, ["report", "--db", str(db), "--out", str(tmp / "rep"), "--name", "demo", "--format", "html"]
+    )
     assert result.exit_code == 0, result.output
     assert max(len(line) for line in result.stdout.splitlines()) <= 80  # the terminal table fits
     return db, tmp / "rep" / "demo.html", tmp
@@ -137,20 +166,27 @@ def test_report_renders_in_a_real_browser(browser, demo):
     svgs = re.findall(r"<figure class=\"plot\"[^>]*>\s*(<svg\b.*?</svg>)", html.read_text(encoding="utf-8"), flags=re.S)
     assert len(svgs) == len(PLOTS)
     w, h, cols = 580, 420, 2
-    cells = "".join(f'<div style="position:absolute;left:{(i % cols) * w}px;top:{(i // cols) * h}px;width:{w}px;'
-                    f'height:{h}px;overflow:hidden">{svg}</div>' for i, svg in enumerate(svgs))
+    cells = "".join(
+        f'<div style="position:absolute;left:{(i % cols) * w}px;top:{(i // cols) * h}px;width:{w}px;'
+        f'height:{h}px;overflow:hidden">{svg}</div>'
+        for i, svg in enumerate(svgs)
+    )
     sheet = tmp / "sheet.html"
-    sheet.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><style>body{margin:0;background:#fff}"
-                     "svg{width:100%;height:100%}</style></head><body>" + cells + "</body></html>", encoding="utf-8")
+    sheet.write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><style>body{margin:0;background:#fff}"
+        "svg{width:100%;height:100%}</style></head><body>" + cells + "</body></html>",
+        encoding="utf-8",
+    )
     nrows = -(-len(svgs) // cols)
     sheet_png = tmp / "sheet.png"
-    shot = _chromium(browser, tmp, f"--screenshot={sheet_png}", f"--window-size={cols * w},{nrows * h}",
-                     sheet.resolve().as_uri())
+    shot = _chromium(
+        browser, tmp, f"--screenshot={sheet_png}", f"--window-size={cols * w},{nrows * h}", sheet.resolve().as_uri()
+    )
     assert shot.returncode == 0 and sheet_png.exists(), shot.stderr[-2000:]
     img = _read_png(sheet_png)
     for i, key in enumerate(PLOTS):
         r, c = divmod(i, cols)
-        region = img[r * h:(r + 1) * h, c * w:(c + 1) * w]
+        region = img[r * h : (r + 1) * h, c * w : (c + 1) * w]
         assert _ink(region) > 0.02, f"{key} renders (almost) blank"
         assert _coloured(region) > 150, f"{key}: no coloured data drawn"
 
@@ -183,11 +219,19 @@ def test_real_runs_density_lines_start_at_their_initial_density(demo):
         runs = {r["run_id"]: r for r in st.runs()}
         lines = density_lines(main, runs, st.mask_updates(list(runs)), st.epochs(list(runs)))
     starts = {lab: pts[0] for v in lines.values() for lab, pts in v}
-    assert starts == {"granet d=0.1": (0, 0.5), "granet d=0.2": (0, 0.5), "rigl d=0.1": (0, 0.1),
-                      "rigl d=0.2": (0, 0.2)}
+    assert starts == {
+        "granet d=0.1": (0, 0.5),
+        "granet d=0.2": (0, 0.5),
+        "rigl d=0.1": (0, 0.1),
+        "rigl d=0.2": (0, 0.2),
+    }
     # the last point is the achieved final density the runs table holds (lowest seed)
-    finals = {(m, d): f for m, d, f in rows(db, "select method, target_density, final_density from runs "
-                                                "where seed = 0 and method != 'dense'")}
+    finals = {
+        (m, d): f
+        for m, d, f in rows(
+            db, "select method, target_density, final_density from runs where seed = 0 and method != 'dense'"
+        )
+    }
     for v in lines.values():
         for lab, pts in v:
             m, d = lab.split(" d=")

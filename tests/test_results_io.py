@@ -26,28 +26,59 @@ def db(tmp_path):
     path = tmp_path / "r.duckdb"
     with Store(path) as st:
         st.add_sweep("sw-1", "s1", {"methods": ["granet", "rigl"]}, created_at=datetime(2026, 1, 2, 3, 4, 5, 678901))
-        for i, (rid, sweep, method, acc) in enumerate([("a-1", "sw-1", "granet", 0.9123456789012345),
-                                                       ("b-2", "sw-1", "rigl", 0.875),
-                                                       ("c-3", None, "gmp", None)]):
-            st.start_run({"run_id": rid, "sweep_id": sweep, "spec_hash": f"h{i}", "method": method, "model": "mlp",
-                          "dataset": "digits", "target_density": 0.1, "seed": i,
-                          "spec_json": json.dumps({"method": method, "note": "a, \"quoted\" text\nover two lines"}),
-                          "started_at": datetime(2026, 1, 2, 3, 4, 10 + i, 123456)})
+        for i, (rid, sweep, method, acc) in enumerate(
+            [("a-1", "sw-1", "granet", 0.9123456789012345), ("b-2", "sw-1", "rigl", 0.875), ("c-3", None, "gmp", None)]
+        ):
+            st.start_run(
+                {
+                    "run_id": rid,
+                    "sweep_id": sweep,
+                    "spec_hash": f"h{i}",
+                    "method": method,
+                    "model": "mlp",
+                    "dataset": "digits",
+                    "target_density": 0.1,
+                    "seed": i,
+                    "spec_json": json.dumps({"method": method, "note": 'a, "quoted" text\nover two lines'}),
+                    "started_at": datetime(2026, 1, 2, 3, 4, 10 + i, 123456),
+                }
+            )
             for epoch in (1, 2):
-                st.add_epoch(rid, {"epoch": epoch, "step": 22 * epoch, "lr": 0.05, "train_loss": 1.0 / epoch,
-                                   "train_acc": 0.5, "test_loss": 0.7, "test_acc": 0.6 + i / 100 + epoch / 1000,
-                                   "density": 0.1, "itop_rate": 0.2, "seconds": 0.5})
+                st.add_epoch(
+                    rid,
+                    {
+                        "epoch": epoch,
+                        "step": 22 * epoch,
+                        "lr": 0.05,
+                        "train_loss": 1.0 / epoch,
+                        "train_acc": 0.5,
+                        "test_loss": 0.7,
+                        "test_acc": 0.6 + i / 100 + epoch / 1000,
+                        "density": 0.1,
+                        "itop_rate": 0.2,
+                        "seconds": 0.5,
+                    },
+                )
             if acc is not None:
-                st.finish_run(rid, {"final_test_acc": acc, "best_test_acc": acc, "final_density": 0.1},
-                              [{"name": "1.weight", "shape": [256, 64], "numel": 16384, "final_density": 0.1}])
+                st.finish_run(
+                    rid,
+                    {"final_test_acc": acc, "best_test_acc": acc, "final_density": 0.1},
+                    [{"name": "1.weight", "shape": [256, 64], "numel": 16384, "final_density": 0.1}],
+                )
             else:
                 st.fail_run(rid, "failed", "boom, with a comma")
     return path
 
 
 def _columns(db, table):
-    return [r[0] for r in rows(db, "select column_name from information_schema.columns where table_name = ? "
-                                    "order by ordinal_position", table)]
+    return [
+        r[0]
+        for r in rows(
+            db,
+            "select column_name from information_schema.columns where table_name = ? order by ordinal_position",
+            table,
+        )
+    ]
 
 
 def _one_error_line(result) -> str:
@@ -105,15 +136,21 @@ def test_json_to_stdout_and_filters(db, cli):
     result = cli("results", "--db", db, "--format", "json", "--sweep", "s1")
     assert result.exit_code == 0, result.output
     got = json.loads(result.stdout)
-    assert [r["run_id"] for r in got] == [r[0] for r in rows(db, f"select run_id from runs where sweep_id = 'sw-1' "
-                                                                 f"{RUN_ORDER}")] == ["a-1", "b-2"]
+    assert (
+        [r["run_id"] for r in got]
+        == [r[0] for r in rows(db, f"select run_id from runs where sweep_id = 'sw-1' {RUN_ORDER}")]
+        == ["a-1", "b-2"]
+    )
     assert got[0]["final_test_acc"] == 0.9123456789012345
     # epochs of one sweep, as CSV on stdout
     result = cli("results", "--db", db, "--table", "epochs", "--sweep", "sw-1")
     assert result.exit_code == 0, result.output
     body = list(csv.DictReader(io.StringIO(result.stdout)))
-    want = rows(db, "select run_id, epoch, test_acc from epochs where run_id in "
-                    "(select run_id from runs where sweep_id = 'sw-1') order by run_id, epoch")
+    want = rows(
+        db,
+        "select run_id, epoch, test_acc from epochs where run_id in "
+        "(select run_id from runs where sweep_id = 'sw-1') order by run_id, epoch",
+    )
     assert [(r["run_id"], int(r["epoch"]), float(r["test_acc"])) for r in body] == want and len(want) == 4
     result = cli("results", "--db", db, "--status", "failed", "--format", "json")
     assert [r["run_id"] for r in json.loads(result.stdout)] == ["c-3"]

@@ -25,17 +25,32 @@ def test_registries_hold_the_spec_names():
     assert list(rules.REDISTRIBUTION_RULES) == ["none", "magnitude", "nonzeros"]
     when = {name: rule.dense_gradient for name, rule in rules.GROWTH_RULES.items()}
     assert (when["gradient"], when["momentum"], when["random"], when["momentum_neuron"]) == (
-        "update", "step", None, "step")
+        "update",
+        "step",
+        None,
+        "step",
+    )
 
 
 def test_init_table_keeps_the_sparse_init_names_and_their_groups():
     assert rules.SPARSE_INITS == (
-        "ERK", "ER", "uniform", "GMP", "dense", "prune_uniform", "prune_global", "prune_and_grow_uniform",
-        "prune_and_grow_global", "prune_structured", "prune_and_grow_structured")
+        "ERK",
+        "ER",
+        "uniform",
+        "GMP",
+        "dense",
+        "prune_uniform",
+        "prune_global",
+        "prune_and_grow_uniform",
+        "prune_and_grow_global",
+        "prune_structured",
+        "prune_and_grow_structured",
+    )
     assert rules.PRUNE_INITS == tuple(m for m in rules.SPARSE_INITS if m.startswith("prune"))
     assert rules.GRADIENT_INITS == ("prune_and_grow_uniform", "prune_and_grow_global", "prune_and_grow_structured")
     assert rules.INIT_RULES["prune_and_grow_structured"] == rules.InitRule(
-        start="nonzero", prune_scope="channel", regrow=True, needs_gradient=True)
+        start="nonzero", prune_scope="channel", regrow=True, needs_gradient=True
+    )
 
 
 def test_duplicate_and_unknown_names_are_errors():
@@ -45,8 +60,13 @@ def test_duplicate_and_unknown_names_are_errors():
         rules.lookup(rules.GROWTH_RULES, "growth", "nope")
     model = nn.Linear(4, 3)
     with pytest.raises(ValueError, match="unknown prune 'largest'"):
-        Masking(model, torch.optim.SGD(model.parameters(), lr=0.1), SparseConfig(method="rigl", prune="largest"),
-                steps_per_epoch=2, epochs=1)
+        Masking(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            SparseConfig(method="rigl", prune="largest"),
+            steps_per_epoch=2,
+            epochs=1,
+        )
 
 
 def test_spec_importing_the_tables_stays_torch_free():
@@ -69,8 +89,9 @@ def test_a_new_growth_rule_needs_no_spec_edit():
         return out
 
     try:
-        spec = load_run_spec(None, ["sparsity.method=rigl", "sparsity.growth=first_free",
-                                    "sparsity.update_frequency=1"])
+        spec = load_run_spec(
+            None, ["sparsity.method=rigl", "sparsity.growth=first_free", "sparsity.update_frequency=1"]
+        )
         model, opt, masking, x, y = make(spec.sparsity.method, growth=spec.sparsity.growth, update_frequency=1)
         assert not masking.needs_dense_gradient
         train_step(model, opt, x, y)
@@ -191,8 +212,14 @@ def test_observers_see_every_mask_change_and_step():
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     rec = Recorder()
-    masking = Masking(model, opt, SparseConfig(method="rigl", final_density=0.5, update_frequency=3),
-                      steps_per_epoch=4, epochs=3, observers=[rec])
+    masking = Masking(
+        model,
+        opt,
+        SparseConfig(method="rigl", final_density=0.5, update_frequency=3),
+        steps_per_epoch=4,
+        epochs=3,
+        observers=[rec],
+    )
     x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
     for _ in range(12):
         train_step(model, opt, x, y)
@@ -210,10 +237,14 @@ def test_checkpoint_written_in_the_old_layout_loads():
         train_step(model, opt, x, y)
         masking.step()
     # the layout checkpoints have always had (written by hand, not by state_dict())
-    old = {"step_count": 5, "drop_fraction": 0.25,
-           "masks": {layer.name: layer.mask.clone() for layer in masking.layers},
-           "fired": {layer.name: torch.ones_like(layer.mask) for layer in masking.layers},
-           "history": [{"step": 2}], "flops": {"train_flops": 123.0, "steps": 5}}
+    old = {
+        "step_count": 5,
+        "drop_fraction": 0.25,
+        "masks": {layer.name: layer.mask.clone() for layer in masking.layers},
+        "fired": {layer.name: torch.ones_like(layer.mask) for layer in masking.layers},
+        "history": [{"step": 2}],
+        "flops": {"train_flops": 123.0, "steps": 5},
+    }
     _, _, masking2, *_ = make("set", update_frequency=2, seed=3)
     masking2.load_state_dict(old)
     assert (masking2.step_count, masking2.drop_fraction, masking2.history) == (5, 0.25, [{"step": 2}])

@@ -13,20 +13,28 @@ def problems(*overrides, path=None):
     return e.value.problems
 
 
-@pytest.mark.parametrize("method,init,schedule,dng,growth,sparse_init", [
-    ("granet", 0.5, "global", True, "gradient", "ERK"),
-    ("granet_uniform", 0.5, "uniform", True, "gradient", "uniform"),
-    ("rigl", 0.2, "none", True, "gradient", "ERK"),
-    ("dst", 0.2, "none", True, "gradient", "ERK"),
-    ("set", 0.2, "none", True, "random", "ERK"),
-    ("gmp", 1.0, "global", False, "gradient", "GMP"),
-    ("gmp_uniform", 1.0, "uniform", False, "gradient", "GMP"),
-    ("static", 0.2, "none", False, "gradient", "ERK"),
-])
+@pytest.mark.parametrize(
+    "method,init,schedule,dng,growth,sparse_init",
+    [
+        ("granet", 0.5, "global", True, "gradient", "ERK"),
+        ("granet_uniform", 0.5, "uniform", True, "gradient", "uniform"),
+        ("rigl", 0.2, "none", True, "gradient", "ERK"),
+        ("dst", 0.2, "none", True, "gradient", "ERK"),
+        ("set", 0.2, "none", True, "random", "ERK"),
+        ("gmp", 1.0, "global", False, "gradient", "GMP"),
+        ("gmp_uniform", 1.0, "uniform", False, "gradient", "GMP"),
+        ("static", 0.2, "none", False, "gradient", "ERK"),
+    ],
+)
 def test_presets_fill_design_table(method, init, schedule, dng, growth, sparse_init):
     sp = load_run_spec(None, [f"sparsity.method={method}", "sparsity.final_density=0.2"]).sparsity
     assert (sp.init_density, sp.pruning_schedule, sp.drop_and_grow, sp.growth, sp.sparse_init) == (
-        init, schedule, dng, growth, sparse_init)
+        init,
+        schedule,
+        dng,
+        growth,
+        sparse_init,
+    )
 
 
 def test_dense_preset_and_explicit_fields_win():
@@ -35,26 +43,35 @@ def test_dense_preset_and_explicit_fields_win():
     assert sp.growth == "gradient"
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("sparsity.final_density=1.5", "sparsity.final_density: must be in (0, 1], got 1.5"),
-    ("sparsity.final_density=0", "sparsity.final_density: must be in (0, 1], got 0"),
-    ("sparsity.init_density=-0.1", "sparsity.init_density: must be in (0, 1], got -0.1"),
-    ("sparsity.method=bogus", "sparsity.method: unknown method 'bogus'"),
-    ("sparsity.finl_density=0.1", "sparsity.finl_density: unknown field"),
-    ("optim.lr=-1", "optim.lr:"),
-    ("data.name=mnist", "data.name:"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("sparsity.final_density=1.5", "sparsity.final_density: must be in (0, 1], got 1.5"),
+        ("sparsity.final_density=0", "sparsity.final_density: must be in (0, 1], got 0"),
+        ("sparsity.init_density=-0.1", "sparsity.init_density: must be in (0, 1], got -0.1"),
+        ("sparsity.method=bogus", "sparsity.method: unknown method 'bogus'"),
+        ("sparsity.finl_density=0.1", "sparsity.finl_density: unknown field"),
+        ("optim.lr=-1", "optim.lr:"),
+        ("data.name=mnist", "data.name:"),
+    ],
+)
 def test_field_errors_name_the_path(override, needle):
     assert any(needle in p for p in problems(override))
 
 
 def test_cross_field_rules():
-    assert any(p.startswith("sparsity.init_density: must be >= final_density")
-               for p in problems("sparsity.init_density=0.05", "sparsity.final_density=0.1"))
-    assert any(p.startswith("sparsity.final_prune_epoch: must be <= optim.epochs")
-               for p in problems("optim.epochs=10", "sparsity.final_prune_epoch=20"))
-    assert any(p.startswith("sparsity.init_prune_epoch: must be < final_prune_epoch")
-               for p in problems("sparsity.init_prune_epoch=50", "sparsity.final_prune_epoch=50"))
+    assert any(
+        p.startswith("sparsity.init_density: must be >= final_density")
+        for p in problems("sparsity.init_density=0.05", "sparsity.final_density=0.1")
+    )
+    assert any(
+        p.startswith("sparsity.final_prune_epoch: must be <= optim.epochs")
+        for p in problems("optim.epochs=10", "sparsity.final_prune_epoch=20")
+    )
+    assert any(
+        p.startswith("sparsity.init_prune_epoch: must be < final_prune_epoch")
+        for p in problems("sparsity.init_prune_epoch=50", "sparsity.final_prune_epoch=50")
+    )
     assert any(p.startswith("data.root:") for p in problems("data.name=cifar10"))
     # several problems at once: one line each
     assert len(problems("sparsity.final_density=2", "optim.epochs=0")) == 2
@@ -67,7 +84,11 @@ def test_overrides_parse_yaml_scalars_and_method_switch_reapplies_preset():
     rigl = load_run_spec(QUICKSTART, ["sparsity.method=rigl"])
     assert rigl.sparsity.init_density == rigl.sparsity.final_density == 0.1
     again = with_overrides(spec, {"sparsity.method": "gmp", "sparsity.final_density": 0.05})
-    assert (again.sparsity.init_density, again.sparsity.final_density, again.sparsity.final_prune_epoch) == (1.0, 0.05, 20)
+    assert (again.sparsity.init_density, again.sparsity.final_density, again.sparsity.final_prune_epoch) == (
+        1.0,
+        0.05,
+        20,
+    )
 
 
 def test_spec_hash_stable_and_sensitive():

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -20,14 +20,31 @@ T0 = datetime(2024, 5, 1, 12, 0, 0)
 
 
 def run_dict(run_id: str, **kw) -> dict:
-    d = dict(run_id=run_id, sweep_id="sw1", spec_hash=f"hash-{run_id}", method="rigl", model="mlp",
-             dataset="digits", target_density=0.1, seed=0, spec_json='{"a": 1}', started_at=T0)
+    d = dict(
+        run_id=run_id,
+        sweep_id="sw1",
+        spec_hash=f"hash-{run_id}",
+        method="rigl",
+        model="mlp",
+        dataset="digits",
+        target_density=0.1,
+        seed=0,
+        spec_json='{"a": 1}',
+        started_at=T0,
+    )
     d.update(kw)
     return d
 
 
-FINAL = dict(final_test_acc=0.91, best_test_acc=0.93, final_density=0.1, itop_rate=0.42,
-             train_flops_frac=0.15, inference_flops_frac=0.1, wall_seconds=12.5)
+FINAL = dict(
+    final_test_acc=0.91,
+    best_test_acc=0.93,
+    final_density=0.1,
+    itop_rate=0.42,
+    train_flops_frac=0.15,
+    inference_flops_frac=0.1,
+    wall_seconds=12.5,
+)
 
 
 @pytest.fixture()
@@ -43,34 +60,84 @@ def test_schema_created_with_parent_dirs(db: Path):
     try:
         cols = {}
         for table, col, typ in con.execute(
-                "SELECT table_name, column_name, data_type FROM information_schema.columns").fetchall():
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+        ).fetchall():
             cols.setdefault(table, {})[col] = typ
-        pks = con.execute("SELECT table_name, constraint_column_names FROM duckdb_constraints() "
-                          "WHERE constraint_type = 'PRIMARY KEY'").fetchall()
+        pks = con.execute(
+            "SELECT table_name, constraint_column_names FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'"
+        ).fetchall()
     finally:
         con.close()
     assert set(cols) >= {"runs", "epochs", "layers", "mask_updates", "sweeps"}
     assert cols["runs"]["run_id"] == "VARCHAR"
     assert cols["runs"]["seed"] == "INTEGER"
     assert cols["runs"]["started_at"] == "TIMESTAMP"
-    for c in ("final_test_acc", "best_test_acc", "final_density", "itop_rate", "train_flops_frac",
-              "inference_flops_frac", "wall_seconds", "target_density", "final_test_acc5", "samples_per_second"):
+    for c in (
+        "final_test_acc",
+        "best_test_acc",
+        "final_density",
+        "itop_rate",
+        "train_flops_frac",
+        "inference_flops_frac",
+        "wall_seconds",
+        "target_density",
+        "final_test_acc5",
+        "samples_per_second",
+    ):
         assert cols["runs"][c] == "DOUBLE"
     assert set(cols["runs"]) == {
-        "run_id", "sweep_id", "spec_hash", "method", "model", "dataset", "target_density", "seed", "status",
-        "final_test_acc", "best_test_acc", "final_density", "itop_rate", "train_flops_frac",
-        "inference_flops_frac", "wall_seconds", "final_test_acc5", "samples_per_second",
-        "spec_json", "started_at", "finished_at", "error",
+        "run_id",
+        "sweep_id",
+        "spec_hash",
+        "method",
+        "model",
+        "dataset",
+        "target_density",
+        "seed",
+        "status",
+        "final_test_acc",
+        "best_test_acc",
+        "final_density",
+        "itop_rate",
+        "train_flops_frac",
+        "inference_flops_frac",
+        "wall_seconds",
+        "final_test_acc5",
+        "samples_per_second",
+        "spec_json",
+        "started_at",
+        "finished_at",
+        "error",
         # schema v2
-        "overall_density", "selected_test_acc", "config_hash", "attempts", "pid", "host"}
+        "overall_density",
+        "selected_test_acc",
+        "config_hash",
+        "attempts",
+        "pid",
+        "host",
+    }
     for c in ("overall_density", "selected_test_acc"):
         assert cols["runs"][c] == "DOUBLE"
     assert cols["runs"]["config_hash"] == "VARCHAR" and cols["runs"]["host"] == "VARCHAR"
     assert cols["runs"]["attempts"] == "INTEGER" and cols["runs"]["pid"] == "INTEGER"
     assert cols["epochs"]["step"] == "BIGINT" and cols["epochs"]["epoch"] == "INTEGER"
-    assert set(cols["epochs"]) == {"run_id", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss",
-                                   "test_acc", "density", "itop_rate", "seconds", "test_acc5",
-                                   "val_loss", "val_acc", "overall_density"}
+    assert set(cols["epochs"]) == {
+        "run_id",
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "density",
+        "itop_rate",
+        "seconds",
+        "test_acc5",
+        "val_loss",
+        "val_acc",
+        "overall_density",
+    }
     assert cols["granet_meta"] == {"key": "VARCHAR", "value": "VARCHAR"}
     assert set(cols["layers"]) == {"run_id", "name", "shape", "numel", "final_density"}
     assert set(cols["mask_updates"]) == {"run_id", "step", "target_density", "dropped", "grown", "density"}
@@ -90,21 +157,37 @@ def test_schema_created_with_parent_dirs(db: Path):
 
 
 def test_round_trip(db: Path):
-    layers = [dict(name="fc1.weight", shape=[64, 3, 3, 3], numel=1728, final_density=0.2),
-              dict(name="fc2.weight", shape="[10, 64]", numel=640, final_density=0.05)]
+    layers = [
+        dict(name="fc1.weight", shape=[64, 3, 3, 3], numel=1728, final_density=0.2),
+        dict(name="fc2.weight", shape="[10, 64]", numel=640, final_density=0.05),
+    ]
     with Store(db) as st:
         st.add_sweep("sw1", "my sweep", {"sparsity.final_density": [0.1, 0.2]})
         st.start_run(run_dict("r1"))
         assert st.runs()[0]["status"] == "running"
         for e in range(3):
-            st.add_epoch("r1", dict(epoch=e, step=100 * (e + 1), lr=0.1, train_loss=1.0 / (e + 1), train_acc=0.5,
-                                    test_loss=0.9, test_acc=0.6 + e / 10, density=0.1, itop_rate=0.3, seconds=1.5))
+            st.add_epoch(
+                "r1",
+                dict(
+                    epoch=e,
+                    step=100 * (e + 1),
+                    lr=0.1,
+                    train_loss=1.0 / (e + 1),
+                    train_acc=0.5,
+                    test_loss=0.9,
+                    test_acc=0.6 + e / 10,
+                    density=0.1,
+                    itop_rate=0.3,
+                    seconds=1.5,
+                ),
+            )
         # insert-or-replace of an existing epoch
         st.add_epoch("r1", dict(epoch=2, step=300, test_acc=0.85))
-        st.add_mask_updates("r1", [dict(step=s, target_density=0.1, dropped=5, grown=5, density=0.1)
-                                   for s in (50, 150, 250)])
+        st.add_mask_updates(
+            "r1", [dict(step=s, target_density=0.1, dropped=5, grown=5, density=0.1) for s in (50, 150, 250)]
+        )
         st.finish_run("r1", FINAL, layers)
-    before = datetime.now(timezone.utc).replace(tzinfo=None)
+    before = datetime.now(UTC).replace(tzinfo=None)
     with Store(db, read_only=True) as st:
         (run,) = st.runs()
         assert run["status"] == "completed"
@@ -123,7 +206,9 @@ def test_round_trip(db: Path):
         assert all(m["dropped"] == 5 and m["density"] == pytest.approx(0.1) for m in mu)
         ly = st.layers(["r1"])
         assert [(x["name"], x["shape"], x["numel"]) for x in ly] == [
-            ("fc1.weight", "[64, 3, 3, 3]", 1728), ("fc2.weight", "[10, 64]", 640)]
+            ("fc1.weight", "[64, 3, 3, 3]", 1728),
+            ("fc2.weight", "[10, 64]", 640),
+        ]
         assert st.epochs([]) == [] and st.epochs(["nope"]) == []
         assert st.find_sweep("sw1") == "sw1" and st.find_sweep("my sweep") == "sw1"
         assert st.find_sweep("other") is None
@@ -148,8 +233,10 @@ def test_finish_run_is_atomic(db: Path):
         st.finish_run("r1", FINAL, good_layers)
         st.start_run(run_dict("r1"))  # resume -> running again, metrics cleared
         assert st.runs()[0]["status"] == "running"
-        bad_layers = [dict(name="b", shape="[3]", numel=3, final_density=1.0),
-                      dict(name="c", shape="[3]", numel="not-a-number", final_density=1.0)]
+        bad_layers = [
+            dict(name="b", shape="[3]", numel=3, final_density=1.0),
+            dict(name="c", shape="[3]", numel="not-a-number", final_density=1.0),
+        ]
         with pytest.raises(StoreError):
             st.finish_run("r1", dict(FINAL, final_test_acc=0.99), bad_layers)
         (run,) = st.runs()
@@ -305,8 +392,11 @@ def test_add_epoch_with_mask_updates_is_one_transaction(db: Path):
         st.start_run(run_dict("r1"))
         st.add_epoch("r1", dict(epoch=0, test_acc=0.5), mask_updates=[dict(step=3, density=0.4, dropped=2, grown=2)])
         with pytest.raises(StoreError):
-            st.add_epoch("r1", dict(epoch=1, test_acc=0.6),
-                         mask_updates=[dict(step=7, density=0.4), dict(step="not-a-step", density=0.4)])
+            st.add_epoch(
+                "r1",
+                dict(epoch=1, test_acc=0.6),
+                mask_updates=[dict(step=7, density=0.4), dict(step="not-a-step", density=0.4)],
+            )
         with pytest.raises(StoreError, match="unknown key"):
             st.add_epoch("r1", dict(epoch=1), mask_updates=[dict(stp=7)])
     # the failed epoch and its first (valid) update were rolled back together

@@ -20,8 +20,17 @@ GRANET = Path(sys.executable).parent / "granet"
 
 
 def run_dict(run_id: str, **kw) -> dict:
-    d = dict(run_id=run_id, sweep_id=None, spec_hash=f"hash-{run_id}", method="rigl", model="mlp",
-             dataset="digits", target_density=0.1, seed=0, spec_json="{}")
+    d = dict(
+        run_id=run_id,
+        sweep_id=None,
+        spec_hash=f"hash-{run_id}",
+        method="rigl",
+        model="mlp",
+        dataset="digits",
+        target_density=0.1,
+        seed=0,
+        spec_json="{}",
+    )
     d.update(kw)
     return d
 
@@ -48,8 +57,10 @@ def test_writer_holds_no_lock_between_calls(tmp_path: Path):
     with Store(db) as st:
         st.start_run(run_dict("mine"))
         st.add_epoch("mine", dict(epoch=0, test_acc=0.5))
-        code = (f"import duckdb; c = duckdb.connect({str(db)!r}); "
-                "c.execute(\"INSERT INTO sweeps (sweep_id, name) VALUES ('theirs', 'x')\"); c.close()")
+        code = (
+            f"import duckdb; c = duckdb.connect({str(db)!r}); "
+            "c.execute(\"INSERT INTO sweeps (sweep_id, name) VALUES ('theirs', 'x')\"); c.close()"
+        )
         other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert other.returncode == 0, other.stderr
         st.add_epoch("mine", dict(epoch=1, test_acc=0.6))  # and this store still writes afterwards
@@ -125,15 +136,24 @@ def test_many_writer_processes(tmp_path: Path):
     """Six processes, each a Store making 27 write transactions into one new file at the same time."""
     db = tmp_path / "shared.duckdb"
     n = 12
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), f"w{i}", str(n)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db), f"w{i}", str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(6)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [o[1][-500:] for o in outs]
     assert rows(db, "SELECT run_id, status FROM runs ORDER BY run_id") == [(f"w{i}", "completed") for i in range(6)]
     assert rows(db, "SELECT run_id, count(*) FROM epochs GROUP BY run_id ORDER BY run_id") == [
-        (f"w{i}", n) for i in range(6)]
+        (f"w{i}", n) for i in range(6)
+    ]
     assert rows(db, "SELECT run_id, count(*) FROM mask_updates GROUP BY run_id ORDER BY run_id") == [
-        (f"w{i}", 2 * n) for i in range(6)]
+        (f"w{i}", 2 * n) for i in range(6)
+    ]
     assert rows(db, "SELECT count(*) FROM layers") == [(6,)]
     assert rows(db, "SELECT value FROM granet_meta WHERE key = 'schema_version'") == [("2",)]
 
@@ -143,17 +163,42 @@ def test_concurrent_granet_runs_share_one_db(tmp_path: Path):
     db = tmp_path / "shared.duckdb"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.monotonic()
-    procs = [subprocess.Popen(
-        [str(GRANET), "run", str(QUICKSTART), "--set", "optim.epochs=3", "--set", "sparsity.final_prune_epoch=2",
-         "--set", f"seed={seed}", "-q", "--runs-dir", str(tmp_path / f"runs{seed}"), "--db", str(db)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(4)]
+    procs = [
+        subprocess.Popen(
+            [
+                str(GRANET),
+                "run",
+                str(QUICKSTART),
+                "--set",
+                "optim.epochs=3",
+                "--set",
+                "sparsity.final_prune_epoch=2",
+                "--set",
+                f"seed={seed}",
+                "-q",
+                "--runs-dir",
+                str(tmp_path / f"runs{seed}"),
+                "--db",
+                str(db),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(4)
+    ]
     outs = [p.communicate(timeout=550) for p in procs]
     wall = time.monotonic() - t0
     print(f"4 concurrent granet runs: {wall:.1f} s")
     assert [p.returncode for p in procs] == [0] * 4, [o[1][-800:] for o in outs]
     assert rows(db, "SELECT seed, status FROM runs ORDER BY seed") == [(s, "completed") for s in range(4)]
-    per_run = rows(db, "SELECT r.seed, count(*), count(DISTINCT e.epoch) FROM runs r "
-                       "JOIN epochs e USING (run_id) GROUP BY r.seed ORDER BY r.seed")
+    per_run = rows(
+        db,
+        "SELECT r.seed, count(*), count(DISTINCT e.epoch) FROM runs r "
+        "JOIN epochs e USING (run_id) GROUP BY r.seed ORDER BY r.seed",
+    )
     assert per_run == [(s, 3, 3) for s in range(4)]
     # each row names the process that wrote it
     assert {r for r in rows(db, "SELECT pid, host FROM runs")} == {(p.pid, socket.gethostname()) for p in procs}

@@ -108,8 +108,10 @@ def test_orphan_of_a_full_disk_is_reaped_once_space_is_freed(small_fs: Path):
     """A run whose process died on a full disk (no chance to mark itself) is found by reap_orphans."""
     db = small_fs / "r.duckdb"
     Store(db).close()
-    code = ("import sys; from granet_cli.store import Store; "
-            "Store(sys.argv[1]).start_run(dict(run_id='dead', spec_hash='h', method='rigl', seed=0))")
+    code = (
+        "import sys; from granet_cli.store import Store; "
+        "Store(sys.argv[1]).start_run(dict(run_id='dead', spec_hash='h', method='rigl', seed=0))"
+    )
     child = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr
     (pid,) = rows(db, "SELECT pid FROM runs WHERE run_id = 'dead'")[0]

@@ -19,17 +19,30 @@ def make_v2_db(path: Path, run_ids: list[str], *, acc: float, epochs: int = 4) -
     with Store(path) as st:
         st.add_sweep("sw-new", "new grid", {"seed": [0]}, created_at=T0)
         for rid in run_ids:
-            st.start_run(dict(run_id=rid, sweep_id="sw-new", spec_hash="h-" + rid, config_hash="c", method="rigl",
-                              seed=0, started_at=T0))
+            st.start_run(
+                dict(
+                    run_id=rid,
+                    sweep_id="sw-new",
+                    spec_hash="h-" + rid,
+                    config_hash="c",
+                    method="rigl",
+                    seed=0,
+                    started_at=T0,
+                )
+            )
             for e in range(epochs):
-                st.add_epoch(rid, dict(epoch=e, test_acc=acc, val_acc=acc - 0.01),
-                             mask_updates=[dict(step=e, density=0.5)])
-            st.finish_run(rid, dict(final_test_acc=acc, overall_density=0.3),
-                          [dict(name="fc.weight", shape=[2, 2], numel=4, final_density=0.5)])
+                st.add_epoch(
+                    rid, dict(epoch=e, test_acc=acc, val_acc=acc - 0.01), mask_updates=[dict(step=e, density=0.5)]
+                )
+            st.finish_run(
+                rid,
+                dict(final_test_acc=acc, overall_density=0.3),
+                [dict(name="fc.weight", shape=[2, 2], numel=4, final_density=0.5)],
+            )
 
 
 def test_merge_two_job_dbs(tmp_path: Path, cli):
-    old = tmp_path / "job-old.duckdb"    # a v0 file: 2 completed runs of 3 epochs + 1 failed run
+    old = tmp_path / "job-old.duckdb"  # a v0 file: 2 completed runs of 3 epochs + 1 failed run
     make_legacy_db(old, 0)
     new = tmp_path / "job-new.duckdb"
     make_v2_db(new, ["a", "b"], acc=0.7)
@@ -43,15 +56,29 @@ def test_merge_two_job_dbs(tmp_path: Path, cli):
     assert "1 run(s) added (4 epochs), 1 already" in res.output
     assert (sha(old), sha(new)) == digests  # sources only read
     assert rows(dest, "SELECT run_id, status, final_test_acc FROM runs ORDER BY run_id") == [
-        ("a", "completed", 0.7), ("b", "completed", 0.2), ("old-0", "completed", 0.8),
-        ("old-1", "completed", 0.81), ("old-failed", "failed", None)]
+        ("a", "completed", 0.7),
+        ("b", "completed", 0.2),
+        ("old-0", "completed", 0.8),
+        ("old-1", "completed", 0.81),
+        ("old-failed", "failed", None),
+    ]
     assert rows(dest, "SELECT run_id, count(*) FROM epochs GROUP BY run_id ORDER BY run_id") == [
-        ("a", 4), ("b", 1), ("old-0", 3), ("old-1", 3)]
+        ("a", 4),
+        ("b", 1),
+        ("old-0", 3),
+        ("old-1", 3),
+    ]
     assert rows(dest, "SELECT run_id, count(*) FROM mask_updates GROUP BY run_id ORDER BY run_id") == [
-        ("a", 4), ("b", 1), ("old-0", 1), ("old-1", 1)]
+        ("a", 4),
+        ("b", 1),
+        ("old-0", 1),
+        ("old-1", 1),
+    ]
     assert rows(dest, "SELECT count(*) FROM layers") == [(4,)]
     # what the v0 file never had arrives empty; attempts as 1
-    assert rows(dest, "SELECT attempts, config_hash, overall_density FROM runs WHERE run_id = 'old-0'") == [(1, None, None)]
+    assert rows(dest, "SELECT attempts, config_hash, overall_density FROM runs WHERE run_id = 'old-0'") == [
+        (1, None, None)
+    ]
     assert rows(dest, "SELECT val_acc FROM epochs WHERE run_id = 'a' AND epoch = 0") == [(0.69,)]
     assert rows(dest, "SELECT sweep_id FROM sweeps ORDER BY sweep_id") == [("sw-new",), ("sw-old",)]
     # merging again adds nothing

@@ -45,11 +45,38 @@ V1_EXTRA = (
     "ALTER TABLE runs ADD COLUMN samples_per_second DOUBLE",
     "ALTER TABLE epochs ADD COLUMN test_acc5 DOUBLE",
 )
-V0_RUN_COLS = {"run_id", "sweep_id", "spec_hash", "method", "model", "dataset", "target_density", "seed", "status",
-               "final_test_acc", "best_test_acc", "final_density", "itop_rate", "train_flops_frac",
-               "inference_flops_frac", "wall_seconds", "spec_json", "started_at", "finished_at", "error"}
-V2_RUN_ADDED = {"final_test_acc5", "samples_per_second", "overall_density", "selected_test_acc", "config_hash",
-                "attempts", "pid", "host"}
+V0_RUN_COLS = {
+    "run_id",
+    "sweep_id",
+    "spec_hash",
+    "method",
+    "model",
+    "dataset",
+    "target_density",
+    "seed",
+    "status",
+    "final_test_acc",
+    "best_test_acc",
+    "final_density",
+    "itop_rate",
+    "train_flops_frac",
+    "inference_flops_frac",
+    "wall_seconds",
+    "spec_json",
+    "started_at",
+    "finished_at",
+    "error",
+}
+V2_RUN_ADDED = {
+    "final_test_acc5",
+    "samples_per_second",
+    "overall_density",
+    "selected_test_acc",
+    "config_hash",
+    "attempts",
+    "pid",
+    "host",
+}
 V2_EPOCH_ADDED = {"test_acc5", "val_loss", "val_acc", "overall_density"}
 
 
@@ -69,14 +96,20 @@ def make_legacy_db(path: Path, version: int, *, runs: int = 2, epochs: int = 3) 
                 " wall_seconds, spec_json, started_at, finished_at, error) VALUES"
                 " (?, 'sw-old', ?, 'granet', 'mlp', 'digits', 0.1, ?, 'completed', ?, ?, 0.1, 0.5, 0.2, 0.1, 3.5,"
                 " '{}', ?, ?, NULL)",
-                [rid, f"h{i}", i, 0.8 + i / 100, 0.85 + i / 100, T0, T0])
+                [rid, f"h{i}", i, 0.8 + i / 100, 0.85 + i / 100, T0, T0],
+            )
             for e in range(epochs):
-                con.execute("INSERT INTO epochs (run_id, epoch, step, lr, test_acc, density) VALUES (?, ?, ?, 0.1, ?, 0.1)",
-                            [rid, e, 10 * (e + 1), 0.5 + e / 10])
+                con.execute(
+                    "INSERT INTO epochs (run_id, epoch, step, lr, test_acc, density) VALUES (?, ?, ?, 0.1, ?, 0.1)",
+                    [rid, e, 10 * (e + 1), 0.5 + e / 10],
+                )
             con.execute("INSERT INTO layers VALUES (?, 'fc.weight', '[10, 64]', 640, 0.1)", [rid])
             con.execute("INSERT INTO mask_updates VALUES (?, 5, 0.1, 3, 3, 0.1)", [rid])
-        con.execute("INSERT INTO runs (run_id, sweep_id, spec_hash, method, status, error, started_at, spec_json) "
-                    "VALUES ('old-failed', 'sw-old', 'hf', 'rigl', 'failed', 'boom', ?, '{}')", [T0])
+        con.execute(
+            "INSERT INTO runs (run_id, sweep_id, spec_hash, method, status, error, started_at, spec_json) "
+            "VALUES ('old-failed', 'sw-old', 'hf', 'rigl', 'failed', 'boom', ?, '{}')",
+            [T0],
+        )
     finally:
         con.close()
 
@@ -107,10 +140,19 @@ def test_older_granet_db_is_migrated(tmp_path: Path, version: int):
     assert columns(db, "runs") == V0_RUN_COLS | V2_RUN_ADDED
     assert columns(db, "epochs") >= V2_EPOCH_ADDED
     # the old rows are untouched; the columns they never had are NULL, attempts is 1
-    assert rows(db, "SELECT run_id, status, final_test_acc, best_test_acc, wall_seconds FROM runs "
-                    "WHERE run_id <> 'new' ORDER BY run_id") == before
-    assert rows(db, "SELECT count(*) FROM runs WHERE run_id <> 'new' AND attempts = 1 AND pid IS NULL "
-                    "AND config_hash IS NULL AND overall_density IS NULL") == [(3,)]
+    assert (
+        rows(
+            db,
+            "SELECT run_id, status, final_test_acc, best_test_acc, wall_seconds FROM runs "
+            "WHERE run_id <> 'new' ORDER BY run_id",
+        )
+        == before
+    )
+    assert rows(
+        db,
+        "SELECT count(*) FROM runs WHERE run_id <> 'new' AND attempts = 1 AND pid IS NULL "
+        "AND config_hash IS NULL AND overall_density IS NULL",
+    ) == [(3,)]
     assert rows(db, "SELECT count(*) FROM epochs WHERE run_id LIKE 'old-%'") == [(6,)]
     assert rows(db, "SELECT count(*) FROM layers") == [(2,)] and rows(db, "SELECT count(*) FROM mask_updates") == [(2,)]
     assert rows(db, "SELECT config_hash, attempts FROM runs WHERE run_id = 'new'") == [("cn", 1)]
@@ -163,8 +205,19 @@ def test_foreign_duckdb_file_refused_untouched(tmp_path: Path, cli):
         assert "\n" not in msg and str(db) in msg and "not a granet results db" in msg
         assert "missing tables: sweeps, epochs, layers, mask_updates" in msg
     # the CLI: one line, exit 2, nothing written
-    res = cli("run", QUICKSTART, "--db", db, "--runs-dir", tmp_path / "runs", "--set", "optim.epochs=1",
-              "--set", "sparsity.final_prune_epoch=1", "-q")
+    res = cli(
+        "run",
+        QUICKSTART,
+        "--db",
+        db,
+        "--runs-dir",
+        tmp_path / "runs",
+        "--set",
+        "optim.epochs=1",
+        "--set",
+        "sparsity.final_prune_epoch=1",
+        "-q",
+    )
     assert res.exit_code == 2
     assert "not a granet results db" in res.output and "Traceback" not in res.output
     res = cli("report", "--db", db, "--out", tmp_path / "reports")

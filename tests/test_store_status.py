@@ -19,14 +19,21 @@ from granet_cli.store import RUN_STATUSES, RunStatus, Store, StoreError
 
 from .conftest import QUICKSTART, rows
 
-START = ("import sys; from granet_cli.store import Store; "
-         "Store(sys.argv[1]).start_run(dict(run_id=sys.argv[2], spec_hash=sys.argv[3], method='rigl', seed=0)); ")
+START = (
+    "import sys; from granet_cli.store import Store; "
+    "Store(sys.argv[1]).start_run(dict(run_id=sys.argv[2], spec_hash=sys.argv[3], method='rigl', seed=0)); "
+)
 
 
 def start_in_child(db: Path, run_id: str, spec_hash: str = "h", *, then: str = "") -> subprocess.Popen:
     """Another process registers a run (and then runs `then`)."""
-    return subprocess.Popen([sys.executable, "-c", START + then, str(db), run_id, spec_hash],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", START + then, str(db), run_id, spec_hash],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_status_constants():
@@ -40,10 +47,12 @@ def test_start_run_records_writer_and_attempts(tmp_path: Path):
     with Store(db) as st:
         st.start_run(dict(run_id="r1", spec_hash="s1", config_hash="c1"))
         assert rows(db, "SELECT pid, host, attempts, config_hash, status FROM runs") == [
-            (os.getpid(), socket.gethostname(), 1, "c1", "running")]
+            (os.getpid(), socket.gethostname(), 1, "c1", "running")
+        ]
         st.fail_run("r1", RunStatus.INTERRUPTED, "killed", dict(overall_density=0.3, selected_test_acc=0.7))
-        assert rows(db, "SELECT status, error, overall_density, selected_test_acc, finished_at IS NOT NULL "
-                        "FROM runs") == [("interrupted", "killed", 0.3, 0.7, True)]
+        assert rows(
+            db, "SELECT status, error, overall_density, selected_test_acc, finished_at IS NOT NULL FROM runs"
+        ) == [("interrupted", "killed", 0.3, 0.7, True)]
         st.start_run(dict(run_id="r1", spec_hash="s1", config_hash="c1"))  # resumed: one more attempt
         st.start_run(dict(run_id="r1", spec_hash="s1", config_hash="c1"))
         assert rows(db, "SELECT status, attempts, error, overall_density FROM runs") == [("running", 3, None, None)]
@@ -81,8 +90,11 @@ def test_reap_orphans(tmp_path: Path):
     assert gone.returncode == 0, gone.stderr
     gone2 = subprocess.run([sys.executable, "-c", START, str(db), "gone2", "h2"], capture_output=True, text=True)
     assert gone2.returncode == 0, gone2.stderr
-    finished = subprocess.run([sys.executable, "-c", START + "Store(sys.argv[1]).finish_run(sys.argv[2], {}, [])",
-                               str(db), "finished", "h1"], capture_output=True, text=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", START + "Store(sys.argv[1]).finish_run(sys.argv[2], {}, [])", str(db), "finished", "h1"],
+        capture_output=True,
+        text=True,
+    )
     assert finished.returncode == 0, finished.stderr
     alive = start_in_child(db, "alive", "h1", then="print('ready', flush=True); sys.stdin.readline()")
     assert alive.stdout.readline().strip() == "ready"
@@ -106,11 +118,20 @@ def test_reap_orphans(tmp_path: Path):
         assert st.reap_orphans(spec_hash="h2") == 1  # only that spec's rows are judged
         assert status()["gone2"] == "interrupted" and status()["gone"] == "running"
         assert st.reap_orphans() == 2  # gone, and the zombie (exited, not yet waited for)
-        assert status() == {"gone": "interrupted", "gone2": "interrupted", "finished": "completed",
-                            "alive": "running", "zombie": "interrupted", "mine": "running",
-                            "elsewhere": "running", "legacy": "running"}
+        assert status() == {
+            "gone": "interrupted",
+            "gone2": "interrupted",
+            "finished": "completed",
+            "alive": "running",
+            "zombie": "interrupted",
+            "mine": "running",
+            "elsewhere": "running",
+            "legacy": "running",
+        }
         assert rows(db, "SELECT error FROM runs WHERE run_id IN ('gone', 'zombie') ORDER BY run_id") == [
-            (f"interrupted (process {pids['gone']} gone)",), (f"interrupted (process {zombie.pid} gone)",)]
+            (f"interrupted (process {pids['gone']} gone)",),
+            (f"interrupted (process {zombie.pid} gone)",),
+        ]
         assert st.reap_orphans() == 0  # nothing left to reap while 'alive' runs
         alive.stdin.write("\n")
         alive.stdin.flush()
@@ -130,9 +151,14 @@ def test_record_for_carries_config_hash():
     assert recs[0]["spec_hash"] != recs[1]["spec_hash"]
     assert recs[0]["config_hash"] not in (recs[0]["spec_hash"], None)
     # a spec object without config_hash() (an older spec module) records NULL instead of failing
-    stub = SimpleNamespace(spec_hash=lambda: "h", sparsity=SimpleNamespace(method="rigl", final_density=0.1),
-                           model=SimpleNamespace(name="mlp"), data=SimpleNamespace(name="digits"), seed=0,
-                           normalised=lambda: {})
+    stub = SimpleNamespace(
+        spec_hash=lambda: "h",
+        sparsity=SimpleNamespace(method="rigl", final_density=0.1),
+        model=SimpleNamespace(name="mlp"),
+        data=SimpleNamespace(name="digits"),
+        seed=0,
+        normalised=lambda: {},
+    )
     assert record_for(stub, "r", None)["config_hash"] is None
     assert {"overall_density", "selected_test_acc"} <= set(FINAL_KEYS)
     assert store_final({"overall_density": 0.4, "x": 1})["overall_density"] == 0.4

@@ -24,8 +24,16 @@ import pytest
 
 from granet_cli import train
 from granet_cli.store import Store
-from granet_cli.sweep import (EPOCH_KEY, FINAL_KEY, UPDATES_KEY, SweepOutcome, TrialOutcome, _Display,
-                              _make_callback, plan_sweep)
+from granet_cli.sweep import (
+    EPOCH_KEY,
+    FINAL_KEY,
+    UPDATES_KEY,
+    SweepOutcome,
+    TrialOutcome,
+    _Display,
+    _make_callback,
+    plan_sweep,
+)
 from granet_cli.sweep_ray import MARKER, experiment_name
 
 from .conftest import ROOT, rows
@@ -35,10 +43,18 @@ SMALL_OVERRIDES = ["optim.epochs=2", "sparsity.final_prune_epoch=1"]
 
 
 def granet_sweep(tmp_path, *args, env=None, timeout=240, db=None):
-    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", *map(str, args),
-           "--db", str(db or tmp_path / "r.duckdb"), "--runs-dir", str(tmp_path / "runs")]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env or os.environ.copy())
+    cmd = [
+        sys.executable,
+        "-m",
+        "granet_cli.cli",
+        "sweep",
+        *map(str, args),
+        "--db",
+        str(db or tmp_path / "r.duckdb"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or os.environ.copy())
 
 
 def already_done_ran(stdout: str) -> tuple[int, int]:
@@ -56,8 +72,9 @@ def free_port() -> int:
 # ----------------------------------------------------------------------------- no Ray needed
 def test_invalid_grid_exits_2_names_the_field_and_creates_no_db(cli, tmp_path):
     db = tmp_path / "r.duckdb"
-    result = cli("sweep", "--methods", "granet,bogus", "--densities", "0.1,1.5", "--db", db,
-                 "--runs-dir", tmp_path / "runs")
+    result = cli(
+        "sweep", "--methods", "granet,bogus", "--densities", "0.1,1.5", "--db", db, "--runs-dir", tmp_path / "runs"
+    )
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert any("sweep.methods" in ln and "bogus" in ln for ln in lines), result.stderr
@@ -74,12 +91,18 @@ def test_invalid_grid_exits_2_names_the_field_and_creates_no_db(cli, tmp_path):
 
 def test_yaml_sweep_section_and_flag_overrides(tmp_path):
     spec = tmp_path / "s.yaml"
-    spec.write_text((ROOT / "experiments" / "quickstart.yaml").read_text()
-                    + "sweep:\n  name: mine\n  methods: [rigl, dense]\n  densities: [0.2]\n  seeds: [0, 1]\n")
+    spec.write_text(
+        (ROOT / "experiments" / "quickstart.yaml").read_text()
+        + "sweep:\n  name: mine\n  methods: [rigl, dense]\n  densities: [0.2]\n  seeds: [0, 1]\n"
+    )
     plan = plan_sweep(spec, SMALL_OVERRIDES)
     assert plan.name == "mine" and plan.grid.methods == ["rigl", "dense"]
     assert [(p.method, p.density, p.seed) for p in plan.points] == [
-        ("rigl", 0.2, 0), ("rigl", 0.2, 1), ("dense", 1.0, 0), ("dense", 1.0, 1)]
+        ("rigl", 0.2, 0),
+        ("rigl", 0.2, 1),
+        ("dense", 1.0, 0),
+        ("dense", 1.0, 1),
+    ]
     assert plan.points[2].spec.sparsity.final_density == 1.0
     flags = plan_sweep(spec, SMALL_OVERRIDES, seeds="3", name="other")
     assert flags.name == "other" and [p.seed for p in flags.points] == [3, 3]
@@ -104,19 +127,49 @@ def test_driver_callback_writes_run_rows_and_diverged(tmp_path):
         cb = _make_callback(store, plan, by_run, display)
         ray.cloudpickle.dumps(cb)  # Tune pickles its RunConfig, callbacks included
         fake = [SimpleNamespace(config={"point": {"run_id": t.run_id}}, error_file=None) for t in trials]
-        row = {"epoch": 1, "step": 10, "lr": 0.05, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0,
-               "test_acc": 0.6, "density": 0.1, "itop_rate": 0.2, "seconds": 0.1}
-        final = {"final_test_acc": 0.6, "best_test_acc": 0.6, "final_density": 0.1, "itop_rate": 0.2,
-                 "train_flops_frac": 0.3, "inference_flops_frac": 0.1, "wall_seconds": 1.0, "samples_per_second": 9.0}
+        row = {
+            "epoch": 1,
+            "step": 10,
+            "lr": 0.05,
+            "train_loss": 1.0,
+            "train_acc": 0.5,
+            "test_loss": 1.0,
+            "test_acc": 0.6,
+            "density": 0.1,
+            "itop_rate": 0.2,
+            "seconds": 0.1,
+        }
+        final = {
+            "final_test_acc": 0.6,
+            "best_test_acc": 0.6,
+            "final_density": 0.1,
+            "itop_rate": 0.2,
+            "train_flops_frac": 0.3,
+            "inference_flops_frac": 0.1,
+            "wall_seconds": 1.0,
+            "samples_per_second": 9.0,
+        }
         upd = [{"step": 10, "target_density": 0.1, "dropped": 3, "grown": 3, "density": 0.1}]
         for f in fake:
             cb.on_trial_start(0, [], f)
             cb.on_trial_result(0, [], f, {EPOCH_KEY: json.dumps(row), UPDATES_KEY: json.dumps(upd)})
         layers = [{"name": "fc1.weight", "shape": "[64, 64]", "numel": 4096, "final_density": 0.1}]
-        cb.on_trial_result(0, [], fake[0], {FINAL_KEY: json.dumps(
-            {"status": "completed", "error": None, "final": final, "layers": layers})})
-        cb.on_trial_result(0, [], fake[1], {FINAL_KEY: json.dumps(
-            {"status": "diverged", "error": "loss became nan at epoch 2", "final": final, "layers": []})})
+        cb.on_trial_result(
+            0,
+            [],
+            fake[0],
+            {FINAL_KEY: json.dumps({"status": "completed", "error": None, "final": final, "layers": layers})},
+        )
+        cb.on_trial_result(
+            0,
+            [],
+            fake[1],
+            {
+                FINAL_KEY: json.dumps(
+                    {"status": "diverged", "error": "loss became nan at epoch 2", "final": final, "layers": []}
+                )
+            },
+        )
         cb.on_trial_complete(0, [], fake[0])
         cb.on_trial_complete(0, [], fake[1])
         got = {r["run_id"]: r for r in store.runs(sweep=plan.sweep_id)}
@@ -204,9 +257,29 @@ def test_failing_trial_is_retried_recorded_and_the_others_complete(tmp_path):
 @pytest.mark.slow
 def test_killed_sweep_resumes_only_missing_points(tmp_path):
     db = tmp_path / "r.duckdb"
-    args = ["--methods", "granet,rigl,gmp", "--densities", "0.1,0.2",
-            "--set", "optim.epochs=20", "--set", "sparsity.final_prune_epoch=10", "--name", "kill-me"]
-    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", *args, "--db", str(db), "--runs-dir", str(tmp_path / "runs")]
+    args = [
+        "--methods",
+        "granet,rigl,gmp",
+        "--densities",
+        "0.1,0.2",
+        "--set",
+        "optim.epochs=20",
+        "--set",
+        "sparsity.final_prune_epoch=10",
+        "--name",
+        "kill-me",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "granet_cli.cli",
+        "sweep",
+        *args,
+        "--db",
+        str(db),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     log = open(tmp_path / "sweep.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -249,19 +322,29 @@ def test_killed_sweep_resumes_only_missing_points(tmp_path):
     assert len(continued) == len(resumed) and all(after[rid][1] == 2 for rid in continued), after
     assert all(after[rid] == ("interrupted", 1) for rid in left_running - continued), after
     # no row twice, none missing: every completed run has epochs 1..20 once
-    per_run = rows(db, "select r.run_id, count(e.epoch), count(distinct e.epoch), min(e.epoch), max(e.epoch) "
-                       "from runs r join epochs e using (run_id) where r.status = 'completed' group by r.run_id")
+    per_run = rows(
+        db,
+        "select r.run_id, count(e.epoch), count(distinct e.epoch), min(e.epoch), max(e.epoch) "
+        "from runs r join epochs e using (run_id) where r.status = 'completed' group by r.run_id",
+    )
     assert len(per_run) == 6 and all(row[1:] == (20, 20, 1, 20) for row in per_run), per_run
     # and a continued run ends exactly where an uninterrupted one does, mask updates included
-    plan = plan_sweep(None, ["optim.epochs=20", "sparsity.final_prune_epoch=10"], methods="granet,rigl,gmp",
-                      densities="0.1,0.2", name="kill-me")
+    plan = plan_sweep(
+        None,
+        ["optim.epochs=20", "sparsity.final_prune_epoch=10"],
+        methods="granet,rigl,gmp",
+        densities="0.1,0.2",
+        name="kill-me",
+    )
     rid = sorted(continued)[0]
     (h,) = rows(db, "select spec_hash from runs where run_id = ?", rid)[0]
     direct = train.run(next(p for p in plan.points if p.spec_hash == h).spec, tmp_path / "direct", threads=1)
-    assert rows(db, "select final_test_acc, final_density, itop_rate from runs where run_id = ?", rid) == \
-        [(direct.final["final_test_acc"], direct.final["final_density"], direct.final["itop_rate"])]
-    assert rows(db, "select step, dropped, grown from mask_updates where run_id = ? order by step", rid) == \
-        [(u["step"], u["dropped"], u["grown"]) for u in direct.mask_updates]
+    assert rows(db, "select final_test_acc, final_density, itop_rate from runs where run_id = ?", rid) == [
+        (direct.final["final_test_acc"], direct.final["final_density"], direct.final["itop_rate"])
+    ]
+    assert rows(db, "select step, dropped, grown from mask_updates where run_id = ? order by step", rid) == [
+        (u["step"], u["dropped"], u["grown"]) for u in direct.mask_updates
+    ]
 
 
 @pytest.mark.slow
@@ -277,18 +360,33 @@ def test_sweep_joins_a_separately_started_local_cluster(tmp_path):
     log_path = tmp_path / "ray.log"
     log = open(log_path, "w")
     head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-         "--node-ip-address=127.0.0.1", f"--temp-dir={temp}",
-         "--disable-usage-stats", "--block"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--dashboard-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+            "--block",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 90
         while "Ray runtime started" not in log_path.read_text():
             assert head.poll() is None and time.time() < deadline, log_path.read_text()
             time.sleep(0.5)
-        r = granet_sweep(tmp_path, "--address", f"127.0.0.1:{port}", "--methods", "granet", "--densities", "0.1",
-                         *SMALL, env=env)
+        r = granet_sweep(
+            tmp_path, "--address", f"127.0.0.1:{port}", "--methods", "granet", "--densities", "0.1", *SMALL, env=env
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"cluster at 127.0.0.1:{port}" in r.stdout
         assert rows(tmp_path / "r.duckdb", "select status from runs") == [("completed",)]

@@ -18,14 +18,23 @@ SMALL = ["optim.epochs=2", "sparsity.final_prune_epoch=1"]
 
 
 def test_grid_flags_multiply_the_grid_and_label_the_points():
-    plan = plan_sweep(None, SMALL, methods="granet,rigl", densities="0.1", seeds="0,1",
-                      grid=["optim.lr=0.05,0.1", "optim.milestones=[0.5,0.75],[0.25]"])
+    plan = plan_sweep(
+        None,
+        SMALL,
+        methods="granet,rigl",
+        densities="0.1",
+        seeds="0,1",
+        grid=["optim.lr=0.05,0.1", "optim.milestones=[0.5,0.75],[0.25]"],
+    )
     assert len(plan.points) == 2 * 1 * 2 * 2 * 2
     lrs = sorted({p.spec.optim.lr for p in plan.points})
     assert lrs == [0.05, 0.1]
     assert sorted({tuple(p.spec.optim.milestones) for p in plan.points}) == [(0.25,), (0.5, 0.75)]
-    p = next(p for p in plan.points if p.method == "rigl" and p.seed == 1 and p.spec.optim.lr == 0.1
-             and p.spec.optim.milestones == [0.25])
+    p = next(
+        p
+        for p in plan.points
+        if p.method == "rigl" and p.seed == 1 and p.spec.optim.lr == 0.1 and p.spec.optim.milestones == [0.25]
+    )
     assert p.label == "rigl d=0.1 seed=1 lr=0.1 milestones=0.25"
     assert p.trial_name == "rigl_d0.1_s1_lr0.1_milestones0.25"
     assert len({pt.spec_hash for pt in plan.points}) == len(plan.points)
@@ -33,15 +42,30 @@ def test_grid_flags_multiply_the_grid_and_label_the_points():
     plain = plan_sweep(None, SMALL, methods="granet,rigl", densities="0.1", seeds="0,1")
     assert plain.name != plan.name and plain.sweep_id != plan.sweep_id
     # ... and the grid's order does not matter
-    again = plan_sweep(None, SMALL, methods="granet,rigl", densities="0.1", seeds="0,1",
-                       grid=["optim.milestones=[0.25],[0.5,0.75]", "optim.lr=0.1,0.05"])
+    again = plan_sweep(
+        None,
+        SMALL,
+        methods="granet,rigl",
+        densities="0.1",
+        seeds="0,1",
+        grid=["optim.milestones=[0.25],[0.5,0.75]", "optim.lr=0.1,0.05"],
+    )
     assert (again.name, again.sweep_id, again.identity) == (plan.name, plan.sweep_id, plan.identity)
 
 
 def test_long_trial_names_are_cut_and_stay_unique_and_filesystem_safe():
-    plan = plan_sweep(None, SMALL, methods="granet", densities="0.1",
-                      grid=["data.batch_size=16,32", "optim.weight_decay=0.0001,0.0005",
-                            "optim.momentum=0.85,0.9", "sparsity.update_frequency=10,20"])
+    plan = plan_sweep(
+        None,
+        SMALL,
+        methods="granet",
+        densities="0.1",
+        grid=[
+            "data.batch_size=16,32",
+            "optim.weight_decay=0.0001,0.0005",
+            "optim.momentum=0.85,0.9",
+            "sparsity.update_frequency=10,20",
+        ],
+    )
     names = [p.trial_name for p in plan.points]
     assert len(set(names)) == len(names) == 16
     assert all(len(n) <= 60 and all(c.isalnum() or c in "_.-" for c in n) for n in names), names
@@ -49,28 +73,36 @@ def test_long_trial_names_are_cut_and_stay_unique_and_filesystem_safe():
 
 def test_yaml_grid_section_and_flag_per_key(tmp_path):
     spec = tmp_path / "s.yaml"
-    spec.write_text((ROOT / "experiments" / "quickstart.yaml").read_text()
-                    + "sweep:\n  methods: [granet]\n  densities: [0.1]\n"
-                      "  grid:\n    optim.lr: [0.01, 0.02]\n    sparsity.update_frequency: [10, 20]\n")
+    spec.write_text(
+        (ROOT / "experiments" / "quickstart.yaml").read_text() + "sweep:\n  methods: [granet]\n  densities: [0.1]\n"
+        "  grid:\n    optim.lr: [0.01, 0.02]\n    sparsity.update_frequency: [10, 20]\n"
+    )
     plan = plan_sweep(spec, SMALL)
     assert plan.grid.grid == {"optim.lr": [0.01, 0.02], "sparsity.update_frequency": [10, 20]}
     assert sorted((p.spec.optim.lr, p.spec.sparsity.update_frequency) for p in plan.points) == [
-        (0.01, 10), (0.01, 20), (0.02, 10), (0.02, 20)]
+        (0.01, 10),
+        (0.01, 20),
+        (0.02, 10),
+        (0.02, 20),
+    ]
     # a --grid flag replaces that key of the file's grid and keeps the others
     flag = plan_sweep(spec, SMALL, grid=["optim.lr=0.3"])
     assert sorted((p.spec.optim.lr, p.spec.sparsity.update_frequency) for p in flag.points) == [(0.3, 10), (0.3, 20)]
     assert plan.grid_record()["grid"] == plan.grid.grid
 
 
-@pytest.mark.parametrize("flag, expected", [
-    ("optim.lrr=0.1", "sweep.grid.optim.lrr: unknown spec field"),
-    ("optim=0.1", "sweep.grid.optim: a whole section"),
-    ("seed=1,2", "sweep.grid.seed: vary it with --seeds"),
-    ("sparsity.final_density=0.1", "sweep.grid.sparsity.final_density: vary it with --densities"),
-    ("optim.lr", "--grid optim.lr: expected KEY=V1,V2"),
-    ("optim.lr=", "--grid optim.lr: needs at least one value"),
-    ("optim.lr=-1,0.1", "method=granet density=0.1 seed=0 optim.lr=-1: optim.lr:"),
-])
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("optim.lrr=0.1", "sweep.grid.optim.lrr: unknown spec field"),
+        ("optim=0.1", "sweep.grid.optim: a whole section"),
+        ("seed=1,2", "sweep.grid.seed: vary it with --seeds"),
+        ("sparsity.final_density=0.1", "sweep.grid.sparsity.final_density: vary it with --densities"),
+        ("optim.lr", "--grid optim.lr: expected KEY=V1,V2"),
+        ("optim.lr=", "--grid optim.lr: needs at least one value"),
+        ("optim.lr=-1,0.1", "method=granet density=0.1 seed=0 optim.lr=-1: optim.lr:"),
+    ],
+)
 def test_bad_grid_is_one_line_per_problem(flag, expected):
     with pytest.raises(SpecError) as e:
         plan_sweep(None, SMALL, methods="granet", densities="0.1", grid=[flag])
@@ -79,8 +111,19 @@ def test_bad_grid_is_one_line_per_problem(flag, expected):
 
 def test_bad_grid_in_the_cli_exits_2_and_writes_nothing(cli, tmp_path):
     db = tmp_path / "r.duckdb"
-    r = cli("sweep", "--grid", "optim.lr=abc", "--methods", "granet", "--densities", "0.1", "--db", db,
-            "--runs-dir", tmp_path / "runs")
+    r = cli(
+        "sweep",
+        "--grid",
+        "optim.lr=abc",
+        "--methods",
+        "granet",
+        "--densities",
+        "0.1",
+        "--db",
+        db,
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert r.exit_code == 2
     assert r.stderr.startswith("error: method=granet density=0.1 seed=0 optim.lr=abc: optim.lr:"), r.stderr
     assert not db.exists() and not (tmp_path / "runs").exists()
@@ -94,19 +137,45 @@ def test_a_name_reused_for_another_grid_is_refused_before_anything_runs(cli, tmp
     with Store(db) as st:  # what a first `granet sweep --name mine ...` recorded
         st.add_sweep(first.sweep_id, first.name, first.grid_record())
     before = rows(db, "select sweep_id, name, grid_json from sweeps")
-    for extra in (["--densities", "0.2"], ["--densities", "0.1", "--set", "optim.lr=0.2"],
-                  ["--densities", "0.1", "--grid", "optim.lr=0.05,0.1"]):
+    for extra in (
+        ["--densities", "0.2"],
+        ["--densities", "0.1", "--set", "optim.lr=0.2"],
+        ["--densities", "0.1", "--grid", "optim.lr=0.05,0.1"],
+    ):
         for dry in ([], ["--dry-run"]):
-            r = cli("sweep", "--methods", "granet", "--name", "mine", *extra, *dry, *sum((["--set", s] for s in SMALL), []),
-                    "--db", db, "--runs-dir", tmp_path / "runs")
+            r = cli(
+                "sweep",
+                "--methods",
+                "granet",
+                "--name",
+                "mine",
+                *extra,
+                *dry,
+                *sum((["--set", s] for s in SMALL), []),
+                "--db",
+                db,
+                "--runs-dir",
+                tmp_path / "runs",
+            )
             assert r.exit_code == 2, (extra, r.stdout, r.stderr)
             lines = r.stderr.strip().splitlines()
             assert len(lines) == 1 and "sweep name 'mine' is already used" in lines[0], r.stderr
     assert rows(db, "select sweep_id, name, grid_json from sweeps") == before
     assert rows(db, "select count(*) from runs") == [(0,)] and not (tmp_path / "runs").exists()
     # the same grid under that name is the same sweep
-    r = cli("sweep", "--methods", "granet", "--densities", "0.1", "--name", "mine", "--dry-run",
-            *sum((["--set", s] for s in SMALL), []), "--db", db)
+    r = cli(
+        "sweep",
+        "--methods",
+        "granet",
+        "--densities",
+        "0.1",
+        "--name",
+        "mine",
+        "--dry-run",
+        *sum((["--set", s] for s in SMALL), []),
+        "--db",
+        db,
+    )
     assert r.exit_code == 0 and "0 done, 1 to run" in r.stdout
 
 
@@ -162,6 +231,8 @@ def test_find_checkpoints_picks_the_highest_epoch_per_point(tmp_path):
     (exp / "experiment_state.json").write_text("{}")
     found = find_checkpoints(str(tmp_path / "store"), "exp")
     assert {h: (c["epoch"], c["path"]) for h, c in found.items()} == {
-        "h1": (4, str(exp / "a_00000" / "checkpoint_000001")), "h2": (1, str(exp / "b_00001" / "checkpoint_000000"))}
+        "h1": (4, str(exp / "a_00000" / "checkpoint_000001")),
+        "h2": (1, str(exp / "b_00001" / "checkpoint_000000")),
+    }
     assert found["h1"]["run_id"] == "r-a_00000"
     assert find_checkpoints(str(tmp_path / "nothing"), "exp") == {}

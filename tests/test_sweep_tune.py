@@ -14,8 +14,16 @@ from types import SimpleNamespace
 import numpy as np
 
 from granet_cli.store import Store
-from granet_cli.sweep import EPOCH_KEY, FINAL_KEY, REPLAY_KEY, UPDATES_KEY, TrialOutcome, _Display, _make_callback
-from granet_cli.sweep import plan_sweep
+from granet_cli.sweep import (
+    EPOCH_KEY,
+    FINAL_KEY,
+    REPLAY_KEY,
+    UPDATES_KEY,
+    TrialOutcome,
+    _Display,
+    _make_callback,
+    plan_sweep,
+)
 
 from .conftest import ROOT, rows
 
@@ -23,8 +31,17 @@ SMALL = ["--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1"]
 
 
 def granet_sweep(tmp_path, *args, cwd=ROOT, timeout=300):
-    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", *map(str, args),
-           "--db", str(tmp_path / "r.duckdb"), "--runs-dir", str(tmp_path / "runs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "granet_cli.cli",
+        "sweep",
+        *map(str, args),
+        "--db",
+        str(tmp_path / "r.duckdb"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -32,8 +49,9 @@ def test_grid_sweep_over_lr_completes_with_points_labelled_by_lr(tmp_path):
     r = granet_sweep(tmp_path, "--methods", "granet", "--densities", "0.1", "--grid", "optim.lr=0.05,0.1", *SMALL)
     assert r.returncode == 0, r.stdout + r.stderr
     db = tmp_path / "r.duckdb"
-    got = sorted((json.loads(spec)["optim"]["lr"], status)
-                 for spec, status in rows(db, "select spec_json, status from runs"))
+    got = sorted(
+        (json.loads(spec)["optim"]["lr"], status) for spec, status in rows(db, "select spec_json, status from runs")
+    )
     assert got == [(0.05, "completed"), (0.1, "completed")]
     flat = " ".join(r.stdout.split())
     for lr in ("0.05", "0.1"):
@@ -52,12 +70,35 @@ def _write_fake_cifar10(folder: Path, per_batch: int = 8) -> None:
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
-                         "labels": [int(v) for v in rng.integers(0, 10, size=per_batch)],
-                         "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}, f)
+            pickle.dump(
+                {
+                    "batch_label": name,
+                    "data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+                    "labels": [int(v) for v in rng.integers(0, 10, size=per_batch)],
+                    "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+                },
+                f,
+            )
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                                     "truck"], "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+        pickle.dump(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ],
+                "num_cases_per_batch": per_batch,
+                "num_vis": 3072,
+            },
+            f,
+        )
 
 
 def test_sweep_of_a_spec_with_a_relative_data_root_runs_from_its_directory(tmp_path):
@@ -67,12 +108,15 @@ def test_sweep_of_a_spec_with_a_relative_data_root_runs_from_its_directory(tmp_p
     _write_fake_cifar10(work / "data" / "cifar10" / "cifar-10-batches-py")
     (work / "tiny.yaml").write_text(
         "model: {name: mlp}\ndata: {name: cifar10, root: data/cifar10, batch_size: 8, test_batch_size: 8}\n"
-        "optim: {epochs: 2, lr: 0.01}\nsparsity: {method: rigl, final_density: 0.2, update_frequency: 2}\n")
+        "optim: {epochs: 2, lr: 0.01}\nsparsity: {method: rigl, final_density: 0.2, update_frequency: 2}\n"
+    )
     r = granet_sweep(tmp_path, "tiny.yaml", "--methods", "rigl,dense", "--densities", "0.2", cwd=work)
     assert r.returncode == 0, r.stdout + r.stderr
     db = tmp_path / "r.duckdb"
     assert sorted(rows(db, "select method, status, dataset from runs")) == [
-        ("dense", "completed", "cifar10"), ("rigl", "completed", "cifar10")]
+        ("dense", "completed", "cifar10"),
+        ("rigl", "completed", "cifar10"),
+    ]
     assert rows(db, "select count(*) from epochs") == [(4,)]
     (spec_json,) = rows(db, "select spec_json from runs where method = 'rigl'")[0]
     assert json.loads(spec_json)["data"]["root"] == "data/cifar10"  # the spec as written
@@ -101,32 +145,55 @@ def test_a_retried_trial_replaces_its_rows_instead_of_appending(tmp_path):
     display = _Display(Console(file=console, width=200), plan, 1, None)
 
     def epoch(e):
-        return {"epoch": e, "step": 10 * e, "lr": 0.05, "train_loss": 1.0 / e, "train_acc": 0.5, "test_loss": 1.0,
-                "test_acc": 0.5 + e / 100, "density": 0.1, "itop_rate": 0.2, "seconds": 0.1}
+        return {
+            "epoch": e,
+            "step": 10 * e,
+            "lr": 0.05,
+            "train_loss": 1.0 / e,
+            "train_acc": 0.5,
+            "test_loss": 1.0,
+            "test_acc": 0.5 + e / 100,
+            "density": 0.1,
+            "itop_rate": 0.2,
+            "seconds": 0.1,
+        }
 
     def update(e):
         return [{"step": 10 * e, "target_density": 0.1, "dropped": e, "grown": e, "density": 0.1}]
 
     error = tmp_path / "error.txt"
-    error.write_text("Failure # 1\nThe actor died unexpectedly before finishing this task.\n"
-                     "The actor died because its node has died. Node Id: 0123456789abcdef\n")
-    trial = SimpleNamespace(config={"point": {"run_id": t.run_id}}, error_file=str(error), pickled_error_file=None,
-                            num_failures=1, node_ip=None)
+    error.write_text(
+        "Failure # 1\nThe actor died unexpectedly before finishing this task.\n"
+        "The actor died because its node has died. Node Id: 0123456789abcdef\n"
+    )
+    trial = SimpleNamespace(
+        config={"point": {"run_id": t.run_id}},
+        error_file=str(error),
+        pickled_error_file=None,
+        num_failures=1,
+        node_ip=None,
+    )
     with Store(tmp_path / "r.duckdb") as store:
         cb = _make_callback(store, plan, {t.run_id: t}, display, max_failures=2)
         cb.on_trial_start(0, [], trial)
         for e in (1, 2, 3):  # the first attempt: epoch 3 reached the driver, its node then died
-            cb.on_trial_result(0, [], trial, {EPOCH_KEY: json.dumps(epoch(e)), UPDATES_KEY: json.dumps(update(e)),
-                                              "node_ip": "10.0.0.9"})
+            cb.on_trial_result(
+                0,
+                [],
+                trial,
+                {EPOCH_KEY: json.dumps(epoch(e)), UPDATES_KEY: json.dumps(update(e)), "node_ip": "10.0.0.9"},
+            )
         cb.on_trial_recover(0, [], trial)
         # the retry: the epoch-2 checkpoint's rows in one report, then epochs 3 and 4 again
-        cb.on_trial_result(0, [], trial, {REPLAY_KEY: json.dumps(
-            {"epochs": [epoch(1), epoch(2)], "updates": update(1) + update(2)})})
+        cb.on_trial_result(
+            0, [], trial, {REPLAY_KEY: json.dumps({"epochs": [epoch(1), epoch(2)], "updates": update(1) + update(2)})}
+        )
         for e in (3, 4):
             cb.on_trial_result(0, [], trial, {EPOCH_KEY: json.dumps(epoch(e)), UPDATES_KEY: json.dumps(update(e))})
         final = {"final_test_acc": 0.54, "best_test_acc": 0.54, "final_density": 0.1, "wall_seconds": 3.0}
-        cb.on_trial_result(0, [], trial, {FINAL_KEY: json.dumps(
-            {"status": "completed", "error": None, "final": final, "layers": []})})
+        cb.on_trial_result(
+            0, [], trial, {FINAL_KEY: json.dumps({"status": "completed", "error": None, "final": final, "layers": []})}
+        )
     db = tmp_path / "r.duckdb"
     assert rows(db, "select epoch, step from epochs order by epoch") == [(e, 10 * e) for e in (1, 2, 3, 4)]
     assert rows(db, "select step, dropped from mask_updates order by step") == [(10 * e, e) for e in (1, 2, 3, 4)]

@@ -68,19 +68,36 @@ def build_loaders(spec: DataSpec, seed: int, *, rank: int = 0, world_size: int =
         train_idx, val_idx = stratified_split(labels_of(train_ds), len(train_ds), spec.val_fraction)
         plain = mod.train_eval_dataset(spec) if hasattr(mod, "train_eval_dataset") else train_ds
         train_ds, val_ds = Subset(train_ds, train_idx), Subset(plain, val_idx)
-    info = _without_val(DatasetInfo(info.name, info.num_classes, info.input_shape,
-                                    len(train_ds) + (len(val_ds) if val_ds is not None else 0), info.test_size),
-                        spec)
+    info = _without_val(
+        DatasetInfo(
+            info.name,
+            info.num_classes,
+            info.input_shape,
+            len(train_ds) + (len(val_ds) if val_ds is not None else 0),
+            info.test_size,
+        ),
+        spec,
+    )
     gen = torch.Generator().manual_seed(int(seed))
     sampler = None
     if world_size > 1:
         sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed))
     common = dict(num_workers=spec.num_workers, pin_memory=torch.cuda.is_available())
-    train = DataLoader(train_ds, batch_size=spec.batch_size, shuffle=sampler is None, sampler=sampler,
-                       generator=gen, drop_last=False, **common)
+    train = DataLoader(
+        train_ds,
+        batch_size=spec.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=gen,
+        drop_last=False,
+        **common,
+    )
     test = DataLoader(test_ds, batch_size=spec.test_batch_size, shuffle=False, drop_last=False, **common)
-    val = (DataLoader(val_ds, batch_size=spec.test_batch_size, shuffle=False, drop_last=False, **common)
-           if val_ds is not None else None)
+    val = (
+        DataLoader(val_ds, batch_size=spec.test_batch_size, shuffle=False, drop_last=False, **common)
+        if val_ds is not None
+        else None
+    )
     return Loaders(train=train, test=test, info=info, val=val)
 
 

@@ -12,10 +12,15 @@ from .base import DataError, DatasetInfo
 
 # name -> (torchvision class, title, folder, num_classes, mean, std); stats as the GraNet reference
 _CIFAR = {
-    "cifar10": (tvd.CIFAR10, "CIFAR-10", "cifar-10-batches-py", 10,
-                (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": (tvd.CIFAR100, "CIFAR-100", "cifar-100-python", 100,
-                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": (tvd.CIFAR10, "CIFAR-10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": (
+        tvd.CIFAR100,
+        "CIFAR-100",
+        "cifar-100-python",
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    ),
 }
 
 
@@ -26,10 +31,14 @@ def info(spec) -> DatasetInfo:
 
 def _checked(cls):
     """`cls` checking that its files exist instead of their md5 (lets a real-format subset load)."""
-    return type(cls.__name__, (cls,), {
-        "meta": {**cls.meta, "md5": None},
-        "_check_integrity": lambda self: True,
-    })
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "meta": {**cls.meta, "md5": None},
+            "_check_integrity": lambda self: True,
+        },
+    )
 
 
 def datasets(spec):
@@ -43,13 +52,17 @@ def datasets(spec):
     path = Path(spec.root).expanduser() / folder
     expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     if not path.is_dir():
-        raise DataError(f"data.root: {title} not found at {path}: expected <root>/{folder} "
-                        f"(the python version from the CIFAR site); nothing is downloaded unless data.download: "
-                        f"true (or: granet data fetch {spec.name} --root {spec.root})")
+        raise DataError(
+            f"data.root: {title} not found at {path}: expected <root>/{folder} "
+            f"(the python version from the CIFAR site); nothing is downloaded unless data.download: "
+            f"true (or: granet data fetch {spec.name} --root {spec.root})"
+        )
     missing = [f for f in expected if not (path / f).is_file()]
     if missing:
-        raise DataError(f"data.root: {title} at {path} is incomplete, missing {', '.join(missing)}: expected "
-                        f"<root>/{folder}/{{{','.join(expected)}}}; nothing is downloaded")
+        raise DataError(
+            f"data.root: {title} at {path} is incomplete, missing {', '.join(missing)}: expected "
+            f"<root>/{folder}/{{{','.join(expected)}}}; nothing is downloaded"
+        )
     norm = [T.ToTensor(), T.Normalize(mean, std)]
     aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if spec.augment else []
     ds_cls, root = _checked(cls), str(Path(spec.root).expanduser())
@@ -62,5 +75,9 @@ def train_eval_dataset(spec):
     """The training images with the test transform: what the validation split is seen through."""
     cls, _title, _folder, _, mean, std = _CIFAR[spec.name]
     datasets(spec)  # the same checks and one-line errors as the training set
-    return _checked(cls)(str(Path(spec.root).expanduser()), train=True,
-                         transform=T.Compose([T.ToTensor(), T.Normalize(mean, std)]), download=False)
+    return _checked(cls)(
+        str(Path(spec.root).expanduser()),
+        train=True,
+        transform=T.Compose([T.ToTensor(), T.Normalize(mean, std)]),
+        download=False,
+    )

@@ -23,16 +23,19 @@ def datasets(spec):
     root = Path(spec.root).expanduser()
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise DataError(f"data.root: ImageNet {split} split not found at {root / split}: expected {LAYOUT}; "
-                            f"nothing is downloaded")
+            raise DataError(
+                f"data.root: ImageNet {split} split not found at {root / split}: expected {LAYOUT}; "
+                f"nothing is downloaded"
+            )
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
     aug = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()] if spec.augment else [T.Resize(256), T.CenterCrop(224)]
     try:
         train = tvd.ImageFolder(str(root / "train"), T.Compose(aug + norm))
         test = tvd.ImageFolder(str(root / "val"), T.Compose([T.Resize(256), T.CenterCrop(224)] + norm))
     except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(f"data.root: ImageNet at {root} is not usable ({str(e).splitlines()[0]}): "
-                        f"expected {LAYOUT}") from None
+        raise DataError(
+            f"data.root: ImageNet at {root} is not usable ({str(e).splitlines()[0]}): expected {LAYOUT}"
+        ) from None
     return train, test
 
 
@@ -40,5 +43,6 @@ def train_eval_dataset(spec):
     """The training images with the validation transform: what the validation split is seen through."""
     datasets(spec)  # the same checks and one-line errors as the training set
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
-    return tvd.ImageFolder(str(Path(spec.root).expanduser() / "train"),
-                           T.Compose([T.Resize(256), T.CenterCrop(224)] + norm))
+    return tvd.ImageFolder(
+        str(Path(spec.root).expanduser() / "train"), T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
+    )

@@ -46,5 +46,7 @@ def datasets(spec) -> tuple[TensorDataset, TensorDataset]:
     z = torch.randn(n, LATENT_DIM, generator=g)
     x = torch.tensordot(z, pats, dims=1) + NOISE * torch.randn(n, *shape, generator=g)
     y = (z @ w).argmax(1)
-    return (TensorDataset(x[: spec.train_size], y[: spec.train_size]),
-            TensorDataset(x[spec.train_size:], y[spec.train_size:]))
+    return (
+        TensorDataset(x[: spec.train_size], y[: spec.train_size]),
+        TensorDataset(x[spec.train_size :], y[spec.train_size :]),
+    )

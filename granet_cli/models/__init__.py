@@ -6,7 +6,7 @@ Every model takes [N, C, H, W] input of `input_shape` and returns logits
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

@@ -13,15 +13,21 @@ class LeNet5(nn.Module):
         super().__init__()
         c, h, w = input_shape
         self.features = nn.Sequential(
-            nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(c, 6, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(6, 16, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, ceil_mode=True),
             nn.Flatten(),
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, c, h, w)).shape[1]
         self.classifier = nn.Sequential(
-            nn.Linear(flat, 120), nn.ReLU(inplace=True),
-            nn.Linear(120, 84), nn.ReLU(inplace=True),
+            nn.Linear(flat, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
             nn.Linear(84, num_classes),
         )
 

@@ -8,7 +8,9 @@ import torch.nn as nn
 def mlp(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(math.prod(input_shape), 256), nn.ReLU(inplace=True),
-        nn.Linear(256, 128), nn.ReLU(inplace=True),
+        nn.Linear(math.prod(input_shape), 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, 128),
+        nn.ReLU(inplace=True),
         nn.Linear(128, num_classes),
     )

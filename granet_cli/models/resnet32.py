@@ -14,8 +14,11 @@ class CifarResNet(nn.Module):
         super().__init__()
         assert (depth - 2) % 6 == 0, f"depth must be 6n+2, got {depth}"
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
         blocks, in_planes = [], widths[0]
         for stage, planes in enumerate(widths):
             for i in range(n):

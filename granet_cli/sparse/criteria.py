@@ -104,8 +104,12 @@ def kth_smallest(values: Tensor, k: int, among: Tensor | None = None, n: int | N
         n = flat.numel() if cand is None else count(cand)
     size = torch.tensor([flat.numel()], device=flat.device)
     sample, m = _sample(flat, cand, torch.zeros_like(size), size)
-    lo, hi = _bracket(sample, m, torch.tensor([float(k)], device=flat.device, dtype=torch.float64),
-                      torch.tensor([float(n)], device=flat.device, dtype=torch.float64))
+    lo, hi = _bracket(
+        sample,
+        m,
+        torch.tensor([float(k)], device=flat.device, dtype=torch.float64),
+        torch.tensor([float(n)], device=flat.device, dtype=torch.float64),
+    )
     below, inside = flat < lo, (flat >= lo) & (flat <= hi)
     if cand is not None:
         below &= cand
@@ -123,7 +127,7 @@ def _ties_by_position(flat: Tensor, k: int, thr: Tensor, largest: bool, cand: Te
     if cand is not None:
         chosen &= cand
         at_thr &= cand
-    ties = torch.nonzero(at_thr).squeeze(1)[:k - count(chosen)]
+    ties = torch.nonzero(at_thr).squeeze(1)[: k - count(chosen)]
     chosen[ties] = True
     return chosen
 
@@ -154,8 +158,14 @@ def top_k_mask(scores: Tensor, k: int, *, largest: bool = True, among: Tensor | 
     return chosen.view_as(scores)
 
 
-def top_k_layers(scores: Sequence[Tensor], ks: Sequence[int], *, largest: bool = True,
-                 among: Sequence[Tensor] | None = None, n: Sequence[int] | None = None) -> list[Tensor]:
+def top_k_layers(
+    scores: Sequence[Tensor],
+    ks: Sequence[int],
+    *,
+    largest: bool = True,
+    among: Sequence[Tensor] | None = None,
+    n: Sequence[int] | None = None,
+) -> list[Tensor]:
     """`top_k_mask(scores[i], ks[i], among=among[i])` for every i: the very same masks.
 
     `n`, if given, holds the candidate counts. Batched (see `BATCH_LAYERS`), all tensors are
@@ -193,15 +203,20 @@ def _spread(per_segment: Tensor, sizes: Sequence[int]) -> Tensor:
     return torch.cat([v.expand(size) for v, size in zip(per_segment.unbind(), sizes)])
 
 
-def _kth_layers(flat: Tensor, cand: Tensor | None, sizes: list[int], ranks: list[int], n: list[int],
-                wanted: list[bool]) -> Tensor:
+def _kth_layers(
+    flat: Tensor, cand: Tensor | None, sizes: list[int], ranks: list[int], n: list[int], wanted: list[bool]
+) -> Tensor:
     """Per segment i with wanted[i]: the ranks[i]-th smallest of its candidates (`kth_smallest`
     on every segment at once); the other entries of the result are undefined."""
     dev = flat.device
     size_t = torch.tensor(sizes, device=dev)
     sample, m = _sample(flat, cand, size_t.cumsum(0) - size_t, size_t)
-    lo, hi = _bracket(sample, m, torch.tensor(ranks, device=dev, dtype=torch.float64),
-                      torch.tensor(n, device=dev, dtype=torch.float64))
+    lo, hi = _bracket(
+        sample,
+        m,
+        torch.tensor(ranks, device=dev, dtype=torch.float64),
+        torch.tensor(n, device=dev, dtype=torch.float64),
+    )
     lo_flat = _spread(lo, sizes)
     below, inside = flat < lo_flat, flat >= lo_flat
     del lo_flat
@@ -227,8 +242,11 @@ def _kth_runs(values: Tensor, lengths: list[int], wanted: list[tuple[int, int]])
     if values.device.type == "cpu":
         runs = values.split(lengths)
         return torch.stack([torch.kthvalue(runs[i], k).values for i, k in wanted])
-    run = torch.repeat_interleave(torch.arange(len(lengths), device=values.device),
-                                  torch.tensor(lengths, device=values.device), output_size=values.numel())
+    run = torch.repeat_interleave(
+        torch.arange(len(lengths), device=values.device),
+        torch.tensor(lengths, device=values.device),
+        output_size=values.numel(),
+    )
     values, order = values.sort(stable=True)
     _, by_run = run[order].sort(stable=True)
     starts = [0, *accumulate(lengths)]
@@ -236,15 +254,17 @@ def _kth_runs(values: Tensor, lengths: list[int], wanted: list[tuple[int, int]])
 
 
 # ----------------------------------------------------------------------------- drop
-def _magnitude_top_k_layers(tensors: Sequence[Tensor], ks: Sequence[int], *, largest: bool,
-                            among: Sequence[Tensor], n: Sequence[int] | None) -> list[Tensor]:
+def _magnitude_top_k_layers(
+    tensors: Sequence[Tensor], ks: Sequence[int], *, largest: bool, among: Sequence[Tensor], n: Sequence[int] | None
+) -> list[Tensor]:
     """Per layer, the k entries of largest (or smallest) |value| among the candidates."""
     magnitudes = torch._foreach_abs([t.detach() for t in tensors])
     return top_k_layers(magnitudes, ks, largest=largest, among=among, n=n)
 
 
-def drop_magnitude_layers(weights: Sequence[Tensor], masks: Sequence[Tensor], ns: Sequence[int],
-                          n_active: Sequence[int] | None = None) -> list[Tensor]:
+def drop_magnitude_layers(
+    weights: Sequence[Tensor], masks: Sequence[Tensor], ns: Sequence[int], n_active: Sequence[int] | None = None
+) -> list[Tensor]:
     """Per layer, the `ns[i]` active weights of smallest magnitude (all layers at once)."""
     return _magnitude_top_k_layers(weights, ns, largest=False, among=masks, n=n_active)
 
@@ -272,8 +292,9 @@ def grow_by_score(scores: Tensor, candidates: Tensor, n: int) -> Tensor:
     return top_k_mask(scores.detach().abs(), n, largest=True, among=candidates)
 
 
-def grow_by_score_layers(scores: Sequence[Tensor], candidates: Sequence[Tensor], ns: Sequence[int],
-                         n_candidates: Sequence[int] | None = None) -> list[Tensor]:
+def grow_by_score_layers(
+    scores: Sequence[Tensor], candidates: Sequence[Tensor], ns: Sequence[int], n_candidates: Sequence[int] | None = None
+) -> list[Tensor]:
     """`grow_by_score` for every layer at once (see `top_k_layers`)."""
     return _magnitude_top_k_layers(scores, ns, largest=True, among=candidates, n=n_candidates)
 

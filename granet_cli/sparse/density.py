@@ -17,8 +17,9 @@ def _raw_score(shape: Sequence[int], mode: str, power_scale: float) -> float:
     return (sum(dims) / math.prod(dims)) ** power_scale
 
 
-def erk_densities(shapes: Mapping[str, Sequence[int]], density: float, *,
-                  power_scale: float = 1.0, mode: str = "ERK") -> dict[str, float]:
+def erk_densities(
+    shapes: Mapping[str, Sequence[int]], density: float, *, power_scale: float = 1.0, mode: str = "ERK"
+) -> dict[str, float]:
     """Per-layer densities for ERK (`mode="ERK"`) or ER (`mode="ER"`)."""
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
@@ -45,8 +46,9 @@ def uniform_densities(shapes: Mapping[str, Sequence[int]], density: float) -> di
     return {name: float(density) for name in shapes}
 
 
-def layer_densities(shapes: Mapping[str, Sequence[int]], density: float, distribution: str,
-                    power_scale: float = 1.0) -> dict[str, float]:
+def layer_densities(
+    shapes: Mapping[str, Sequence[int]], density: float, distribution: str, power_scale: float = 1.0
+) -> dict[str, float]:
     """Dispatch on the distribution name: ERK, ER or uniform."""
     if distribution in ("ERK", "ER"):
         return erk_densities(shapes, density, power_scale=power_scale, mode=distribution)

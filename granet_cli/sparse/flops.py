@@ -28,6 +28,7 @@ def layer_macs(model: nn.Module, sample_input: torch.Tensor) -> dict[str, int]:
             else:
                 positions = per_sample_outputs // module.out_channels
             macs[f"{name}.weight"] = positions * module.weight.numel()
+
         return record
 
     for name, module in model.named_modules():
@@ -77,4 +78,3 @@ class FlopsMeter:
     def load_state_dict(self, state: Mapping) -> None:
         self.train_flops = float(state["train_flops"])
         self.steps = int(state["steps"])
-

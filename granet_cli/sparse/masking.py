@@ -45,14 +45,18 @@ class SparseLayer:
         return cast(Tensor, self.module.weight_mask)
 
 
-def sparsifiable_layers(model: nn.Module, dense_first_layer: bool = False,
-                        dense_classifier: bool = False) -> list[SparseLayer]:
+def sparsifiable_layers(
+    model: nn.Module, dense_first_layer: bool = False, dense_classifier: bool = False
+) -> list[SparseLayer]:
     """Every Conv2d / Linear weight (4-D and 2-D); biases and norm layers stay dense.
 
     The first such layer is the "first layer"; the last Linear is the classifier.
     """
-    found = [SparseLayer(f"{n}.weight" if n else "weight", m, m.weight)
-             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    found = [
+        SparseLayer(f"{n}.weight" if n else "weight", m, m.weight)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     linears = [layer for layer in found if isinstance(layer.module, nn.Linear)]
     excluded = set()
     if dense_first_layer and found:
@@ -74,9 +78,18 @@ class Masking:
     any passed in) follow every mask change and every step.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: Any, *,
-                 steps_per_epoch: int, epochs: int, sample_input: Tensor | None = None,
-                 init_grads: dict[str, Tensor] | None = None, observers: Sequence[MaskObserver] = ()):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: Any,
+        *,
+        steps_per_epoch: int,
+        epochs: int,
+        sample_input: Tensor | None = None,
+        init_grads: dict[str, Tensor] | None = None,
+        observers: Sequence[MaskObserver] = (),
+    ):
         self.cfg = cfg = SparseConfig.from_obj(config)
         self.model, self.optimizer = model, optimizer
         self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
@@ -92,8 +105,7 @@ class Masking:
         self.growth_rule = rules.lookup(rules.GROWTH_RULES, "growth", cfg.growth)
         self.redistribution = rules.lookup(rules.REDISTRIBUTION_RULES, "redistribution", cfg.redistribution)
         self.schedule = self._schedule()
-        self.update_end_step = (cfg.update_end_epoch * self.steps_per_epoch
-                                if cfg.update_end_epoch is not None else None)
+        self.update_end_step = cfg.update_end_epoch * self.steps_per_epoch if cfg.update_end_epoch is not None else None
         self.step_count = 0
         self.drop_fraction = cfg.prune_rate
         self.history: list[dict[str, Any]] = []
@@ -110,13 +122,20 @@ class Masking:
         if not cfg.gradual:
             return None
         final_epoch = cfg.final_prune_epoch if cfg.final_prune_epoch is not None else self.epochs
-        return CubicSchedule(cfg.init_density, cfg.final_density, cfg.init_prune_epoch * self.steps_per_epoch,
-                             final_epoch * self.steps_per_epoch, cfg.update_frequency)
+        return CubicSchedule(
+            cfg.init_density,
+            cfg.final_density,
+            cfg.init_prune_epoch * self.steps_per_epoch,
+            final_epoch * self.steps_per_epoch,
+            cfg.update_frequency,
+        )
 
     def _observe(self, sample_input: Tensor | None, extra: Sequence[MaskObserver]) -> None:
         """ITOP always; FLOPs when a sample input gives the layer sizes; then any passed in."""
         self.itop = ITOPTracker(self.masks())
-        self.flops = FlopsObserver(FlopsMeter(layer_macs(self.model, sample_input))) if sample_input is not None else None
+        self.flops = (
+            FlopsObserver(FlopsMeter(layer_macs(self.model, sample_input))) if sample_input is not None else None
+        )
         self.observers: list[MaskObserver] = [self.itop]
         if self.flops is not None:
             self.observers.append(self.flops)
@@ -191,8 +210,9 @@ class Masking:
             return  # masks start all ones
         if rule.start != "nonzero":  # a layer-density distribution: ERK, ER, uniform
             shapes = {layer.name: tuple(layer.weight.shape) for layer in self.layers}
-            pruning.random_masks(self.layers, layer_densities(shapes, cfg.init_density, rule.start,
-                                                              cfg.erk_power_scale))
+            pruning.random_masks(
+                self.layers, layer_densities(shapes, cfg.init_density, rule.start, cfg.erk_power_scale)
+            )
         else:
             for layer in self.layers:
                 layer.mask.copy_(layer.weight != 0)
@@ -211,8 +231,10 @@ class Masking:
     def _init_grad(self, layer: SparseLayer, init_grads: dict[str, Tensor] | None) -> Tensor:
         grad = (init_grads or {}).get(layer.name, layer.weight.grad)
         if grad is None:
-            raise ValueError(f"sparse_init {self.cfg.sparse_init} needs a gradient of the dense model "
-                             f"(pass init_grads or run a backward pass first); none for {layer.name}")
+            raise ValueError(
+                f"sparse_init {self.cfg.sparse_init} needs a gradient of the dense model "
+                f"(pass init_grads or run a backward pass first); none for {layer.name}"
+            )
         return grad
 
     # ------------------------------------------------------------------ training-time updates
@@ -270,8 +292,10 @@ class Masking:
     def prune_to(self, density: float) -> int:
         """Magnitude-prune to `density` overall (global) or in every layer (uniform)."""
         if self.cfg.pruning_schedule == "uniform":
-            pruned = sum(pruning.prune_layer(layer, kept_count(self.layer_target(layer, density), layer.mask.numel()))
-                         for layer in self.layers)
+            pruned = sum(
+                pruning.prune_layer(layer, kept_count(self.layer_target(layer, density), layer.mask.numel()))
+                for layer in self.layers
+            )
         else:
             pruned = pruning.prune_global(self.layers, round(density * self.total))
         self._sync_masks()
@@ -280,8 +304,10 @@ class Masking:
     def planned_density(self, density: float) -> float:
         """Overall density a pruning event to `density` will leave, from the current masks."""
         if self.cfg.pruning_schedule == "uniform":
-            kept = sum(min(self.active[layer.name], kept_count(self.layer_target(layer, density), layer.mask.numel()))
-                       for layer in self.layers)
+            kept = sum(
+                min(self.active[layer.name], kept_count(self.layer_target(layer, density), layer.mask.numel()))
+                for layer in self.layers
+            )
         else:
             kept = min(sum(self.active.values()), round(density * self.total))
         return kept / self.total
@@ -329,8 +355,15 @@ class Masking:
         return {layer.name: self.active[layer.name] / layer.weight.numel() for layer in self.layers}
 
     def layer_stats(self) -> list[dict[str, Any]]:
-        return [{"name": layer.name, "shape": list(layer.weight.shape), "numel": layer.weight.numel(),
-                 "density": self.active[layer.name] / layer.weight.numel()} for layer in self.layers]
+        return [
+            {
+                "name": layer.name,
+                "shape": list(layer.weight.shape),
+                "numel": layer.weight.numel(),
+                "density": self.active[layer.name] / layer.weight.numel(),
+            }
+            for layer in self.layers
+        ]
 
     def itop_rate(self) -> float:
         """In-time over-parameterisation: fraction of weights ever active so far."""
@@ -346,8 +379,9 @@ class Masking:
         """Every gradual-pruning event: step and the overall density it leaves."""
         if self.schedule is None:
             return []
-        return [{"step": t, "density": self.planned_density(self.schedule.density_at(t))}
-                for t in self.schedule.events()]
+        return [
+            {"step": t, "density": self.planned_density(self.schedule.density_at(t))} for t in self.schedule.events()
+        ]
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

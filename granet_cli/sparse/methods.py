@@ -14,14 +14,26 @@ METHOD_ALIASES = {"dst": "rigl"}
 
 #: "final" stands for the run's final_density.
 PRESETS: dict[str, dict[str, Any]] = {
-    "granet": dict(sparse_init="ERK", init_density=0.5, pruning_schedule="global", drop_and_grow=True, growth="gradient"),
-    "granet_uniform": dict(sparse_init="uniform", init_density=0.5, pruning_schedule="uniform", drop_and_grow=True, growth="gradient"),
-    "rigl": dict(sparse_init="ERK", init_density="final", pruning_schedule="none", drop_and_grow=True, growth="gradient"),
+    "granet": dict(
+        sparse_init="ERK", init_density=0.5, pruning_schedule="global", drop_and_grow=True, growth="gradient"
+    ),
+    "granet_uniform": dict(
+        sparse_init="uniform", init_density=0.5, pruning_schedule="uniform", drop_and_grow=True, growth="gradient"
+    ),
+    "rigl": dict(
+        sparse_init="ERK", init_density="final", pruning_schedule="none", drop_and_grow=True, growth="gradient"
+    ),
     "set": dict(sparse_init="ERK", init_density="final", pruning_schedule="none", drop_and_grow=True, growth="random"),
     "gmp": dict(sparse_init="GMP", init_density=1.0, pruning_schedule="global", drop_and_grow=False, growth="gradient"),
-    "gmp_uniform": dict(sparse_init="GMP", init_density=1.0, pruning_schedule="uniform", drop_and_grow=False, growth="gradient"),
-    "static": dict(sparse_init="ERK", init_density="final", pruning_schedule="none", drop_and_grow=False, growth="gradient"),
-    "dense": dict(sparse_init="dense", init_density=1.0, pruning_schedule="none", drop_and_grow=False, growth="gradient"),
+    "gmp_uniform": dict(
+        sparse_init="GMP", init_density=1.0, pruning_schedule="uniform", drop_and_grow=False, growth="gradient"
+    ),
+    "static": dict(
+        sparse_init="ERK", init_density="final", pruning_schedule="none", drop_and_grow=False, growth="gradient"
+    ),
+    "dense": dict(
+        sparse_init="dense", init_density=1.0, pruning_schedule="none", drop_and_grow=False, growth="gradient"
+    ),
 }
 #: fields a preset decides
 PRESET_FIELDS = ("sparse_init", "init_density", "pruning_schedule", "drop_and_grow", "growth")
@@ -69,7 +81,7 @@ class SparseConfig:
                 setattr(self, key, self.final_density if value == "final" else value)
 
     @classmethod
-    def from_obj(cls, obj: Any) -> "SparseConfig":
+    def from_obj(cls, obj: Any) -> SparseConfig:
         """Copy the matching attributes of any config-like object (e.g. a SparsitySpec)."""
         if isinstance(obj, cls):
             return obj

@@ -84,8 +84,9 @@ def _prune_all(layers: Sequence[SparseLayer], rate: float, before: Mapping[str, 
     prune_global(layers, int(sum(before.values()) * (1 - rate)))
 
 
-def _prune_structured(layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int],
-                      classifier: str | None) -> None:
+def _prune_structured(
+    layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int], classifier: str | None
+) -> None:
     # structured pruning never removes classifier outputs (that would delete classes)
     prune_channels([layer for layer in layers if layer.name != classifier], rate)
 
@@ -100,7 +101,13 @@ def _grow_structured(layer: SparseLayer, grad: Tensor, n: int, classifier: str |
     return grow_channels(layer, grad, n)
 
 
-ONE_SHOT_PRUNE: dict[str, Callable[..., None]] = {"layer": _prune_each, "global": _prune_all,
-                                                  "channel": _prune_structured}
-ONE_SHOT_REGROW: dict[str, Callable[..., Tensor]] = {"layer": _grow_weights, "global": _grow_weights,
-                                                     "channel": _grow_structured}
+ONE_SHOT_PRUNE: dict[str, Callable[..., None]] = {
+    "layer": _prune_each,
+    "global": _prune_all,
+    "channel": _prune_structured,
+}
+ONE_SHOT_REGROW: dict[str, Callable[..., Tensor]] = {
+    "layer": _grow_weights,
+    "global": _grow_weights,
+    "channel": _grow_structured,
+}

@@ -74,25 +74,31 @@ def _register(registry: dict[str, Any], kind: str, name: str, value: Any) -> Non
 
 def drop_rule(name: str) -> Callable[[Rule], Rule]:
     """Register `fn(selection) -> per-layer drop masks` as the drop criterion `name` (spec `prune`)."""
+
     def register(fn: Rule) -> Rule:
         _register(DROP_RULES, "drop", name, fn)
         return fn
+
     return register
 
 
 def growth_rule(name: str, *, dense_gradient: DenseGradient = "update") -> Callable[[Rule], Rule]:
     """Register `fn(selection) -> per-layer grow masks` as the growth criterion `name` (spec `growth`)."""
+
     def register(fn: Rule) -> Rule:
         _register(GROWTH_RULES, "growth", name, GrowthRule(name, fn, dense_gradient))
         return fn
+
     return register
 
 
 def redistribution_rule(name: str) -> Callable:
     """Register `fn(selection) -> per-layer weights of the regrowth share, or None`."""
+
     def register(fn: Callable) -> Callable:
         _register(REDISTRIBUTION_RULES, "redistribution", name, fn)
         return fn
+
     return register
 
 
@@ -107,29 +113,34 @@ def lookup(registry: dict[str, Any], field: str, name: str | None) -> Any:
 @drop_rule("magnitude")
 def _drop_magnitude(sel: Selection) -> list[Tensor]:
     from . import criteria
+
     return criteria.drop_magnitude_layers(sel.weights, sel.among, sel.n, sel.n_among)
 
 
 @drop_rule("SET")
 def _drop_set(sel: Selection) -> list[Tensor]:
     from . import criteria
+
     return [criteria.drop_set(w, m, n) for w, m, n in zip(sel.weights, sel.among, sel.n)]
 
 
 @drop_rule("threshold")
 def _drop_threshold(sel: Selection) -> list[Tensor]:
     from . import criteria
+
     return [criteria.drop_threshold(w, m, sel.config.prune_threshold) for w, m in zip(sel.weights, sel.among)]
 
 
 # ----------------------------------------------------------------------------- growth
 def _gradient(weight: Tensor) -> Tensor:
     import torch
+
     return weight.grad if weight.grad is not None else torch.zeros_like(weight)
 
 
 def _momentum(optimizer: torch.optim.Optimizer | None, weight: Tensor) -> Tensor:
     from . import criteria
+
     score = criteria.momentum_scores(optimizer, weight) if optimizer is not None else None
     return score if score is not None else _gradient(weight)
 
@@ -137,6 +148,7 @@ def _momentum(optimizer: torch.optim.Optimizer | None, weight: Tensor) -> Tensor
 @growth_rule("gradient", dense_gradient="update")
 def _grow_gradient(sel: Selection) -> list[Tensor]:
     from . import criteria
+
     scores = [_gradient(w) for w in sel.weights]
     return criteria.grow_by_score_layers(scores, sel.among, sel.n, sel.n_among)
 
@@ -144,6 +156,7 @@ def _grow_gradient(sel: Selection) -> list[Tensor]:
 @growth_rule("momentum", dense_gradient="step")
 def _grow_momentum(sel: Selection) -> list[Tensor]:
     from . import criteria
+
     scores = [_momentum(sel.optimizer, w) for w in sel.weights]
     return criteria.grow_by_score_layers(scores, sel.among, sel.n, sel.n_among)
 
@@ -151,6 +164,7 @@ def _grow_momentum(sel: Selection) -> list[Tensor]:
 @growth_rule("random", dense_gradient=None)
 def _grow_random(sel: Selection) -> list[Tensor]:
     from . import criteria
+
     return [criteria.grow_random(c, n) for c, n in zip(sel.among, sel.n)]
 
 
@@ -160,6 +174,7 @@ def _grow_momentum_neuron(sel: Selection) -> list[Tensor]:
     neurons in proportion to their mean |momentum| (capped by each neuron's free positions, the
     total exact), then each neuron grows its free positions of largest |momentum|."""
     import torch
+
     grown = []
     for weight, free, n in zip(sel.weights, sel.among, sel.n):
         score = _momentum(sel.optimizer, weight).detach().abs().flatten(1)
@@ -168,8 +183,9 @@ def _grow_momentum_neuron(sel: Selection) -> list[Tensor]:
         per_neuron = allocate(n, share, dict(enumerate(free_rows.sum(1).tolist())))
         k = torch.tensor([per_neuron[i] for i in range(len(share))], device=weight.device)
         order = torch.where(free_rows, score, -math.inf).argsort(dim=1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=weight.device)
-                                                .expand_as(order).contiguous())
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(order.shape[1], device=weight.device).expand_as(order).contiguous()
+        )
         grown.append((rank < k[:, None]).view_as(free))
     return grown
 
