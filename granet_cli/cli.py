@@ -13,20 +13,30 @@ import uuid
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from typer.core import TyperGroup
 
 try:  # typer >= 0.20 vendors click as typer._click; older typers use click itself
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import NoArgsIsHelpError, UsageError
+    # mypy types these names from the typer._click branch; older typers (no typer._click) raise click's own
+    from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
 
-from .records import FINAL_KEYS, record_for, store_final  # noqa: F401 (re-exported)
-from .spec import RunSpec, SpecError, load_run_spec
+# Heavy modules (pydantic specs, torch, Ray, DuckDB, matplotlib) are imported inside the commands
+# that need them, so `granet --help` and `granet validate` start fast.
+if TYPE_CHECKING:
+    from rich.table import Table as RichTable
+
+    from .spec import RunSpec
+
+
+def Table(*args, **kwargs) -> RichTable:  # noqa: N802 - stands in for rich's class, imported on first use
+    from rich.table import Table as RichTable
+
+    return RichTable(*args, **kwargs)
 
 
 class _Group(TyperGroup):
@@ -126,6 +136,8 @@ def _main_options(
 
 
 def _load(spec_path: Path | None, overrides: list[str] | None) -> RunSpec:
+    from .spec import SpecError, load_run_spec
+
     try:
         return load_run_spec(spec_path, overrides)
     except SpecError as e:
@@ -239,7 +251,7 @@ def validate(spec: Annotated[Path, typer.Argument(help="YAML run spec.")], set_:
     """Check a spec and print it normalised (method presets filled in). Exit 2 on any problem."""
     import yaml
 
-    from .spec import read_yaml
+    from .spec import SpecError, read_yaml
 
     run_spec = _load(spec, set_)
     sweep_plan = None
@@ -333,6 +345,8 @@ def run(
         except TrackerError as e:
             fail(str(e))
     _check_runs_dir(runs_dir)  # every check before the first write (db file, runs dir) and before torch loads
+    from .records import record_for, store_final
+
     db_path = _db_path(db)
     spec_hash = run_spec.spec_hash()
     run_dir = runs_dir / spec_hash
@@ -426,9 +440,7 @@ def run(
 
     def on_epoch(row: dict, updates: list[dict]) -> None:
         def write() -> None:
-            store.add_epoch(run_id, row)
-            if updates:
-                store.add_mask_updates(run_id, updates)
+            store.add_epoch(run_id, row, mask_updates=updates)  # one transaction per epoch
 
         db_write(write)
         if tb is not None:
@@ -653,6 +665,7 @@ def sweep(
     ] = False,
 ) -> None:
     """Methods x densities x seeds (x --grid fields) as Ray Tune trials; rerunning the same sweep runs only what is missing."""
+    from .spec import SpecError
     from .store import StoreError
     from .sweep import (
         SweepError,
@@ -784,7 +797,7 @@ def report(
 try:  # typer >= 0.20 vendors click as typer._click
     from typer._click.exceptions import ClickException as _ClickException
 except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException as _ClickException
+    from click.exceptions import ClickException as _ClickException  # type: ignore[assignment]  # as above
 
 
 def _guard(fn):
@@ -803,6 +816,7 @@ def _guard(fn):
             err.print("interrupted", highlight=False)
             raise typer.Exit(EXIT_SIGINT) from None
         except Exception as e:  # noqa: BLE001 - the promise: one line, never a traceback
+            from .spec import SpecError
             from .store import StoreError
 
             if DEBUG:

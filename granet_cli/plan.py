@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -21,7 +22,9 @@ def build_plan(spec: RunSpec) -> dict[str, Any]:
     torch.manual_seed(spec.seed)
     info = dataset_info(spec.data)
     model = build_model(spec.model, info.num_classes, tuple(info.input_shape))
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.optim.lr)
+    # The masks need no optimizer state before training; a real torch optimizer would import
+    # torch._dynamo on construction (seconds of start-up for a command that trains nothing).
+    optimizer = cast(torch.optim.Optimizer, SimpleNamespace(state={}, param_groups=[]))  # the masks read only these
     if spec.sparsity.sparse_init in GRADIENT_INITS:  # one synthetic batch stands in for data
         x = torch.randn(2, *info.input_shape)
         nn.functional.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()

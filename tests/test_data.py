@@ -286,3 +286,20 @@ def test_fake_imagenet_folder_loads(tmp_path):
     xv, yv = first_batch(loaders.test)
     assert xv.shape == (4, 3, 224, 224) and yv.tolist() == [0, 0, 1, 1]
     assert loaders.info.num_classes == 2 and loaders.info.train_size == 4
+
+
+def test_shipped_digits_split_is_scikit_learns():
+    """digits never imports scikit-learn at run time: its shipped split must be exactly sklearn's."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from granet_cli.data import digits
+
+    d = load_digits()
+    want = train_test_split(
+        (d.images / 16.0).astype(np.float32), d.target, test_size=0.25, stratify=d.target, random_state=0
+    )
+    got = digits._split()
+    for a, b in zip(want, got):
+        assert np.array_equal(a, b)

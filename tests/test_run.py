@@ -79,9 +79,9 @@ def test_cli_resume_after_kill(cli, tmp_path):
     args = [
         QUICKSTART,
         "--set",
-        "optim.epochs=400",
+        "optim.epochs=100",
         "--set",
-        "sparsity.final_prune_epoch=200",
+        "sparsity.final_prune_epoch=50",
         "--db",
         db,
         "--runs-dir",
@@ -102,14 +102,14 @@ def test_cli_resume_after_kill(cli, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     ((status, done),) = rows(db, "select status, (select count(*) from epochs) from runs")
-    assert status == "running" and 0 < done < 400  # really interrupted mid-way
+    assert status == "running" and 0 < done < 100  # really interrupted mid-way
     result = cli("run", *args, "--resume")
     assert result.exit_code == 0, result.output
     ((run_count,),) = rows(db, "select count(*) from runs")
     ((status, density),) = rows(db, "select status, final_density from runs")
     epochs = [e for (e,) in rows(db, "select epoch from epochs order by epoch")]
     assert run_count == 1 and status == "completed" and abs(density - 0.1) <= 0.001
-    assert epochs == list(range(1, 401))
+    assert epochs == list(range(1, 101))
 
 
 def test_resume_without_checkpoint_is_exit_2(cli, tmp_path):

@@ -6,23 +6,26 @@ scikit-learn, synthetic is generated from a fixed seed.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from granet_cli.spec import DataSpec
 
-from . import cifar, digits, imagenet, synthetic
 from .base import DataError, DatasetInfo
 from .split import labels_of, stratified_split, val_count
 
+#: name -> module of this package; imported on first use, so the digits quickstart never
+#: loads torchvision (seconds of start-up) and CIFAR/ImageNet never load scikit-learn
 _REGISTRY = {
-    "digits": digits,
-    "cifar10": cifar,
-    "cifar100": cifar,
-    "imagenet": imagenet,
-    "synthetic": synthetic,
+    "digits": "digits",
+    "cifar10": "cifar",
+    "cifar100": "cifar",
+    "imagenet": "imagenet",
+    "synthetic": "synthetic",
 }
 DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -36,10 +39,10 @@ class Loaders:
 
 
 def _module(spec: DataSpec):
-    mod = _REGISTRY.get(spec.name)
-    if mod is None:
+    name = _REGISTRY.get(spec.name)
+    if name is None:
         raise DataError(f"data.name: unknown dataset {spec.name!r}; choose from {', '.join(DATASET_NAMES)}")
-    return mod
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def dataset_info(spec: DataSpec) -> DatasetInfo:
@@ -79,10 +82,10 @@ def build_loaders(spec: DataSpec, seed: int, *, rank: int = 0, world_size: int =
         spec,
     )
     gen = torch.Generator().manual_seed(int(seed))
-    sampler = None
+    sampler: DistributedSampler | None = None
     if world_size > 1:
         sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed))
-    common = dict(num_workers=spec.num_workers, pin_memory=torch.cuda.is_available())
+    common: dict[str, Any] = dict(num_workers=spec.num_workers, pin_memory=torch.cuda.is_available())
     train = DataLoader(
         train_ds,
         batch_size=spec.batch_size,
