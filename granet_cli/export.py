@@ -18,10 +18,11 @@ import math
 import statistics
 import time
 import warnings
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -391,7 +392,7 @@ def evaluate_loaded(loaded: Loaded, overrides: list[str] | None = None, device: 
         "test_acc": acc,
         "test_loss": loss,
         "test_acc5": acc5,
-        "samples": len(loaders.test.dataset),
+        "samples": len(cast(Sized, loaders.test.dataset)),
         "dataset": spec.data.name,
         "device": str(dev),
         "source": loaded.source,

@@ -19,13 +19,17 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-_RC = {
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
+_RC: dict[RcKeyType, Any] = {
     "svg.fonttype": "none",
     "font.size": 9,
     "axes.grid": True,
@@ -303,7 +307,7 @@ def density_steps_plot(
 
 
 def accuracy_vs_flops_plot(
-    series: Mapping[str, Sequence[Mapping[str, float]]],
+    series: Mapping[str, Sequence[Mapping[str, Any]]],  # values: float or None, checked with _finite
     *,
     dense: tuple[float, float] | None = None,
     ylabel: str = "test accuracy (%)",

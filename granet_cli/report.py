@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
@@ -295,7 +295,7 @@ class ReportResult:
 
 
 # ------------------------------------------------------------------------ formatting
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -303,7 +303,7 @@ def fmt_density(d: float) -> str:
     return f"{d:g}"
 
 
-def _agg(values: Sequence[float]) -> S.Summary | None:
+def _agg(values: Sequence[float | None]) -> S.Summary | None:
     return S.summary(values)
 
 
@@ -363,7 +363,7 @@ def _sparse_densities(runs: list[dict]) -> list[float]:
     ds.discard(None)
     if not ds:  # only dense runs
         ds = {_dkey(r["target_density"]) if _finite(r["target_density"]) else 1.0 for r in runs}
-    return sorted(ds)
+    return sorted(cast(set[float], ds))  # None discarded above; _dkey of a finite value is a float
 
 
 def _modal_n(cells: list[Cell]) -> int | None:
@@ -441,13 +441,16 @@ def build_table(
     if mark_best:
         for j in range(len(densities)):
             sparse = [r for r in rows if not r.baseline]
-            rank = S.rank_column(
-                [r.cells[j].values if r.cells[j] else None for r in sparse], higher_is_better=higher_is_better
-            )
+            col_cells = [r.cells[j] for r in sparse]
+            rank = S.rank_column([c.values if c else None for c in col_cells], higher_is_better=higher_is_better)
             if rank.best is not None:
-                sparse[rank.best].cells[j].best = True
+                best_cell = col_cells[rank.best]
+                assert best_cell is not None  # rank_column marks only non-empty cells
+                best_cell.best = True
             for i in rank.tied:
-                sparse[i].cells[j].tied = True
+                tied_cell = col_cells[i]
+                assert tied_cell is not None  # rank_column marks only non-empty cells
+                tied_cell.tied = True
         note_lines.append(
             "Bold: significantly best in its density column (Welch's t-test, p < 0.05 against every "
             "other sparse row); ≈: tied for best (the highest mean and every row not significantly "
@@ -500,12 +503,15 @@ def dense_diff_table(main: Table) -> TextTable | None:
     dense_rows = [r for r in main.rows if r.baseline and r.cells and r.cells[0] is not None]
     if not dense_rows:
         return None
-    rows, strong, data = [], set(), []
+    rows: list[list[str]] = []
+    strong: set[tuple[int, int]] = set()
+    data: list[dict[str, Any]] = []
     for r in (r for r in main.rows if not r.baseline):
         d_row = _dense_for(r, dense_rows)
         if d_row is None:
             continue
         dense = d_row.cells[0]
+        assert dense is not None  # dense_rows all have a first cell
         texts = []
         for j, (d, c) in enumerate(zip(main.densities, r.cells)):
             if c is None:
@@ -558,7 +564,9 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
     others = [r for r in main.rows if not r.baseline]
     if not refs or len(others) < 2:
         return None
-    rows, strong, data = [], set(), []
+    rows: list[list[str]] = []
+    strong: set[tuple[int, int]] = set()
+    data: list[dict[str, Any]] = []
     for g in refs:
         for o in others:
             if o is g:
@@ -626,18 +634,19 @@ def budget_table(main: Table) -> tuple[TextTable | None, list[str]]:
         return None, missing
     ns = [len(runs) for _l, _d, runs in entries]
     table_n = max(set(ns), key=lambda n: (ns.count(n), n))
-    rows, data = [], []
+    rows: list[list[str]] = []
+    data: list[dict[str, Any]] = []
     for label, d, runs in entries:
         means = {c: _agg([x.get(c) for x in runs]) for c, _h, _u in cols}
         lab = label if len(runs) == table_n else f"{label} (n={len(runs)})"
-        rows.append([lab, fmt_density(d), *(u.value(means[c].mean if means[c] else None) for c, _h, u in cols)])
+        rows.append([lab, fmt_density(d), *(u.value(s.mean if (s := means[c]) else None) for c, _h, u in cols)])
         data.append(
             {
                 "row": label,
                 "density": d,
                 "n": len(runs),
-                **{c: (means[c].mean if means[c] else None) for c, _h, _u in cols},
-                **{f"{c}_std": (means[c].std if means[c] else None) for c, _h, _u in cols},
+                **{c: (s.mean if (s := means[c]) else None) for c, _h, _u in cols},
+                **{f"{c}_std": (s.std if (s := means[c]) else None) for c, _h, _u in cols},
             }
         )
     uniform = all(n == table_n for n in ns)

@@ -50,7 +50,7 @@ def _connection(store):
     return store._reading()
 
 
-def _quote(text: str) -> str:
+def _quote(text: str | Path) -> str:
     """A SQL string literal (COPY's target file name cannot be a parameter)."""
     return "'" + str(text).replace("'", "''") + "'"
 

@@ -239,6 +239,8 @@ class RunSpec(_Strict):
             default_end = max(1, round(self.optim.epochs * 110 / 160)) if sp.gradual else self.optim.epochs
             object.__setattr__(sp, "final_prune_epoch", default_end)
         problems = []
+        # both filled above (every preset sets init_density)
+        assert sp.init_density is not None and sp.final_prune_epoch is not None
         if sp.init_density < sp.final_density:
             problems.append(
                 f"sparsity.init_density: must be >= final_density ({sp.final_density}), got {sp.init_density}"
@@ -332,7 +334,7 @@ def _hash(data: dict[str, Any], drop: tuple[str, ...]) -> str:
 
 def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
     """One `field.path: message` line per pydantic error."""
-    lines = []
+    lines: list[str] = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
@@ -411,7 +413,7 @@ class SpecLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses duplicate keys and reads YAML 1.2 floats (`1e-3` is a number,
     not the string PyYAML's YAML 1.1 makes of it, so strict float fields accept it)."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
@@ -450,6 +452,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass
     except DuplicateKeyError as e:
+        assert e.problem_mark is not None  # SpecLoader always gives the duplicate key's mark
         raise SpecError([f"{path}: line {e.problem_mark.line + 1}: {e.problem}"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -21,12 +21,13 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
 
 
-def _finite(x) -> bool:
+def _finite(x: object) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -53,7 +54,7 @@ def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
     return float(t.ppf(0.5 + confidence / 2, df))
 
 
-def summary(values: Sequence[float]) -> Summary | None:
+def summary(values: Sequence[float | None]) -> Summary | None:
     vals = [float(v) for v in values if _finite(v)]
     if not vals:
         return None

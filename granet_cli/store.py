@@ -391,6 +391,8 @@ def _inspect(con: duckdb.DuckDBPyConnection) -> tuple[int | None, dict[str, set[
         raise _NotGranet(f"missing columns: {', '.join(absent[:6])}{', ...' if len(absent) > 6 else ''}")
     if META_TABLE in cols:
         row = con.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            raise _NotGranet(f"{META_TABLE} has no valid schema_version ({'none'!r})")
         try:
             return int(row[0]), cols
         except (TypeError, ValueError):
@@ -663,6 +665,7 @@ class Store:
             if self._closed:
                 raise StoreError(f"results db {self.path}: store is closed")
             if self._memory:
+                assert self._mem is not None  # set by _open for ':memory:', cleared only by close()
                 yield self._mem
                 return
             con = self._instance()

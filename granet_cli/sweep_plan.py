@@ -277,7 +277,9 @@ def expand_grid(base: RunSpec, grid: SweepSpec) -> list[Point]:
     overridden when it differs from the base spec's, so preset fields the user set for the
     base method (e.g. GraNet's init_density) stay when that method is swept.
     """
-    points, problems, seen = [], [], set()
+    points: list[Point] = []
+    problems: list[str] = []
+    seen: set[str] = set()
     keys = list(grid.grid)
     combos = list(itertools.product(*(grid.grid[k] for k in keys))) if keys else [()]
     for method in grid.methods:
@@ -347,7 +349,8 @@ def plan_sweep(
     merged = {**section, **{k: v for k, v in flags.items() if v is not None}}
     grid_flags = parse_grid_flags(grid, problems)
     if grid_flags:
-        base_grid = merged.get("grid") if isinstance(merged.get("grid"), dict) else {}
+        grid_value = merged.get("grid")
+        base_grid = grid_value if isinstance(grid_value, dict) else {}
         merged["grid"] = {**base_grid, **grid_flags}
     sweep = base = None
     try:

@@ -319,7 +319,7 @@ def _init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    quiet = dict(logging_level=logging.ERROR, log_to_driver=False)
+    quiet: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False)
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -370,13 +370,14 @@ def _interrupted_status(store_module) -> str:
 def _start_attempt(store, t: TrialOutcome, sweep_id: str) -> None:
     """(Re)register the run as running with its attempt count (runs.attempts): the first attempt
     of this invocation and every Tune retry; a run continued from an earlier invocation adds up."""
+    assert t.run_id is not None  # every trial to run is given its run id when it is planned
     store.start_run({**record_for(t.point.spec, t.run_id, sweep_id), "attempts": t.prior_attempts + t.attempts})
 
 
 def _make_callback(
     store,
     plan: SweepPlan,
-    by_run: dict[str, TrialOutcome],
+    by_run: dict[str | None, TrialOutcome],
     display: _Display,
     max_failures: int = 0,
     outcome: SweepOutcome | None = None,
@@ -444,10 +445,8 @@ def _make_callback(
                 if t.fresh_attempt:  # a retry with no checkpoint to go on from starts over: so do its rows
                     self.store.truncate_after(t.run_id, 0, 0)
                     t.fresh_attempt = False
-                self.store.add_epoch(t.run_id, row)
                 updates = json.loads(result.get(UPDATES_KEY) or "[]")
-                if updates:
-                    self.store.add_mask_updates(t.run_id, updates)
+                self.store.add_epoch(t.run_id, row, mask_updates=updates)  # one transaction per epoch
                 t.last_epoch = row["epoch"]
                 self.display.epoch(t, row.get("test_acc"))
             if FINAL_KEY in result:
@@ -534,7 +533,7 @@ def run_sweep(
     done = {h for h, r in prior.items() if r["status"] in DONE_STATUSES}
     todo_points = [p for p in plan.points if p.spec_hash not in done]
     if not todo_points:
-        trials = [_done_outcome(p, prior[p.spec_hash]) for p in plan.points]
+        trials: list[TrialOutcome] = [_done_outcome(p, prior[p.spec_hash]) for p in plan.points]
         return SweepOutcome(plan, trials, len(trials), 0, time.perf_counter() - started_at)
 
     import ray
@@ -554,7 +553,7 @@ def run_sweep(
         prior = pick(store.runs(sweep=plan.sweep_id))
         store.add_sweep(plan.sweep_id, plan.name, plan.grid_record())
         checkpoints = find_checkpoints(storage, experiment)
-        trials: list[TrialOutcome] = []
+        trials = []
         for p in plan.points:
             row = prior.get(p.spec_hash)
             if row is not None and row["status"] in DONE_STATUSES:
@@ -649,6 +648,7 @@ def run_sweep(
         for t in todo:  # Ctrl+C / SIGTERM: Tune stopped the trials before their end
             if t.status == "running":
                 t.status, t.error = ("interrupted" if status == "interrupted" else "failed"), INTERRUPTED
+                assert t.run_id is not None  # every trial to run is given its run id when it is planned
                 store.fail_run(t.run_id, status, INTERRUPTED)
                 outcome.interrupted = True
             elif t.status == "pending":
@@ -697,11 +697,11 @@ def _tune_env() -> Iterator[None]:
     try:
         yield
     finally:
-        for k, v in before.items():
-            if v is None:
+        for k, old in before.items():
+            if old is None:
                 os.environ.pop(k, None)
             else:
-                os.environ[k] = v
+                os.environ[k] = old
 
 
 def _main_thread() -> bool:

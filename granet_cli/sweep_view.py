@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .sweep_plan import DONE_STATUSES, SweepOutcome, SweepPlan, TrialOutcome, _fmt, point_state, short_keys
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 
 def _pct(v: float | None) -> str:
@@ -89,14 +94,15 @@ def dry_run_table(plan: SweepPlan, prior: dict[str, dict]):
 
     table = Table(title=f"sweep {plan.name} ({plan.sweep_id}): {len(plan.points)} points (dry run)")
     extra = _grid_columns(plan)
-    for col, just in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("method", "left"),
         ("density", "right"),
         ("seed", "right"),
         *((c, "right") for c in extra.values()),
         ("spec_hash", "left"),
         ("state", "left"),
-    ):
+    )
+    for col, just in columns:
         table.add_column(col, justify=just)
     for p in plan.points:
         state = point_state(prior.get(p.spec_hash))

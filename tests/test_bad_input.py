@@ -431,10 +431,10 @@ def test_results_db_failure_mid_run_is_one_line_and_resumable(cli, tmp_path, mon
     db, runs = tmp_path / "r.duckdb", tmp_path / "runs"
     real_add_epoch = Store.add_epoch
 
-    def add_epoch(self, run_id, row):
+    def add_epoch(self, run_id, row, mask_updates=None):
         if row["epoch"] == 2:
             raise StoreError(f"results db {db}: IO Error: No space left on device")
-        return real_add_epoch(self, run_id, row)
+        return real_add_epoch(self, run_id, row, mask_updates=mask_updates)
 
     monkeypatch.setattr(Store, "add_epoch", add_epoch)
     result = cli("run", Q, *SHORT, "--db", db, "--runs-dir", runs, "-q")

@@ -7,7 +7,7 @@ Pools use ceil_mode so inputs smaller than 32x32 (e.g. 8x8 digits) still fit.
 
 import torch.nn as nn
 
-CFG = {
+CFG: dict[int, list[int | str]] = {
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
     19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
 }
@@ -16,11 +16,13 @@ CFG = {
 class VGG(nn.Module):
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3):
         super().__init__()
-        layers, c = [], in_channels
+        layers: list[nn.Module] = []
+        c = in_channels
         for v in CFG[depth]:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             else:
+                assert isinstance(v, int)  # CFG holds channel counts and "M"
                 layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 c = v
         self.features = nn.Sequential(*layers)

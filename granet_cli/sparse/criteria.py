@@ -147,6 +147,7 @@ def top_k_mask(scores: Tensor, k: int, *, largest: bool = True, among: Tensor | 
     if k >= flat.numel():
         return torch.ones_like(scores, dtype=torch.bool)
     if k > n:
+        assert cand is not None  # k < flat.numel() here, so k > n only with candidates
         filled = torch.where(cand, flat, -math.inf if largest else math.inf)
         return top_k_mask(filled.view_as(scores), k, largest=largest)
     thr = kth_smallest(flat, n - k + 1 if largest else k, cand, n)
@@ -178,9 +179,9 @@ def top_k_layers(
     if not batch or len(scores) < 2:
         return [top_k_mask(s, k, largest=largest, among=a) for s, k, a in zip(scores, ks, cands)]
     sizes = [s.numel() for s in scores]
-    n = list(n) if n is not None else (sizes if among is None else counts(cands))
+    n = list(n) if n is not None else (sizes if among is None else counts(among))
     flat = torch.cat([s.reshape(-1) for s in scores])
-    cand = None if among is None else torch.cat([a.reshape(-1) for a in cands])
+    cand = None if among is None else torch.cat([a.reshape(-1) for a in among])
     regular = [0 < k <= c and k < size for k, c, size in zip(ks, n, sizes)]
     ranks = [(c - k + 1 if largest else k) if ok else 1 for k, c, ok in zip(ks, n, regular)]
     thr = _kth_layers(flat, cand, sizes, ranks, n, regular)
@@ -232,7 +233,7 @@ def _kth_layers(
         thr[hits] = _kth_runs(flat[inside], n_inside, [(i, ranks[i] - n_below[i]) for i in hits])
     parts, cand_parts = flat.split(sizes), (cand.split(sizes) if cand is not None else None)
     for i in misses:  # the bracket missed: rank that whole segment
-        thr[i] = _kth(parts[i] if cand is None else parts[i][cand_parts[i]], ranks[i])
+        thr[i] = _kth(parts[i] if cand_parts is None else parts[i][cand_parts[i]], ranks[i])
     return thr
 
 

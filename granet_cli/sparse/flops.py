@@ -21,7 +21,7 @@ def layer_macs(model: nn.Module, sample_input: torch.Tensor) -> dict[str, int]:
     hooks = []
 
     def hook(name: str):
-        def record(module: nn.Module, inputs, output: torch.Tensor) -> None:
+        def record(module: nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear, inputs, output: torch.Tensor) -> None:
             per_sample_outputs = output.numel() // output.shape[0]
             if isinstance(module, nn.Linear):
                 positions = per_sample_outputs // module.out_features

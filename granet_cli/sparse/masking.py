@@ -122,6 +122,7 @@ class Masking:
         if not cfg.gradual:
             return None
         final_epoch = cfg.final_prune_epoch if cfg.final_prune_epoch is not None else self.epochs
+        assert cfg.init_density is not None  # SparseConfig.__post_init__ fills it from the method preset
         return CubicSchedule(
             cfg.init_density,
             cfg.final_density,
@@ -210,6 +211,7 @@ class Masking:
             return  # masks start all ones
         if rule.start != "nonzero":  # a layer-density distribution: ERK, ER, uniform
             shapes = {layer.name: tuple(layer.weight.shape) for layer in self.layers}
+            assert cfg.init_density is not None  # SparseConfig.__post_init__ fills it from the method preset
             pruning.random_masks(
                 self.layers, layer_densities(shapes, cfg.init_density, rule.start, cfg.erk_power_scale)
             )
