@@ -80,6 +80,18 @@ def _figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4, height: float
     return fig, axes
 
 
+def _panel_grid(n: int, ncols: int, *, panel_w: float, panel_h: float, extra_h: float):
+    """A figure of `n` panels, `ncols` to a row: (figure, axes grid, the n panels' axes in order).
+    Grid cells past the last panel are hidden."""
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, grid = _figure(nrows, ncols, width=min(panel_w * ncols + 0.6, 11), height=panel_h * nrows + extra_h)
+    cells = [ax for row in grid for ax in row]
+    for ax in cells[n:]:
+        ax.set_visible(False)
+    return fig, grid, cells[:n]
+
+
 def _to_svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
@@ -190,14 +202,10 @@ def curves_plot(
     panels = {p: s for p, s in panels.items() if s}
     if not panels:
         return Plot(key, title, None, empty_note)
-    n = len(panels)
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
     with matplotlib.rc_context(_RC):
-        fig, axes = _figure(nrows, ncols, width=min(3.4 * ncols + 0.6, 11), height=2.8 * nrows + 0.5)
+        fig, axes, cells = _panel_grid(len(panels), ncols, panel_w=3.4, panel_h=2.8, extra_h=0.5)
         order = sorted({m for s in panels.values() for m in s})
-        for i, (ptitle, series) in enumerate(panels.items()):
-            ax = axes[i // ncols][i % ncols]
+        for ax, (ptitle, series) in zip(cells, panels.items()):
             for m, v in series.items():
                 xs = [p[0] for p in v]
                 ys = [p[1] for p in v]
@@ -222,23 +230,7 @@ def curves_plot(
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        for j in range(n, nrows * ncols):
-            axes[j // ncols][j % ncols].set_visible(False)
-        handles, labels = {}, []
-        for row in axes:
-            for ax in row:
-                for h, lab in zip(*ax.get_legend_handles_labels()):
-                    if lab not in handles:
-                        handles[lab] = h
-                        labels.append(lab)
-        fig.legend(
-            [handles[lab] for lab in labels],
-            labels,
-            loc="outside lower center",
-            ncols=min(len(labels), 5),
-            fontsize=8,
-            frameon=False,
-        )
+        _fig_legend(fig, axes, ncols=5)
         fig.suptitle(title)
         return Plot(key, title, _to_svg(fig))
 
@@ -396,14 +388,10 @@ def mask_updates_plot(
     panels = {t: rows for t, rows in panels.items() if rows}
     if not panels:
         return Plot(key, title, None, "no drop-and-grow updates recorded (no method here regrows weights)")
-    n = len(panels)
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
     with matplotlib.rc_context(_RC):
-        fig, axes = _figure(nrows, ncols, width=min(3.4 * ncols + 0.6, 11), height=2.8 * nrows + 0.6)
+        fig, axes, cells = _panel_grid(len(panels), ncols, panel_w=3.4, panel_h=2.8, extra_h=0.6)
         order = sorted({m for rows in panels.values() for m in rows})
-        for i, (ptitle, rows) in enumerate(panels.items()):
-            ax = axes[i // ncols][i % ncols]
+        for ax, (ptitle, rows) in zip(cells, panels.items()):
             for m, v in rows.items():
                 c = method_color(m, order)
                 ax.plot([p[0] for p in v], [p[2] for p in v], color=c, lw=1.3, marker="o", ms=2.5, label=f"{m} grown")
@@ -420,8 +408,6 @@ def mask_updates_plot(
             ax.set_title(ptitle, fontsize=9)
             ax.set_xlabel("training step")
             ax.set_ylabel("weights per update")
-        for j in range(n, nrows * ncols):
-            axes[j // ncols][j % ncols].set_visible(False)
         _fig_legend(fig, axes)
         fig.suptitle(title)
         return Plot(key, title, _to_svg(fig))
@@ -441,14 +427,10 @@ def layer_density_plot(
     panels = {t: rows for t, rows in panels.items() if rows}
     if not panels:
         return Plot(key, title, None, "no per-layer densities recorded")
-    n = len(panels)
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
     with matplotlib.rc_context(_RC):
-        fig, axes = _figure(nrows, ncols, width=min(3.6 * ncols + 0.6, 11), height=3.0 * nrows + 0.9)
+        fig, axes, cells = _panel_grid(len(panels), ncols, panel_w=3.6, panel_h=3.0, extra_h=0.9)
         order = sorted({m for rows in panels.values() for m in rows})
-        for i, (ptitle, rows) in enumerate(panels.items()):
-            ax = axes[i // ncols][i % ncols]
+        for ax, (ptitle, rows) in zip(cells, panels.items()):
             names: list[str] = []
             for v in rows.values():
                 for name, _d in v:
@@ -471,14 +453,13 @@ def layer_density_plot(
             ax.set_ylim(0, min(1.05, max(d for v in rows.values() for _n, d in v) * 1.15 + 0.02))
             ax.set_title(ptitle, fontsize=9)
             ax.set_ylabel("layer density")
-        for j in range(n, nrows * ncols):
-            axes[j // ncols][j % ncols].set_visible(False)
         _fig_legend(fig, axes)
         fig.suptitle(title)
         return Plot(key, title, _to_svg(fig))
 
 
-def _fig_legend(fig: Figure, axes) -> None:
+def _fig_legend(fig: Figure, axes, ncols: int = 4) -> None:
+    """One legend for the whole figure, below the panels, each label once."""
     handles, labels = {}, []
     for row in axes:
         for ax in row:
@@ -491,7 +472,7 @@ def _fig_legend(fig: Figure, axes) -> None:
             [handles[lab] for lab in labels],
             labels,
             loc="outside lower center",
-            ncols=min(len(labels), 4),
+            ncols=min(len(labels), ncols),
             fontsize=8,
             frameon=False,
         )

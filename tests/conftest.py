@@ -1,7 +1,9 @@
 import os
+import pickle
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +38,47 @@ def rows(db, sql, *params):
         return con.execute(sql, params).fetchall()
     finally:
         con.close()
+
+
+def write_fake_cifar10(root, per_batch=4):
+    """A tiny CIFAR-10 in the python-pickle layout torchvision reads, under root/cifar-10-batches-py;
+    returns {batch name: (uint8 data [n, 3072], labels)}."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+        arrays[name] = (data, labels)
+        with open(folder / name, "wb") as f:
+            pickle.dump(
+                {
+                    "batch_label": name,
+                    "data": data,
+                    "labels": labels,
+                    "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+                },
+                f,
+            )
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ],
+                "num_cases_per_batch": per_batch,
+                "num_vis": 3072,
+            },
+            f,
+        )
+    return arrays

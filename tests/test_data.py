@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
 
 import numpy as np
 import pytest
@@ -13,6 +12,8 @@ from sklearn.model_selection import train_test_split
 
 from granet_cli.data import DataError, DatasetInfo, build_loaders, dataset_info
 from granet_cli.spec import DataSpec
+
+from .conftest import write_fake_cifar10
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the GraNet reference's CIFAR-10 statistics
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -191,50 +192,8 @@ def test_missing_imagenet_root(tmp_path):
     assert "\n" not in msg and str(root) in msg and "<root>/train/<wnid>/*.JPEG" in msg
 
 
-def _write_fake_cifar10(root, per_batch=4):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
-        arrays[name] = (data, labels)
-        with open(folder / name, "wb") as f:
-            pickle.dump(
-                {
-                    "batch_label": name,
-                    "data": data,
-                    "labels": labels,
-                    "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
-                },
-                f,
-            )
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(
-            {
-                "label_names": [
-                    "airplane",
-                    "automobile",
-                    "bird",
-                    "cat",
-                    "deer",
-                    "dog",
-                    "frog",
-                    "horse",
-                    "ship",
-                    "truck",
-                ],
-                "num_cases_per_batch": per_batch,
-                "num_vis": 3072,
-            },
-            f,
-        )
-    return arrays
-
-
 def test_fake_cifar10_loads_normalised(tmp_path):
-    arrays = _write_fake_cifar10(tmp_path)
+    arrays = write_fake_cifar10(tmp_path)
     spec = DataSpec(name="cifar10", root=str(tmp_path), batch_size=8, test_batch_size=3)
     loaders = build_loaders(spec, seed=0)
     assert len(loaders.train.dataset) == 20 and len(loaders.test.dataset) == 4
@@ -255,7 +214,7 @@ def test_fake_cifar10_loads_normalised(tmp_path):
 
 
 def test_fake_cifar10_without_augmentation_is_exact(tmp_path):
-    arrays = _write_fake_cifar10(tmp_path)
+    arrays = write_fake_cifar10(tmp_path)
     spec = DataSpec(name="cifar10", root=str(tmp_path), batch_size=20, augment=False)
     x, y = first_batch(build_loaders(spec, seed=0).train)
     train = np.concatenate([arrays[f"data_batch_{i}"][0] for i in range(1, 6)])

@@ -127,38 +127,25 @@ def make_db(
                     ),
                     [dict(name="fc.weight", shape=[10, 64], numel=640, final_density=d)],
                 )
-        f = FAILED
-        st.start_run(
-            dict(
-                run_id=f"{dataset}-failed",
-                sweep_id=sweep,
-                spec_hash="f",
-                method=f["method"],
-                model=model,
-                dataset=dataset,
-                target_density=f["density"],
-                seed=f["seed"],
-                spec_json="{}",
-                started_at=T0,
+        for r, status, final in (
+            (FAILED, "failed", dict(final_test_acc=FAILED["acc"], best_test_acc=FAILED["acc"])),
+            (DIVERGED, "diverged", dict(final_test_acc=0.999)),
+        ):
+            st.start_run(
+                dict(
+                    run_id=f"{dataset}-{status}",
+                    sweep_id=sweep,
+                    spec_hash=status[0],
+                    method=r["method"],
+                    model=model,
+                    dataset=dataset,
+                    target_density=r["density"],
+                    seed=r["seed"],
+                    spec_json="{}",
+                    started_at=T0,
+                )
             )
-        )
-        st.fail_run(f"{dataset}-failed", "failed", f["error"], dict(final_test_acc=f["acc"], best_test_acc=f["acc"]))
-        dv = DIVERGED
-        st.start_run(
-            dict(
-                run_id=f"{dataset}-diverged",
-                sweep_id=sweep,
-                spec_hash="d",
-                method=dv["method"],
-                model=model,
-                dataset=dataset,
-                target_density=dv["density"],
-                seed=dv["seed"],
-                spec_json="{}",
-                started_at=T0,
-            )
-        )
-        st.fail_run(f"{dataset}-diverged", "diverged", dv["error"], dict(final_test_acc=0.999))
+            st.fail_run(f"{dataset}-{status}", status, r["error"], final)
         st.start_run(
             dict(
                 run_id=f"{dataset}-running",

@@ -15,24 +15,14 @@ import pytest
 from granet_cli.store import Store, StoreError
 
 from .conftest import QUICKSTART, ROOT, rows
+from .test_store import run_dict as store_run_dict
 
 GRANET = Path(sys.executable).parent / "granet"
 
 
 def run_dict(run_id: str, **kw) -> dict:
-    d = dict(
-        run_id=run_id,
-        sweep_id=None,
-        spec_hash=f"hash-{run_id}",
-        method="rigl",
-        model="mlp",
-        dataset="digits",
-        target_density=0.1,
-        seed=0,
-        spec_json="{}",
-    )
-    d.update(kw)
-    return d
+    """test_store's run row, outside any sweep, started now."""
+    return store_run_dict(run_id, **{"sweep_id": None, "spec_json": "{}", "started_at": None, **kw})
 
 
 def hold_lock(db: Path, seconds: float | None) -> subprocess.Popen:

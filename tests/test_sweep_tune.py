@@ -4,14 +4,10 @@ driver's idempotent rows when a trial is retried from a checkpoint (the callback
 
 import io
 import json
-import pickle
 import re
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
-
-import numpy as np
 
 from granet_cli.store import Store
 from granet_cli.sweep import (
@@ -25,7 +21,7 @@ from granet_cli.sweep import (
     plan_sweep,
 )
 
-from .conftest import ROOT, rows
+from .conftest import ROOT, rows, write_fake_cifar10
 
 SMALL = ["--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1"]
 
@@ -64,48 +60,11 @@ def test_grid_sweep_over_lr_completes_with_points_labelled_by_lr(tmp_path):
     assert r.returncode == 0 and "2 already done, 0 ran" in r.stdout, r.stdout + r.stderr
 
 
-def _write_fake_cifar10(folder: Path, per_batch: int = 8) -> None:
-    """The python-pickle layout torchvision's CIFAR10 reads (tiny: 8 images per batch)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as f:
-            pickle.dump(
-                {
-                    "batch_label": name,
-                    "data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
-                    "labels": [int(v) for v in rng.integers(0, 10, size=per_batch)],
-                    "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
-                },
-                f,
-            )
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(
-            {
-                "label_names": [
-                    "airplane",
-                    "automobile",
-                    "bird",
-                    "cat",
-                    "deer",
-                    "dog",
-                    "frog",
-                    "horse",
-                    "ship",
-                    "truck",
-                ],
-                "num_cases_per_batch": per_batch,
-                "num_vis": 3072,
-            },
-            f,
-        )
-
-
 def test_sweep_of_a_spec_with_a_relative_data_root_runs_from_its_directory(tmp_path):
     """Tune starts trials in their own working folders: data.root: data/cifar10 must still be
     the folder beside where granet was started."""
     work = tmp_path / "project"
-    _write_fake_cifar10(work / "data" / "cifar10" / "cifar-10-batches-py")
+    write_fake_cifar10(work / "data" / "cifar10", per_batch=8)
     (work / "tiny.yaml").write_text(
         "model: {name: mlp}\ndata: {name: cifar10, root: data/cifar10, batch_size: 8, test_batch_size: 8}\n"
         "optim: {epochs: 2, lr: 0.01}\nsparsity: {method: rigl, final_density: 0.2, update_frequency: 2}\n"
