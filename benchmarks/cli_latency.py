@@ -31,6 +31,15 @@ def timed(args: list[str]) -> float:
     return time.perf_counter() - t
 
 
+def torch_floor(i: int) -> float:
+    """What any torch training pays before its first step: `import torch` plus the first optimizer
+    (torch 2.14 imports torch._dynamo when an optimizer is constructed). Reported for reference."""
+    code = "import torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - t
+
+
 def outside_training(tmp: Path, i: int) -> float:
     """Wall time of a quickstart `granet run` minus the time its epochs report."""
     db = tmp / f"run{i}.duckdb"
@@ -53,6 +62,7 @@ def main() -> None:
             "granet validate quickstart": (lambda i: timed(["validate", str(QUICKSTART)]), 0.5),
             "granet plan quickstart": (lambda i: timed(["plan", str(QUICKSTART)]), 3.0),
             "granet run quickstart, outside training": (lambda i: outside_training(Path(tmp), i), 2.5),
+            "  reference: import torch + first optimizer": (torch_floor, 2.5),
         }
         timed(["--help"])  # warm the file cache once
         print(f"{'command':42s} {'median s':>9s} {'target s':>9s} {'ratio':>6s}")
