@@ -193,6 +193,23 @@ def _interrupted_status() -> str:
     return "interrupted" if "interrupted" in getattr(store, "RUN_STATUSES", ()) else "failed"
 
 
+def _sweep_command(
+    spec: Path, overrides: list[str] | None, db_path: Path, runs_dir: Path, *, name: str, **options: object
+) -> str:
+    """The complete `granet sweep` command that resumes this sweep, ready to paste into a shell:
+    the options as given (None: not given), the sweep's name, --db and --runs-dir spelled out."""
+    argv = ["granet", "sweep", str(spec), "--name", name]
+    for key, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        for v in value if isinstance(value, list) else [value]:
+            argv += [flag, str(v)]
+    argv += [a for s in overrides or [] for a in ("--set", s)]
+    argv += ["--db", str(db_path), "--runs-dir", str(runs_dir)]
+    return shlex.join(argv)
+
+
 def _resume_hint(
     spec: Path, overrides: list[str] | None, db_path: Path, runs_dir: Path, nproc: int, extra: tuple[str, ...] = ()
 ) -> str:
@@ -701,6 +718,23 @@ def sweep(
             _check_runs_dir(runs_dir)
         elif "://" not in str(storage_path):
             _check_runs_dir(Path(storage_path), "--storage-path")
+    again = _sweep_command(
+        plan_.spec_path,
+        set_,
+        db_path,
+        runs_dir,
+        name=plan_.name,
+        methods=methods,
+        densities=densities,
+        seeds=seeds,
+        grid=grid,
+        address=address,
+        storage_path=storage_path,
+        max_failures=max_failures,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        max_concurrent=max_concurrent,
+    )
     try:
         if dry_run:
             prior = prior_state(db_path, plan_)
@@ -719,15 +753,16 @@ def sweep(
     except (StoreError, SweepError) as e:
         fail(str(e))
     except KeyboardInterrupt:
-        err.print("interrupted; run the same command again to resume (completed points are skipped)")
+        err.print(f"interrupted; resume (completed points are skipped) with: {again}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     out.print(summary_table(result))
     for line in failures(result):
         out.print(f"[red]x[/red] {line}", highlight=False, soft_wrap=True)
     out.print(summary_line(result), highlight=False)
-    out.print(f"results: {db_path}   report: granet report --sweep {plan_.name}", highlight=False)
+    report_cmd = shlex.join(["granet", "report", "--sweep", plan_.name, "--db", str(db_path)])
+    out.print(f"results: {db_path}   report: {report_cmd}", highlight=False, soft_wrap=True)
     if result.interrupted:
-        err.print("interrupted; run the same command again to resume (completed points are skipped)")
+        err.print(f"interrupted; resume (completed points are skipped) with: {again}", highlight=False, soft_wrap=True)
         raise typer.Exit(130)
     if result.count("failed"):
         raise typer.Exit(1)

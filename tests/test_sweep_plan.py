@@ -12,7 +12,7 @@ from granet_cli.sweep import SweepError, plan_sweep
 from granet_cli.sweep_plan import resolve_paths
 from granet_cli.sweep_ray import MARKER, check_feasible, find_checkpoints
 
-from .conftest import ROOT, rows
+from .conftest import QUICKSTART, ROOT, rows
 
 SMALL = ["optim.epochs=2", "sparsity.final_prune_epoch=1"]
 
@@ -236,3 +236,31 @@ def test_find_checkpoints_picks_the_highest_epoch_per_point(tmp_path):
     }
     assert found["h1"]["run_id"] == "r-a_00000"
     assert find_checkpoints(str(tmp_path / "nothing"), "exp") == {}
+
+
+def test_interrupted_sweep_hint_is_a_complete_pasteable_command(cli, tmp_path):
+    """The resume hint printed on Ctrl-C/SIGTERM, pasted into a shell, is the same sweep."""
+    import shlex
+
+    from granet_cli.cli import _sweep_command
+
+    db, runs = tmp_path / "with space" / "r.duckdb", tmp_path / "runs dir"
+    hint = _sweep_command(
+        QUICKSTART,
+        ["optim.epochs=2", "sparsity.final_prune_epoch=1"],
+        db,
+        runs,
+        name="my-sweep",
+        methods="granet",
+        densities="0.1,0.2",
+        seeds="0",
+        grid=["optim.lr=0.05,0.1"],
+        address=None,
+        storage_path=None,
+        max_failures=1,
+    )
+    argv = shlex.split(hint)
+    assert argv[:2] == ["granet", "sweep"] and str(db) in argv and str(runs) in argv
+    result = cli(*argv[1:], "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "0 done, 4 to run" in result.output  # 2 densities x 2 learning rates, the same grid
