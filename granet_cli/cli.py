@@ -680,6 +680,13 @@ def sweep(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No live progress; only the summary at the end.")
     ] = False,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard",
+            help="Also log every trial's epochs (losses, accuracies, density, ITOP rate, lr, mask updates) to TensorBoard under DIR/<run id>/, from the driver (needs the tensorboard package).",
+        ),
+    ] = None,
 ) -> None:
     """Methods x densities x seeds (x --grid fields) as Ray Tune trials; rerunning the same sweep runs only what is missing."""
     from .spec import SpecError
@@ -718,6 +725,14 @@ def sweep(
             _check_runs_dir(runs_dir)
         elif "://" not in str(storage_path):
             _check_runs_dir(Path(storage_path), "--storage-path")
+        if tensorboard is not None:
+            from .trackers import TrackerError, require_tensorboard
+
+            try:
+                require_tensorboard()
+                _check_runs_dir(tensorboard, "--tensorboard")
+            except TrackerError as e:
+                fail(str(e))
     again = _sweep_command(
         plan_.spec_path,
         set_,
@@ -734,6 +749,7 @@ def sweep(
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
         max_concurrent=max_concurrent,
+        tensorboard=tensorboard,
     )
     try:
         if dry_run:
@@ -749,6 +765,7 @@ def sweep(
             address=address,
             storage_path=storage_path,
             console=Console(quiet=True) if quiet else out,
+            tensorboard=tensorboard,
         )
     except (StoreError, SweepError) as e:
         fail(str(e))

@@ -381,24 +381,44 @@ def _make_callback(
     display: _Display,
     max_failures: int = 0,
     outcome: SweepOutcome | None = None,
+    tensorboard: Path | None = None,
 ):
-    """The driver-side ray.tune.Callback that writes every trial to the results db.
+    """The driver-side ray.tune.Callback that writes every trial to the results db
+    (and, with `tensorboard`, each trial's epochs to `<tensorboard>/<run id>/`).
 
     Its state lives on the instance (never in closures), and is left out when Tune
     pickles its RunConfig: the db handle and the display stay in this process."""
     from ray import tune
 
     class StoreCallback(tune.Callback):
-        def __init__(self, store, plan, by_run, display, max_failures, outcome) -> None:
+        def __init__(self, store, plan, by_run, display, max_failures, outcome, tensorboard) -> None:
             self.store, self.plan, self.by_run, self.display = store, plan, by_run, display
             self.max_failures, self.outcome = max_failures, outcome
+            self.tensorboard = tensorboard
+            self.loggers: dict[str | None, Any] = {}  # run_id -> TensorBoardLogger
 
         def __getstate__(self) -> dict:
             return {}
 
         def __setstate__(self, state: dict) -> None:
-            self.store = self.plan = self.display = self.outcome = None
-            self.by_run, self.max_failures = {}, 0
+            self.store = self.plan = self.display = self.outcome = self.tensorboard = None
+            self.by_run, self.max_failures, self.loggers = {}, 0, {}
+
+        def _log(self, t: TrialOutcome, row: dict, updates: list[dict]) -> None:
+            if self.tensorboard is None:
+                return
+            from .trackers import TensorBoardLogger
+
+            if t.run_id not in self.loggers:
+                self.loggers[t.run_id] = TensorBoardLogger(
+                    self.tensorboard, str(t.run_id), {"label": t.point.label, "spec_hash": t.point.spec_hash}
+                )
+            self.loggers[t.run_id].log_epoch(row, updates)
+
+        def _close_log(self, t: TrialOutcome) -> None:
+            logger = self.loggers.pop(t.run_id, None)
+            if logger is not None:
+                logger.close()
 
         def _outcome(self, trial) -> TrialOutcome | None:
             return self.by_run.get(trial.config.get("point", {}).get("run_id"))
@@ -447,6 +467,7 @@ def _make_callback(
                     t.fresh_attempt = False
                 updates = json.loads(result.get(UPDATES_KEY) or "[]")
                 self.store.add_epoch(t.run_id, row, mask_updates=updates)  # one transaction per epoch
+                self._log(t, row, updates)
                 t.last_epoch = row["epoch"]
                 self.display.epoch(t, row.get("test_acc"))
             if FINAL_KEY in result:
@@ -458,6 +479,7 @@ def _make_callback(
                 else:
                     t.status = "diverged" if done["status"] == "diverged" else "failed"
                     self.store.fail_run(t.run_id, t.status, t.error or t.status, store_final(t.final))
+                self._close_log(t)
                 self.display.finished(t)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
@@ -493,7 +515,7 @@ def _make_callback(
                 reason += f"; gave up after {t.attempts} attempts (--max-failures {self.max_failures})"
             self._fail(t, reason)
 
-    return StoreCallback(store, plan, by_run, display, max_failures, outcome)
+    return StoreCallback(store, plan, by_run, display, max_failures, outcome, tensorboard)
 
 
 class _Terminated(BaseException):
@@ -510,6 +532,7 @@ def run_sweep(
     storage_path: str | os.PathLike | None = None,
     max_failures: int | None = None,
     console=None,
+    tensorboard: Path | None = None,
 ) -> SweepOutcome:
     """Run every point of `plan` not done yet as a Ray Tune trial; the driver writes the db.
 
@@ -633,7 +656,7 @@ def run_sweep(
                         storage_path=storage,
                         name=experiment,
                         verbose=0,
-                        callbacks=[_make_callback(store, plan, by_run, display, retries, outcome)],
+                        callbacks=[_make_callback(store, plan, by_run, display, retries, outcome, tensorboard)],
                         failure_config=tune.FailureConfig(max_failures=retries, fail_fast=False),
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                     ),

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 from granet_cli.store import Store
 from granet_cli.sweep import (
     EPOCH_KEY,
@@ -42,9 +44,54 @@ def granet_sweep(tmp_path, *args, cwd=ROOT, timeout=300):
 
 
 def test_grid_sweep_over_lr_completes_with_points_labelled_by_lr(tmp_path):
-    r = granet_sweep(tmp_path, "--methods", "granet", "--densities", "0.1", "--grid", "optim.lr=0.05,0.1", *SMALL)
+    tb = tmp_path / "tb"
+    r = granet_sweep(
+        tmp_path,
+        "--methods",
+        "granet",
+        "--densities",
+        "0.1",
+        "--grid",
+        "optim.lr=0.05,0.1",
+        *SMALL,
+        "--tensorboard",
+        tb,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     db = tmp_path / "r.duckdb"
+    # every trial's epochs in TensorBoard, as the driver wrote them to the DB
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for (run_id,) in rows(db, "select run_id from runs"):
+        acc = EventAccumulator(str(tb / run_id))
+        acc.Reload()
+        got = [(e.step, e.value) for e in acc.Scalars("test/acc")]
+        want = rows(db, "select epoch, test_acc from epochs where run_id = ? order by epoch", run_id)
+        assert [s for s, _ in got] == [e for e, _ in want] == [1, 2]
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
+    # the report labels the two configurations by the field the grid varies, never pools them
+    rep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "granet_cli.cli",
+            "report",
+            "--db",
+            str(db),
+            "--out",
+            str(tmp_path / "rep"),
+            "--format",
+            "md",
+            "--name",
+            "g",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    md = (tmp_path / "rep" / "g.md").read_text()
+    assert "granet (optim.lr=0.05)" in md and "granet (optim.lr=0.1)" in md
     got = sorted(
         (json.loads(spec)["optim"]["lr"], status) for spec, status in rows(db, "select spec_json, status from runs")
     )
