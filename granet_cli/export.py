@@ -353,7 +353,7 @@ def rebuild_model(spec, state: dict[str, Tensor], num_classes: int, input_shape)
     from .models import ModelError, build_model
 
     try:
-        model = build_model(spec.model, num_classes, tuple(input_shape))
+        model = build_model(spec.model.name, num_classes, tuple(input_shape), fan_in_init=spec.model.fan_in_init)
     except ModelError as e:
         raise ExportError(str(e)) from None
     for key, mask in state.items():

@@ -21,7 +21,7 @@ def build_plan(spec: RunSpec) -> dict[str, Any]:
     spec = spec.scaled()
     torch.manual_seed(spec.seed)
     info = dataset_info(spec.data)
-    model = build_model(spec.model, info.num_classes, tuple(info.input_shape))
+    model = build_model(spec.model.name, info.num_classes, tuple(info.input_shape), fan_in_init=spec.model.fan_in_init)
     # The masks need no optimizer state before training; a real torch optimizer would import
     # torch._dynamo on construction (seconds of start-up for a command that trains nothing).
     optimizer = cast(torch.optim.Optimizer, SimpleNamespace(state={}, param_groups=[]))  # the masks read only these

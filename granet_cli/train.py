@@ -281,7 +281,9 @@ def setup(spec: RunSpec, threads: int | None = None) -> Session:
     loaders = build_loaders(spec.data, spec.seed, rank=rank, world_size=world)
     info = loaders.info
     steps_per_epoch = len(loaders.train)
-    model = build_model(spec.model, info.num_classes, tuple(info.input_shape)).to(device)
+    model = build_model(
+        spec.model.name, info.num_classes, tuple(info.input_shape), fan_in_init=spec.model.fan_in_init
+    ).to(device)
     if spec.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(spec, model)

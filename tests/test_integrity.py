@@ -56,7 +56,7 @@ def test_one_shot_prune_at_the_last_step_is_in_the_checkpoint_and_the_accuracy(c
     assert density == pytest.approx(nonzero / total, abs=1e-12)
     # the recorded accuracy is the accuracy of these sparse weights, re-measured here
     loaders = build_loaders(spec.data, spec.seed)
-    model = build_model(spec.model, loaders.info.num_classes, tuple(loaders.info.input_shape))
+    model = build_model(spec.model.name, loaders.info.num_classes, tuple(loaders.info.input_shape))
     model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.endswith("_mask")})
     model.eval()
     correct = count = 0

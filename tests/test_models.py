@@ -9,13 +9,12 @@ import torch
 import torch.nn as nn
 
 from granet_cli.models import MODEL_NAMES, ModelError, build_model
-from granet_cli.spec import ModelSpec
 
 CIFAR_MODELS = ["mlp", "lenet5", "resnet18", "resnet32", "resnet50", "vgg16", "vgg19", "wrn16_8", "resnet50_imagenet"]
 
 
 def build(name: str, num_classes: int = 10, shape=(3, 32, 32), fan_in: bool = False) -> nn.Module:
-    return build_model(ModelSpec(name=name, fan_in_init=fan_in), num_classes, shape)
+    return build_model(name, num_classes, shape, fan_in_init=fan_in)
 
 
 def n_params(model: nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""Model registry: `build_model(spec, num_classes, input_shape)`.
+"""Model registry: `build_model(name, num_classes, input_shape, fan_in_init=False)`.
 
 Every model takes [N, C, H, W] input of `input_shape` and returns logits
 [N, num_classes]; its last `nn.Linear` is the classifier.
@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch.nn as nn
-
-from granet_cli.spec import ModelSpec
 
 from . import imagenet, lenet, mlp, resnet32, resnet_cifar, vgg, wrn
 
@@ -45,15 +43,16 @@ def fan_in_init_(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_model(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    builder = _REGISTRY.get(spec.name)
+def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], *, fan_in_init: bool = False) -> nn.Module:
+    """A registered model by name (timm-style plain arguments: no spec object needed)."""
+    builder = _REGISTRY.get(name)
     if builder is None:
-        raise ModelError(f"model.name: unknown model {spec.name!r}; choose from {', '.join(MODEL_NAMES)}")
+        raise ModelError(f"model.name: unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     shape = tuple(int(d) for d in input_shape)
-    if spec.name != "mlp" and len(shape) != 3:
-        raise ModelError(f"model.name: {spec.name} needs a (C, H, W) input shape, got {shape}")
+    if name != "mlp" and len(shape) != 3:
+        raise ModelError(f"model.name: {name} needs a (C, H, W) input shape, got {shape}")
     model = builder(int(num_classes), shape)
-    if spec.fan_in_init:
+    if fan_in_init:
         fan_in_init_(model)
     return model
 
