@@ -361,6 +361,7 @@ def run(
             require_tensorboard()
         except TrackerError as e:
             fail(str(e))
+        _check_runs_dir(tensorboard, "--tensorboard")
     _check_runs_dir(runs_dir)  # every check before the first write (db file, runs dir) and before torch loads
     from .records import record_for, store_final
 
@@ -377,12 +378,17 @@ def run(
     from .models import ModelError
     from .store import Store, StoreError
 
+    # An existing db is opened (and checked: a foreign file is refused) now; a new one is only
+    # created once the run has started, so a run that fails at set-up (missing data) writes nothing.
+    store: Store | None = None
     try:
-        store = Store(db_path)
-        if hasattr(store, "reap_orphans"):  # a `running` row of this spec whose process is gone -> interrupted
-            store.reap_orphans(spec_hash)
+        if db_path.exists():
+            store = Store(db_path)
+            store.reap_orphans(spec_hash)  # a `running` row of this spec whose process is gone -> interrupted
     except StoreError as e:
         fail(str(e))
+    if store is None:
+        _check_runs_dir(db_path.parent, "--db")
     if not resume:
         run_id = f"{spec_hash[:8]}-{uuid.uuid4().hex[:8]}"
         try:
@@ -390,7 +396,8 @@ def run(
             (run_dir / train.CHECKPOINT).unlink(missing_ok=True)
             meta_path.write_text(json.dumps({"run_id": run_id, "spec_hash": spec_hash}))
         except OSError as e:
-            store.close()
+            if store is not None:
+                store.close()
             fail(f"--runs-dir {runs_dir}: {_os_error_line(e)}")
     record = record_for(run_spec, run_id, sweep_id=None)
     hint = _resume_hint(
@@ -415,7 +422,8 @@ def run(
                 },
             )
         except TrackerError as e:
-            store.close()
+            if store is not None:
+                store.close()
             fail(str(e))
 
     # Ctrl-C and SIGTERM stop the run (recorded 'interrupted', resumable), but never in the middle
@@ -447,7 +455,9 @@ def run(
 
     def on_start() -> None:
         def write() -> None:
-            nonlocal started
+            nonlocal started, store
+            if store is None:
+                store = Store(db_path)
             store.start_run(record)
             started = True
             if resume:
@@ -457,6 +467,7 @@ def run(
 
     def on_epoch(row: dict, updates: list[dict]) -> None:
         def write() -> None:
+            assert store is not None  # opened by on_start
             store.add_epoch(run_id, row, mask_updates=updates)  # one transaction per epoch
 
         db_write(write)
@@ -468,7 +479,7 @@ def run(
 
     def record_stop(status: str, error: str, final: dict | None = None) -> str:
         """Best effort, never raises: the row must not stay `running`. Returns '' or why it could not."""
-        if not started:
+        if not started or store is None:
             return ""
         try:
             store.fail_run(run_id, status, error, final)
@@ -477,6 +488,8 @@ def run(
             return f"; the results db could not record it either ({e})"
 
     def close() -> None:
+        if store is None:
+            return
         try:
             store.close()
         except Exception:  # noqa: BLE001 - a db that cannot even close: the error line says why
@@ -537,6 +550,7 @@ def run(
             close()
             fail(f"run {run_id} failed: {type(e).__name__}: {_one_line(e)}{why}", code=EXIT_FAILED)
         stopping = True  # from here on the outcome is written; SIGTERM waits for it
+        assert store is not None  # the run started, so on_start opened it
         try:
             if result.status == "completed":
                 store.finish_run(run_id, store_final(result.final), result.layers)
