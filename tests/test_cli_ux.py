@@ -5,6 +5,7 @@ local archive, never the network) and `--tensorboard`."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import importlib.metadata
 import pickle
 import tarfile
@@ -111,12 +112,26 @@ def _md5(path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the test's archive without writing request logs to stderr (the CLI's stderr is checked)."""
+
+    def log_message(self, format, *args):
+        pass
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """A client that stops reading mid-download (torchvision aborting on a bad checksum) is expected
+    here; the default handler would print its BrokenPipeError into the CLI's captured stderr."""
+
+    def handle_error(self, request, client_address):
+        pass
+
+
 @pytest.fixture
 def local_cifar10(tmp_path, monkeypatch):
     """A small CIFAR-10 archive in the real format, served over HTTP from this machine (127.0.0.1, no
     proxy) with its URL and md5s patched into torchvision's class: torchvision's own download code runs."""
     import functools
-    import http.server
     import threading
 
     src = tmp_path / "src" / "cifar-10-batches-py"
@@ -138,9 +153,8 @@ def local_cifar10(tmp_path, monkeypatch):
     archive = tmp_path / "src" / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src, arcname="cifar-10-batches-py")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler = functools.partial(_QuietHandler, directory=str(archive.parent))
+    server = _QuietServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
