@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from .text import one_line as _one_line
+
 try:  # typer >= 0.20 vendors click as typer._click; older typers use click itself
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover
@@ -152,11 +154,6 @@ def _db_path(db: Path | None) -> Path:
 
 # ----------------------------------------------------------------------------- faults and bad input
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    t = " ".join(str(text).split())
-    return t if len(t) <= limit else t[: limit - 3] + "..."
 
 
 def _check_runs_dir(runs_dir: Path, flag: str = "--runs-dir") -> None:

@@ -27,6 +27,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from .text import one_line as _one_line
+
 FORMAT = "granet-export"
 FORMAT_VERSION = 1
 MASK_SUFFIX = ".weight_mask"
@@ -43,11 +45,6 @@ class RunRef:
     row: dict[str, Any]  # the runs row of the results db
     run_dir: Path
     checkpoint: Path
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _open_store(db_path: Path):

@@ -484,6 +484,13 @@ def _pp(x: float) -> str:
     return f"{x * 100:+.2f}"
 
 
+def _versus(a: Cell, b: Cell) -> tuple[str, float, S.Welch | None]:
+    """Cell a against cell b: the difference of means, Welch's test on the seeds, and the cell text."""
+    w = S.welch(a.values, b.values)
+    diff = a.mean - b.mean
+    return (f"{_pp(diff)} ({fmt_p(w.p)})" if w else f"{_pp(diff)} (n<2)"), diff, w
+
+
 def _recipe_key(g: RowGroup | None) -> dict[str, Any]:
     """A row's configuration minus everything sparsity decides: what a dense baseline must share."""
     if g is None:
@@ -517,9 +524,8 @@ def dense_diff_table(main: Table) -> TextTable | None:
             if c is None:
                 texts.append(DASH)
                 continue
-            w = S.welch(c.values, dense.values)
-            diff = c.mean - dense.mean
-            texts.append(f"{_pp(diff)} ({fmt_p(w.p)})" if w else f"{_pp(diff)} (n<2)")
+            text, diff, w = _versus(c, dense)
+            texts.append(text)
             if w and w.significant:
                 strong.add((len(rows), j + 1))
             data.append(
@@ -576,9 +582,8 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
                 if a is None or b is None:
                     texts.append(DASH)
                     continue
-                w = S.welch(a.values, b.values)
-                diff = a.mean - b.mean
-                texts.append(f"{_pp(diff)} ({fmt_p(w.p)})" if w else f"{_pp(diff)} (n<2)")
+                text, diff, w = _versus(a, b)
+                texts.append(text)
                 if w and w.significant:
                     strong.add((len(rows), j + 1))
                 data.append(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .text import one_line as _one_line
+
 #: exportable tables and the order their rows are written in
 TABLE_ORDER = {
     "runs": "started_at NULLS LAST, run_id",
@@ -29,11 +31,6 @@ FORMATS = {
 
 class ResultsError(RuntimeError):
     """Bad input to `granet results` / `granet sql`: one line."""
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _open(db_path: Path):

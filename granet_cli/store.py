@@ -67,6 +67,7 @@ from typing import Any
 import duckdb
 
 from . import __version__
+from .text import one_line as _one_line
 
 DEFAULT_DB_PATH = Path("results") / "granet.duckdb"
 
@@ -307,11 +308,6 @@ def _utc_naive(ts: datetime | None) -> datetime:
     if ts.tzinfo is not None:
         return ts.astimezone(UTC).replace(tzinfo=None)
     return ts
-
-
-def _one_line(msg: object, limit: int = 300) -> str:
-    text = " ".join(str(msg).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_keys(what: str, row: dict, allowed: tuple[str, ...], ignore: tuple[str, ...] = ()) -> None:
