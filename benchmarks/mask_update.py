@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> float:
     start_state = masking.state_dict()
     start_masks = {name: m.clone() for name, m in masking.masks().items()}
     density = masking.schedule.density_at(t)
-    rate = cosine_drop_fraction(t, masking.total_steps, masking.cfg.prune_rate, masking.cfg.prune_rate_min)
+    rate = cosine_drop_fraction(t, masking.total_steps, masking.cfg.drop_fraction, masking.cfg.drop_fraction_min)
 
     def restore() -> None:
         with torch.no_grad():

@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import fields as dc_fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .sparse.methods import PRESET_FIELDS as CORE_PRESET_FIELDS
-from .sparse.methods import PRESETS, canonical_method
+from .sparse.methods import SparseConfig, canonical_method, fill_preset
 from .sparse.rules import GRADIENT_INITS, GROWTH_RULES, PRUNE_INITS, SPARSE_INITS  # noqa: F401  (core's tables)
 
 #: fields a method preset decides: when `sparsity.method` is overridden (by --set or a
@@ -146,37 +147,39 @@ class OptimSpec(_Strict):
         return sorted(v)
 
 
-class SparsitySpec(_Strict):
-    """Sparse-training settings; fields left unset are filled from the method preset."""
+#: the reference's YAML names of renamed sparsity fields, still accepted: old name -> field
+SPARSITY_ALIASES = {f.metadata["alias"]: f.name for f in dc_fields(SparseConfig) if "alias" in f.metadata}
 
-    method: str = "granet"
-    sparse_init: str | None = None
-    init_density: float | None = None
-    final_density: float = 0.1
-    pruning_schedule: Literal["none", "global", "uniform"] | None = None
-    drop_and_grow: bool | None = None
-    init_prune_epoch: int = Field(0, ge=0)
-    final_prune_epoch: int | None = Field(None, ge=0, description="default: 110/160 of the epochs, as the paper")
-    update_frequency: int = Field(1000, gt=0, description="steps between mask updates (dT)")
-    update_end_epoch: int | None = Field(None, ge=0, description="no drop-and-grow after this epoch")
-    prune_rate: float = Field(0.5, gt=0, le=1, description="initial drop fraction of drop-and-grow")
-    prune_rate_min: float = Field(0.005, ge=0, le=1, description="drop fraction at the end of the cosine decay")
-    pruning_rate: float = Field(0.5, gt=0, lt=1, description="one-shot prune fraction of prune_* sparse inits")
-    growth: str | None = Field(None, description="growth rule: a name in sparse.rules.GROWTH_RULES")
-    prune: Literal["magnitude", "SET", "threshold"] = "magnitude"
-    prune_threshold: float = Field(1e-3, gt=0, description="drop threshold of prune=threshold")
-    redistribution: Literal["none", "magnitude", "nonzeros"] = "none"
-    erk_power_scale: float = Field(1.0, ge=0)
-    dense_first_layer: bool = False
-    dense_classifier: bool = False
-    classifier_min_density: float = Field(0.2, gt=0, le=1, description="floor of the classifier in _uniform pruning")
 
-    @field_validator("method")
+def canonical_key(path: str) -> str:
+    """A dotted spec path with a renamed sparsity field written by its current name."""
+    section, _, key = path.partition(".")
+    if section == "sparsity" and key in SPARSITY_ALIASES:
+        return f"sparsity.{SPARSITY_ALIASES[key]}"
+    return path
+
+
+class _SparsityRules(_Strict):
+    """What SparsitySpec checks beyond types and bounds; its fields come from `SparseConfig`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(old in data for old in SPARSITY_ALIASES):
+            data = dict(data)
+            for old, new in SPARSITY_ALIASES.items():
+                if old in data:
+                    if new in data:
+                        raise ValueError(f"{old} and {new} are one setting ({old} is the reference's name): give one")
+                    data[new] = data.pop(old)
+        return data
+
+    @field_validator("method", check_fields=False)
     @classmethod
     def _method(cls, v: str) -> str:
         return canonical_method(v)
 
-    @field_validator("sparse_init")
+    @field_validator("sparse_init", check_fields=False)
     @classmethod
     def _init(cls, v: str | None) -> str | None:
         if v is None:
@@ -186,14 +189,14 @@ class SparsitySpec(_Strict):
                 return known
         raise ValueError(f"unknown sparse_init {v!r}; choose from {', '.join(SPARSE_INITS)}")
 
-    @field_validator("growth")
+    @field_validator("growth", check_fields=False)
     @classmethod
     def _growth(cls, v: str | None) -> str | None:
         if v is not None and v not in GROWTH_RULES:
             raise ValueError(f"unknown growth {v!r}; choose from {', '.join(GROWTH_RULES)}")
         return v
 
-    @field_validator("init_density", "final_density")
+    @field_validator("init_density", "final_density", check_fields=False)
     @classmethod
     def _density(cls, v: float | None) -> float | None:
         if v is not None and not 0 < v <= 1:
@@ -202,7 +205,28 @@ class SparsitySpec(_Strict):
 
     @property
     def gradual(self) -> bool:
-        return self.pruning_schedule not in (None, "none")
+        return getattr(self, "pruning_schedule", None) not in (None, "none")
+
+
+def _sparsity_fields() -> dict[str, Any]:
+    """SparseConfig's fields as Pydantic fields: type, default, bounds and doc from the dataclass."""
+    hints = get_type_hints(SparseConfig)
+    return {
+        f.name: (hints[f.name], Field(f.default, description=f.metadata.get("doc") or None, **f.metadata["bounds"]))
+        for f in dc_fields(SparseConfig)
+    }
+
+
+#: Sparse-training settings; fields left unset are filled from the method preset. Generated from
+#: the core's `SparseConfig`, the one definition of these fields.
+if TYPE_CHECKING:  # what a type checker sees: the rules plus the dataclass's fields
+
+    class SparsitySpec(_SparsityRules, SparseConfig): ...
+
+else:
+    SparsitySpec = create_model(
+        "SparsitySpec", __base__=_SparsityRules, __module__=__name__, __doc__=SparseConfig.__doc__, **_sparsity_fields()
+    )
 
 
 class RunSpec(_Strict):
@@ -225,16 +249,10 @@ class RunSpec(_Strict):
     @model_validator(mode="after")
     def _fill_presets_and_check(self) -> RunSpec:
         sp = self.sparsity
-        preset = PRESETS[sp.method]
-        explicit = sp.model_fields_set
         # object.__setattr__ keeps preset values out of model_fields_set, so a
         # re-validation with another method re-applies that method's preset.
-        if sp.method == "dense":
-            object.__setattr__(sp, "final_density", 1.0)
-        for key, value in preset.items():
-            if key == "final_density" or (key in explicit and getattr(sp, key) is not None):
-                continue
-            object.__setattr__(sp, key, sp.final_density if value == "final" else value)
+        for key, value in fill_preset(dict(sp), sp.model_fields_set).items():
+            object.__setattr__(sp, key, value)
         if sp.final_prune_epoch is None:
             default_end = max(1, round(self.optim.epochs * 110 / 160)) if sp.gradual else self.optim.epochs
             object.__setattr__(sp, "final_prune_epoch", default_end)
@@ -319,6 +337,8 @@ class RunSpec(_Strict):
 #: fields added after results were recorded: left out of the hashes while at their default, so
 #: older runs keep their spec/config hash (sweeps still recognise them as done)
 HASH_NEUTRAL_DEFAULTS = (("data", "val_fraction", 0.0), ("optim", "multiplier", 1))
+#: renamed sparsity fields enter the hashes under the name runs were recorded with before the rename
+HASH_LEGACY_NAMES = {new: old for old, new in SPARSITY_ALIASES.items()}
 
 
 def _hash(data: dict[str, Any], drop: tuple[str, ...]) -> str:
@@ -326,6 +346,8 @@ def _hash(data: dict[str, Any], drop: tuple[str, ...]) -> str:
     for section, key, default in HASH_NEUTRAL_DEFAULTS:
         if isinstance(data.get(section), dict) and data[section].get(key) == default:
             data[section].pop(key)
+    if isinstance(data.get("sparsity"), dict):  # renamed fields hash under their old names
+        data["sparsity"] = {HASH_LEGACY_NAMES.get(k, k): v for k, v in data["sparsity"].items()}
     if isinstance(data.get("data"), dict):  # where the files come from never changes a result
         data["data"].pop("download", None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -376,18 +398,29 @@ def _drop_preset_fields_if_method_changes(data: dict[str, Any], keys: set[str]) 
                 sparsity.pop(field, None)
 
 
+def _reference_names_to_current(data: dict[str, Any]) -> None:
+    """Rename the reference's sparsity names in a raw spec (so a `--set` by either name replaces
+    the file's value); a file giving both names is left for validation to refuse."""
+    sparsity = data.get("sparsity")
+    if isinstance(sparsity, dict):
+        for old, new in SPARSITY_ALIASES.items():
+            if old in sparsity and new not in sparsity:
+                sparsity[new] = sparsity.pop(old)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply `key.path=value` overrides to a raw spec dict (before validation)."""
     problems = []
+    _reference_names_to_current(data)
     _drop_preset_fields_if_method_changes(
-        data, {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item}
+        data, {canonical_key(item.split("=", 1)[0].strip()) for item in overrides or [] if "=" in item}
     )
     for item in overrides or []:
         if "=" not in item:
             problems.append(f"--set {item}: expected key.path=value")
             continue
         key, value = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
+        parts = [p for p in canonical_key(key.strip()).split(".") if p]
         if not parts:
             problems.append(f"--set {item}: empty key")
             continue
@@ -492,6 +525,7 @@ def with_overrides(spec: RunSpec, overrides: dict[str, Any]) -> RunSpec:
     """
     data = spec.model_dump(mode="json", exclude_unset=True)
     data.setdefault("sparsity", {})
+    overrides = {canonical_key(k): v for k, v in overrides.items()}
     _drop_preset_fields_if_method_changes(data, set(overrides))
     for key, value in overrides.items():
         node = data
@@ -535,7 +569,13 @@ class SweepSpec(_Strict):
         empty = [k for k, values in v.items() if not values]
         if empty:
             raise ValueError("\n".join(f"{k}: needs at least one value" for k in empty))
-        return {k.strip(): list(values) for k, values in v.items()}
+        grid: dict[str, list[Any]] = {}
+        for k, values in v.items():
+            key = canonical_key(k.strip())
+            if key in grid:
+                raise ValueError(f"{k.strip()}: the same field as {key} (the reference's name); grid it once")
+            grid[key] = list(values)
+        return grid
 
     @field_validator("name")
     @classmethod

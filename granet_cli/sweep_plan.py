@@ -24,7 +24,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .spec import RunSpec, SpecError, SpecLoader, SweepSpec, build_sweep_spec, load_run_spec, read_yaml, with_overrides
+from .spec import (
+    RunSpec,
+    SpecError,
+    SpecLoader,
+    SweepSpec,
+    build_sweep_spec,
+    canonical_key,
+    load_run_spec,
+    read_yaml,
+    with_overrides,
+)
 
 DEFAULT_SPEC = Path("experiments") / "quickstart.yaml"
 #: statuses that count as "done": a rerun of the sweep skips these points
@@ -195,7 +205,7 @@ def parse_grid_flags(flags: list[str] | None, problems: list[str]) -> dict[str, 
     grid: dict[str, list] = {}
     for item in flags or []:
         key, sep, values = item.partition("=")
-        key = key.strip()
+        key = canonical_key(key.strip())
         if not sep or not key:
             problems.append(f"--grid {item}: expected KEY=V1,V2 (a spec field path, e.g. optim.lr=0.05,0.1)")
             continue
@@ -351,6 +361,7 @@ def plan_sweep(
     if grid_flags:
         grid_value = merged.get("grid")
         base_grid = grid_value if isinstance(grid_value, dict) else {}
+        base_grid = {canonical_key(str(k).strip()): v for k, v in base_grid.items()}
         merged["grid"] = {**base_grid, **grid_flags}
     sweep = base = None
     try:

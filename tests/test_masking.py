@@ -93,7 +93,7 @@ def test_prune_uniform_and_global_inits():
     model = small_net()
     dense = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    cfg = SparseConfig(method="granet", sparse_init="prune_uniform", pruning_rate=rate)
+    cfg = SparseConfig(method="granet", sparse_init="prune_uniform", init_prune_fraction=rate)
     masking = Masking(model, opt, cfg, steps_per_epoch=10, epochs=2)
     for layer in masking.layers:
         numel = layer.weight.numel()
@@ -103,7 +103,7 @@ def test_prune_uniform_and_global_inits():
 
     model = small_net()
     model.load_state_dict({**dense, **{k: v for k, v in model.state_dict().items() if k not in dense}})
-    cfg = SparseConfig(method="granet", sparse_init="prune_global", pruning_rate=rate)
+    cfg = SparseConfig(method="granet", sparse_init="prune_global", init_prune_fraction=rate)
     masking = Masking(model, torch.optim.SGD(model.parameters(), lr=0.1), cfg, steps_per_epoch=10, epochs=2)
     total = sum(l.weight.numel() for l in masking.layers)
     assert sum(int(l.mask.sum()) for l in masking.layers) == int(total * (1 - rate))
@@ -120,7 +120,7 @@ def test_prune_and_grow_inits_regrow_pruned_weights_at_zero():
     dense = {n: p.detach().clone() for n, p in model.named_parameters()}
     for mode in ("prune_and_grow_uniform", "prune_and_grow_global"):
         model.load_state_dict({**model.state_dict(), **dense})
-        cfg = SparseConfig(method="granet", sparse_init=mode, pruning_rate=0.4)
+        cfg = SparseConfig(method="granet", sparse_init=mode, init_prune_fraction=0.4)
         masking = Masking(model, torch.optim.SGD(model.parameters(), lr=0.1), cfg, steps_per_epoch=5, epochs=1)
         # as in the reference: as many weights regrow (by |grad|) as were pruned, and they restart at zero
         assert masking.density() == 1.0
@@ -136,7 +136,7 @@ def test_prune_and_grow_inits_regrow_pruned_weights_at_zero():
 def test_structured_init_prunes_whole_output_channels():
     torch.manual_seed(3)
     model = small_net()
-    cfg = SparseConfig(method="granet", sparse_init="prune_structured", pruning_rate=0.25)
+    cfg = SparseConfig(method="granet", sparse_init="prune_structured", init_prune_fraction=0.25)
     masking = Masking(model, torch.optim.SGD(model.parameters(), lr=0.1), cfg, steps_per_epoch=5, epochs=1)
     for layer in masking.layers:
         per_channel = layer.mask.flatten(1)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from granet_cli.sparse.methods import SparseConfig
 from granet_cli.spec import SpecError, load_run_spec, with_overrides
 
 from .conftest import QUICKSTART
@@ -26,8 +27,13 @@ def problems(*overrides, path=None):
         ("static", 0.2, "none", False, "gradient", "ERK"),
     ],
 )
-def test_presets_fill_design_table(method, init, schedule, dng, growth, sparse_init):
-    sp = load_run_spec(None, [f"sparsity.method={method}", "sparsity.final_density=0.2"]).sparsity
+@pytest.mark.parametrize("entry", ["spec", "core"])
+def test_presets_fill_design_table(method, init, schedule, dng, growth, sparse_init, entry):
+    # both entry points (the validated spec and the core's plain dataclass) fill the same table
+    if entry == "spec":
+        sp = load_run_spec(None, [f"sparsity.method={method}", "sparsity.final_density=0.2"]).sparsity
+    else:
+        sp = SparseConfig(method=method, final_density=0.2)
     assert (sp.init_density, sp.pruning_schedule, sp.drop_and_grow, sp.growth, sp.sparse_init) == (
         init,
         schedule,
@@ -41,6 +47,8 @@ def test_dense_preset_and_explicit_fields_win():
     assert load_run_spec(None, ["sparsity.method=dense"]).sparsity.final_density == 1.0
     sp = load_run_spec(None, ["sparsity.method=set", "sparsity.growth=gradient"]).sparsity
     assert sp.growth == "gradient"
+    assert SparseConfig(method="dense", final_density=0.1).final_density == 1.0
+    assert SparseConfig(method="set", growth="gradient").growth == "gradient"
 
 
 @pytest.mark.parametrize(

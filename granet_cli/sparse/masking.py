@@ -107,7 +107,7 @@ class Masking:
         self.schedule = self._schedule()
         self.update_end_step = cfg.update_end_epoch * self.steps_per_epoch if cfg.update_end_epoch is not None else None
         self.step_count = 0
-        self.drop_fraction = cfg.prune_rate
+        self.drop_fraction = cfg.drop_fraction
         self.history: list[dict[str, Any]] = []
         for layer in self.layers:
             layer.module.register_buffer("weight_mask", torch.ones_like(layer.weight, dtype=torch.bool))
@@ -221,7 +221,7 @@ class Masking:
         if rule.prune_scope is None:
             return
         before = {layer.name: count(layer.mask) for layer in self.layers}
-        pruning.ONE_SHOT_PRUNE[rule.prune_scope](self.layers, cfg.pruning_rate, before, self.classifier)
+        pruning.ONE_SHOT_PRUNE[rule.prune_scope](self.layers, cfg.init_prune_fraction, before, self.classifier)
         for layer in self.layers:
             self._zero_at(layer, ~layer.mask)
         if rule.regrow:  # as many weights as were pruned, by gradient magnitude (reference semantics)
@@ -317,7 +317,7 @@ class Masking:
     def drop_and_grow(self, t: int) -> tuple[int, int]:
         """Drop a cosine-decayed fraction of each layer's active weights, regrow as many."""
         cfg = self.cfg
-        self.drop_fraction = cosine_drop_fraction(t, self.total_steps, cfg.prune_rate, cfg.prune_rate_min)
+        self.drop_fraction = cosine_drop_fraction(t, self.total_steps, cfg.drop_fraction, cfg.drop_fraction_min)
         masks = [layer.mask for layer in self.layers]
         weights = [layer.weight for layer in self.layers]
         n_active = counts(masks)

@@ -1,13 +1,15 @@
 """Method presets (DESIGN.md table) and the plain config the core runs from.
 
-The core never sees Pydantic: `SparseConfig` is a dataclass with the same field
-names as `spec.SparsitySpec`, so either can be handed to `Masking`.
+The core never sees Pydantic: `SparseConfig` is a plain dataclass and the one definition of the
+sparsity settings; `spec.SparsitySpec` is generated from its fields, so either can be handed to
+`Masking`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 METHODS = ("granet", "granet_uniform", "rigl", "set", "gmp", "gmp_uniform", "static", "dense")
 METHOD_ALIASES = {"dst": "rigl"}
@@ -46,39 +48,69 @@ def canonical_method(name: str) -> str:
     return name
 
 
+def fill_preset(values: dict[str, Any], explicit: Iterable[str]) -> dict[str, Any]:
+    """The one place presets are applied: the method's preset values for every preset field not in
+    `explicit` (or explicit but None). `values` holds at least `method` (canonical) and `final_density`.
+    Dense always trains at density 1.0."""
+    method = values["method"]
+    final = 1.0 if method == "dense" else values["final_density"]
+    filled = {"final_density": final}
+    explicit = set(explicit)
+    for key, value in PRESETS[method].items():
+        if key in explicit and values.get(key) is not None:
+            continue
+        filled[key] = final if value == "final" else value
+    return filled
+
+
+def _setting(default: Any, doc: str = "", *, alias: str | None = None, **bounds: float) -> Any:
+    """A SparseConfig field with what validation needs as plain metadata: `doc`, numeric `bounds`
+    (ge/gt/le/lt) and the reference's YAML name as `alias`. The spec layer (Pydantic) builds
+    `SparsitySpec` from these, so the sparsity fields are defined here once."""
+    meta: dict[str, Any] = {"doc": doc, "bounds": bounds}
+    if alias:
+        meta["alias"] = alias
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class SparseConfig:
-    """Everything the sparse core needs; field names match `spec.SparsitySpec`."""
+    """Everything the sparse core needs, and the one definition of the sparsity settings:
+    `spec.SparsitySpec` is generated from these fields (types, defaults, bounds, docs, aliases)."""
 
-    method: str = "granet"
-    sparse_init: str | None = None
-    init_density: float | None = None
-    final_density: float = 0.1
-    pruning_schedule: str | None = None  # none | global | uniform
-    drop_and_grow: bool | None = None
-    init_prune_epoch: int = 0
-    final_prune_epoch: int | None = None
-    update_frequency: int = 1000
-    update_end_epoch: int | None = None
-    prune_rate: float = 0.5
-    prune_rate_min: float = 0.005
-    pruning_rate: float = 0.5
-    growth: str | None = None  # a name in rules.GROWTH_RULES: gradient | momentum | random | ...
-    prune: str = "magnitude"  # magnitude | SET | threshold
-    prune_threshold: float = 1e-3
-    redistribution: str = "none"  # none | magnitude | nonzeros
-    erk_power_scale: float = 1.0
-    dense_first_layer: bool = False
-    dense_classifier: bool = False
-    classifier_min_density: float = 0.2
+    method: str = _setting("granet", "granet | granet_uniform | rigl | set | gmp | gmp_uniform | static | dense")
+    sparse_init: str | None = _setting(None, "initial mask: a name in sparse.rules.SPARSE_INITS (preset)")
+    init_density: float | None = _setting(None, "density at the start (preset: 0.5 granet, 1.0 gmp, else final)")
+    final_density: float = _setting(0.1, "target density after pruning")
+    pruning_schedule: Literal["none", "global", "uniform"] | None = _setting(None, "gradual pruning (preset)")
+    drop_and_grow: bool | None = _setting(None, "drop-and-grow mask updates (preset)")
+    init_prune_epoch: int = _setting(0, "first epoch of gradual pruning", ge=0)
+    final_prune_epoch: int | None = _setting(None, "default: 110/160 of the epochs, as the paper", ge=0)
+    update_frequency: int = _setting(1000, "steps between mask updates (dT)", gt=0)
+    update_end_epoch: int | None = _setting(None, "no drop-and-grow after this epoch", ge=0)
+    drop_fraction: float = _setting(
+        0.5, "initial drop fraction of drop-and-grow (cosine-decayed)", alias="prune_rate", gt=0, le=1
+    )
+    drop_fraction_min: float = _setting(
+        0.005, "drop fraction at the end of the cosine decay", alias="prune_rate_min", ge=0, le=1
+    )
+    init_prune_fraction: float = _setting(
+        0.5, "one-shot prune fraction of the prune_* sparse inits", alias="pruning_rate", gt=0, lt=1
+    )
+    growth: str | None = _setting(None, "growth rule: a name in sparse.rules.GROWTH_RULES (preset)")
+    prune: Literal["magnitude", "SET", "threshold"] = _setting("magnitude", "drop rule of drop-and-grow")
+    prune_threshold: float = _setting(1e-3, "drop threshold of prune=threshold", gt=0)
+    redistribution: Literal["none", "magnitude", "nonzeros"] = _setting("none", "per-layer regrowth budget")
+    erk_power_scale: float = _setting(1.0, "ERK's power scale", ge=0)
+    dense_first_layer: bool = _setting(False, "keep the first layer dense")
+    dense_classifier: bool = _setting(False, "keep the classifier dense")
+    classifier_min_density: float = _setting(0.2, "floor of the classifier in _uniform pruning", gt=0, le=1)
 
     def __post_init__(self) -> None:
         self.method = canonical_method(self.method)
-        if self.method == "dense":
-            self.final_density = 1.0
-        for key, value in PRESETS[self.method].items():
-            if getattr(self, key) is None:
-                setattr(self, key, self.final_density if value == "final" else value)
+        explicit = [key for key in PRESET_FIELDS if getattr(self, key) is not None]
+        for key, value in fill_preset(self.__dict__, explicit).items():
+            setattr(self, key, value)
 
     @classmethod
     def from_obj(cls, obj: Any) -> SparseConfig:

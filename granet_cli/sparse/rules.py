@@ -237,7 +237,7 @@ class InitRule:
 
     start        "dense" (all ones), "nonzero" (weight != 0 of the dense init), or a layer-density
                  distribution (ERK, ER, uniform: exactly round(density_l * numel) random weights)
-    prune_scope  one-shot magnitude prune by `pruning_rate`: None, "layer", "global" or "channel"
+    prune_scope  one-shot magnitude prune by `init_prune_fraction`: None, "layer", "global" or "channel"
                  (whole output channels, never the classifier's)
     regrow       then regrow as many as were pruned, by |gradient| of the dense model, at zero
                  (weights, or whole channels for the "channel" scope)
