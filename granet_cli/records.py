@@ -9,21 +9,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from .columns import FINAL_METRICS
 from .spec import RunSpec
 
-FINAL_KEYS = (
-    "final_test_acc",
-    "best_test_acc",
-    "final_test_acc5",
-    "samples_per_second",
-    "final_density",
-    "itop_rate",
-    "train_flops_frac",
-    "inference_flops_frac",
-    "wall_seconds",
-    "overall_density",
-    "selected_test_acc",
-)
+#: the final metrics a run's row holds (defined in granet_cli/columns.py)
+FINAL_KEYS = FINAL_METRICS
 
 
 def store_final(final: dict) -> dict:

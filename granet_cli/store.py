@@ -48,6 +48,7 @@ device")``; the transaction is rolled back and the file stays readable.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -66,13 +67,15 @@ from typing import Any
 
 import duckdb
 
-from . import __version__
+from . import __version__, columns
+from .columns import EPOCH_METRICS, FINAL_METRICS, START_KEYS
 from .text import one_line as _one_line
 
 DEFAULT_DB_PATH = Path("results") / "granet.duckdb"
 
-#: the schema this granet writes; older granet dbs are migrated to it by a writer
-SCHEMA_VERSION = 2
+#: the schema this granet writes (the newest `since` in columns.py); older granet dbs are migrated
+#: to it by a writer
+SCHEMA_VERSION = max(2, *(c.since for cols in columns.TABLES.values() for c in cols))
 META_TABLE = "granet_meta"
 
 #: environment variable: seconds a write waits for another process's lock (default 60)
@@ -99,44 +102,16 @@ RUN_STATUSES = tuple(s.value for s in RunStatus)
 #: statuses ``fail_run`` may set
 FAIL_STATUSES = (RunStatus.FAILED.value, RunStatus.DIVERGED.value, RunStatus.INTERRUPTED.value)
 
+# The columns themselves are defined once, in granet_cli/columns.py; these are the store's views.
 #: runs columns holding the final metrics of a run (finish_run / fail_run keys)
-FINAL_COLUMNS = (
-    "final_test_acc",
-    "best_test_acc",
-    "final_density",
-    "itop_rate",
-    "train_flops_frac",
-    "inference_flops_frac",
-    "wall_seconds",
-    "final_test_acc5",
-    "samples_per_second",
-    "overall_density",
-    "selected_test_acc",
-)
+FINAL_COLUMNS = FINAL_METRICS
 #: keys start_run reads from its dict (started_at defaults to now); an optional "attempts" is accepted too
-START_COLUMNS = (
-    "run_id",
-    "sweep_id",
-    "spec_hash",
-    "config_hash",
-    "method",
-    "model",
-    "dataset",
-    "target_density",
-    "seed",
-    "spec_json",
-    "started_at",
-)
+START_COLUMNS = START_KEYS
+#: the order `runs()` returns a row's columns in: identity, status, metrics, bookkeeping
+_IDENTITY = ("run_id", "sweep_id", "spec_hash", "config_hash")
 RUN_COLUMNS = (
-    "run_id",
-    "sweep_id",
-    "spec_hash",
-    "config_hash",
-    "method",
-    "model",
-    "dataset",
-    "target_density",
-    "seed",
+    *_IDENTITY,
+    *(c for c in START_KEYS if c not in (*_IDENTITY, "spec_json", "started_at")),
     "status",
     *FINAL_COLUMNS,
     "attempts",
@@ -147,97 +122,17 @@ RUN_COLUMNS = (
     "finished_at",
     "error",
 )
-EPOCH_COLUMNS = (
-    "epoch",
-    "step",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "density",
-    "itop_rate",
-    "seconds",
-    "test_acc5",
-    "val_loss",
-    "val_acc",
-    "overall_density",
-)
-LAYER_COLUMNS = ("name", "shape", "numel", "final_density")
-MASK_UPDATE_COLUMNS = ("step", "target_density", "dropped", "grown", "density")
-
-_V = "VARCHAR"
-_D = "DOUBLE"
+EPOCH_COLUMNS = EPOCH_METRICS
+LAYER_COLUMNS = tuple(c for c in columns.names("layers") if c != "run_id")
+MASK_UPDATE_COLUMNS = tuple(c for c in columns.names("mask_updates") if c != "run_id")
 #: table -> column -> SQL type, the current schema (v2), in creation order
-COLUMN_TYPES: dict[str, dict[str, str]] = {
-    "sweeps": {"sweep_id": _V, "name": _V, "created_at": "TIMESTAMP", "grid_json": _V},
-    "runs": {
-        "run_id": _V,
-        "sweep_id": _V,
-        "spec_hash": _V,
-        "method": _V,
-        "model": _V,
-        "dataset": _V,
-        "target_density": _D,
-        "seed": "INTEGER",
-        "status": _V,  # a RunStatus value
-        "final_test_acc": _D,
-        "best_test_acc": _D,
-        "final_density": _D,
-        "itop_rate": _D,
-        "train_flops_frac": _D,
-        "inference_flops_frac": _D,
-        "wall_seconds": _D,
-        "final_test_acc5": _D,
-        "samples_per_second": _D,  # v1
-        "spec_json": _V,
-        "started_at": "TIMESTAMP",
-        "finished_at": "TIMESTAMP",
-        "error": _V,
-        "overall_density": _D,
-        "selected_test_acc": _D,
-        "config_hash": _V,  # v2
-        "attempts": "INTEGER",
-        "pid": "INTEGER",
-        "host": _V,  # v2
-    },
-    "epochs": {
-        "run_id": _V,
-        "epoch": "INTEGER",
-        "step": "BIGINT",
-        "lr": _D,
-        "train_loss": _D,
-        "train_acc": _D,
-        "test_loss": _D,
-        "test_acc": _D,
-        "density": _D,
-        "itop_rate": _D,
-        "seconds": _D,
-        "test_acc5": _D,  # v1
-        "val_loss": _D,
-        "val_acc": _D,
-        "overall_density": _D,  # v2
-    },
-    "layers": {"run_id": _V, "name": _V, "shape": _V, "numel": "BIGINT", "final_density": _D},
-    "mask_updates": {
-        "run_id": _V,
-        "step": "BIGINT",
-        "target_density": _D,
-        "dropped": "BIGINT",
-        "grown": "BIGINT",
-        "density": _D,
-    },
-}
-PRIMARY_KEYS = {"sweeps": ("sweep_id",), "runs": ("run_id",), "epochs": ("run_id", "epoch")}
-_DEFAULTS = {("runs", "attempts"): "1"}
+COLUMN_TYPES: dict[str, dict[str, str]] = {t: {c.name: c.sql for c in cols} for t, cols in columns.TABLES.items()}
+PRIMARY_KEYS = columns.PRIMARY_KEYS
+_DEFAULTS = {(t, c.name): c.default for t, cols in columns.TABLES.items() for c in cols if c.default is not None}
 TABLES = tuple(COLUMN_TYPES)
 #: columns each schema version added (to tables that already existed)
 ADDED_IN: dict[int, dict[str, tuple[str, ...]]] = {
-    1: {"runs": ("final_test_acc5", "samples_per_second"), "epochs": ("test_acc5",)},
-    2: {
-        "runs": ("overall_density", "selected_test_acc", "config_hash", "attempts", "pid", "host"),
-        "epochs": ("val_loss", "val_acc", "overall_density"),
-    },
+    v: {t: names for t in TABLES if (names := columns.names(t, since=v))} for v in range(1, SCHEMA_VERSION + 1)
 }
 #: the columns every granet db has had since v0: how a db without granet_meta is recognised
 V0_COLUMNS = {
@@ -282,6 +177,8 @@ def _migrate_v1_to_v2(con: duckdb.DuckDBPyConnection) -> None:
 
 #: version -> the step that takes a db from that version to the next; run in order, in one transaction
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2}
+for _v in range(2, SCHEMA_VERSION):  # later versions only add the columns columns.py gives them
+    MIGRATIONS[_v] = functools.partial(_add_columns, version=_v + 1)
 
 
 def _create_schema(con: duckdb.DuckDBPyConnection) -> None:

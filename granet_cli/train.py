@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .columns import metric_row
 from .data import build_loaders
 from .models import build_model
 from .sparse.density import kept_count
@@ -278,7 +279,7 @@ def setup(spec: RunSpec, threads: int | None = None) -> Session:
     device = pick_device(spec.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    loaders = build_loaders(spec.data, spec.seed, rank=rank, world_size=world)
+    loaders = build_loaders(**spec.data.model_dump(), seed=spec.seed, rank=rank, world_size=world)
     info = loaders.info
     steps_per_epoch = len(loaders.train)
     model = build_model(
@@ -403,7 +404,7 @@ def epoch_row(s: Session, epoch: int, sums: tuple[float, float, float], seconds:
     val_loss = val_acc = None
     if s.loaders.val is not None and on_rank0:
         val_loss, val_acc, _ = evaluate(s.model, s.loaders.val, s.device, s.criterion, s.spec.amp)
-    return {
+    values = {
         "epoch": epoch + 1,
         "step": s.masking.step_count,
         "lr": s.optimizer.param_groups[0]["lr"],
@@ -419,25 +420,29 @@ def epoch_row(s: Session, epoch: int, sums: tuple[float, float, float], seconds:
         "val_acc": val_acc,
         "overall_density": overall_density(s.masking, s.model),
     }
+    return metric_row("epoch", values)
 
 
 def final_metrics(s: Session, wall_seconds: float, samples: int, elapsed: float) -> dict[str, Any]:
     rows, m = s.epochs_done, s.masking
     last = rows[-1] if rows else {}
     chosen = selected_epoch(rows, s.spec)
-    return {
-        "final_test_acc": last.get("test_acc"),
-        "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
-        "selected_test_acc": chosen["test_acc"] if chosen else None,
-        "final_test_acc5": last.get("test_acc5"),
-        "final_density": m.density(),
-        "overall_density": overall_density(m, s.model),
-        "itop_rate": m.itop_rate(),
-        "train_flops_frac": m.training_flops_fraction(),
-        "inference_flops_frac": m.inference_flops_fraction(),
-        "wall_seconds": wall_seconds,
-        "samples_per_second": samples / elapsed if elapsed > 0 else None,
-    }
+    return metric_row(
+        "final",
+        {
+            "final_test_acc": last.get("test_acc"),
+            "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
+            "selected_test_acc": chosen["test_acc"] if chosen else None,
+            "final_test_acc5": last.get("test_acc5"),
+            "final_density": m.density(),
+            "overall_density": overall_density(m, s.model),
+            "itop_rate": m.itop_rate(),
+            "train_flops_frac": m.training_flops_fraction(),
+            "inference_flops_frac": m.inference_flops_fraction(),
+            "wall_seconds": wall_seconds,
+            "samples_per_second": samples / elapsed if elapsed > 0 else None,
+        },
+    )
 
 
 def run(
