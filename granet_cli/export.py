@@ -379,7 +379,7 @@ def evaluate_loaded(loaded: Loaded, overrides: list[str] | None = None, device: 
     except DeviceError as e:
         raise ExportError(str(e)) from None
     try:
-        loaders = build_loaders(spec.data, spec.seed)
+        loaders = build_loaders(**spec.data.model_dump(), seed=spec.seed)
     except DataError as e:
         raise ExportError(str(e)) from None
     model = rebuild_model(spec, loaded.state, loaders.info.num_classes, loaders.info.input_shape).to(dev)
@@ -553,7 +553,7 @@ def bench(
         raise ExportError("--batch-size and --repeats must be >= 1")
     spec = run_spec_of(loaded.sidecar, overrides)
     try:
-        info = dataset_info(spec.data)
+        info = dataset_info(**spec.data.model_dump())
     except DataError as e:
         raise ExportError(str(e)) from None
     num_classes = info.num_classes

@@ -20,7 +20,7 @@ def build_plan(spec: RunSpec) -> dict[str, Any]:
     """Per-layer initial densities and the schedule's events (step, overall density)."""
     spec = spec.scaled()
     torch.manual_seed(spec.seed)
-    info = dataset_info(spec.data)
+    info = dataset_info(**spec.data.model_dump())
     model = build_model(spec.model.name, info.num_classes, tuple(info.input_shape), fan_in_init=spec.model.fan_in_init)
     # The masks need no optimizer state before training; a real torch optimizer would import
     # torch._dynamo on construction (seconds of start-up for a command that trains nothing).
@@ -43,4 +43,4 @@ def build_plan(spec: RunSpec) -> dict[str, Any]:
 
 
 def steps_per_epoch(spec: RunSpec) -> int:
-    return math.ceil(dataset_info(spec.data).train_size / spec.data.batch_size)
+    return math.ceil(dataset_info(**spec.data.model_dump()).train_size / spec.data.batch_size)

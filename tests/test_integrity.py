@@ -55,7 +55,7 @@ def test_one_shot_prune_at_the_last_step_is_in_the_checkpoint_and_the_accuracy(c
     ((density, acc),) = rows(tmp_path / "r.duckdb", "select final_density, final_test_acc from runs")
     assert density == pytest.approx(nonzero / total, abs=1e-12)
     # the recorded accuracy is the accuracy of these sparse weights, re-measured here
-    loaders = build_loaders(spec.data, spec.seed)
+    loaders = build_loaders(**spec.data.model_dump(), seed=spec.seed)
     model = build_model(spec.model.name, loaders.info.num_classes, tuple(loaders.info.input_shape))
     model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.endswith("_mask")})
     model.eval()
@@ -130,7 +130,7 @@ def test_selected_accuracy_is_test_acc_at_best_validation_epoch(cli, tmp_path):
     assert final == pytest.approx(epochs[-1][2], abs=1e-12)
     # the training set shrank by the validation split: 1347 digits -> 269 held out
     spec = load_run_spec(QUICKSTART, list(sets))
-    loaders = build_loaders(spec.data, 0)
+    loaders = build_loaders(**spec.data.model_dump(), seed=0)
     assert len(loaders.val.dataset) == round(1347 * 0.2)
     assert len(loaders.train.dataset) == 1347 - round(1347 * 0.2)
 
@@ -190,6 +190,6 @@ def test_one_experiment_per_cell_and_n_counts_distinct_seeds(cli, tmp_path):
 
 def test_validation_split_data_loader_uses_every_class():
     spec = load_run_spec(QUICKSTART, ["data.val_fraction=0.1"])
-    loaders = build_loaders(spec.data, 0)
+    loaders = build_loaders(**spec.data.model_dump(), seed=0)
     ys = torch.cat([y for _, y in loaders.val])
     assert set(ys.tolist()) == set(range(10))

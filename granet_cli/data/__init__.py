@@ -1,7 +1,9 @@
-"""Data registry: `dataset_info(spec)` (cheap) and `build_loaders(spec, seed)`.
+"""Data registry: `dataset_info(name, **settings)` (cheap) and `build_loaders(name, seed=, **settings)`.
 
-Nothing is ever downloaded: cifar*/imagenet read `spec.root`, digits ships with
-scikit-learn, synthetic is generated from a fixed seed.
+Plain keyword arguments (the names of a spec's `data:` fields; `DataConfig` lists them), so a
+caller with a spec passes `**spec.data.model_dump()`. Nothing is downloaded unless `download=True`
+(cifar*): cifar*/imagenet read `root`, digits ships with scikit-learn, synthetic is generated from a
+fixed seed.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from granet_cli.spec import DataSpec
-
-from .base import DataError, DatasetInfo
+from .base import DataConfig, DataError, DatasetInfo
 from .split import labels_of, stratified_split, val_count
 
 #: name -> module of this package; imported on first use, so the digits quickstart never
@@ -38,28 +38,31 @@ class Loaders:
     val: DataLoader | None = None  # only with data.val_fraction > 0
 
 
-def _module(spec: DataSpec):
+def _module(spec: DataConfig):
     name = _REGISTRY.get(spec.name)
     if name is None:
         raise DataError(f"data.name: unknown dataset {spec.name!r}; choose from {', '.join(DATASET_NAMES)}")
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def dataset_info(spec: DataSpec) -> DatasetInfo:
+def dataset_info(name: str, **settings: Any) -> DatasetInfo:
     """Classes, input shape and split sizes without reading cifar/imagenet files
     (train_size is what is left for training once the validation split is held out)."""
+    spec = DataConfig.of(name, settings)
     info = _module(spec).info(spec)
     return _without_val(info, spec)
 
 
-def _without_val(info: DatasetInfo, spec: DataSpec) -> DatasetInfo:
+def _without_val(info: DatasetInfo, spec: DataConfig) -> DatasetInfo:
     n_val = val_count(info.train_size, spec.val_fraction)
     return DatasetInfo(info.name, info.num_classes, info.input_shape, info.train_size - n_val, info.test_size)
 
 
-def build_loaders(spec: DataSpec, seed: int, *, rank: int = 0, world_size: int = 1) -> Loaders:
+def build_loaders(name: str, *, seed: int, rank: int = 0, world_size: int = 1, **settings: Any) -> Loaders:
     """Train loader shuffled by a generator seeded from `seed` (same seed -> same batch order);
-    with world_size > 1 a DistributedSampler shards it (the trainer calls `set_epoch`)."""
+    with world_size > 1 a DistributedSampler shards it (the trainer calls `set_epoch`).
+    `settings`: batch_size, root, val_fraction, ... (the fields of `DataConfig`)."""
+    spec = DataConfig.of(name, settings)
     mod = _module(spec)
     info = mod.info(spec)
     train_ds, test_ds = mod.datasets(spec)
@@ -104,4 +107,4 @@ def build_loaders(spec: DataSpec, seed: int, *, rank: int = 0, world_size: int =
     return Loaders(train=train, test=test, info=info, val=val)
 
 
-__all__ = ["DATASET_NAMES", "DataError", "DatasetInfo", "Loaders", "build_loaders", "dataset_info"]
+__all__ = ["DATASET_NAMES", "DataConfig", "DataError", "DatasetInfo", "Loaders", "build_loaders", "dataset_info"]
