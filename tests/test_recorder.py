@@ -1,0 +1,167 @@
+"""The run recorder both `granet run` and the sweep driver write through, the signal guard around
+its writes, and the one definition of the results db's columns. Rows are recounted with DuckDB."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from granet_cli import columns
+from granet_cli.interrupts import SignalGuard, Terminated
+from granet_cli.recorder import RunRecorder
+from granet_cli.spec import load_run_spec
+from granet_cli.store import Store
+
+from .conftest import QUICKSTART, rows
+
+
+class FakeTracker:
+    def __init__(self):
+        self.epochs, self.closed = [], 0
+
+    def log_epoch(self, row, updates=None):
+        self.epochs.append((row["epoch"], len(updates or [])))
+
+    def close(self):
+        self.closed += 1
+
+
+def epoch_row(epoch: int, acc: float) -> dict:
+    return {"epoch": epoch, "step": 10 * epoch, "test_acc": acc, "density": 0.1}
+
+
+def final(acc: float) -> dict:
+    return {k: None for k in columns.FINAL_METRICS} | {"final_test_acc": acc, "final_density": 0.1}
+
+
+def test_recorder_writes_a_run_like_the_db_expects(tmp_path):
+    db = tmp_path / "r.duckdb"
+    spec = load_run_spec(QUICKSTART)
+    tracker = FakeTracker()
+    opened = []
+
+    def open_store():
+        opened.append(1)
+        return Store(db)
+
+    rec = RunRecorder(spec, "run-1", open_store=open_store, owns_store=True, trackers=[tracker])
+    assert not db.exists()  # nothing is created before the run starts
+    rec.start()
+    rec.epoch(epoch_row(1, 0.5), [{"step": 5, "target_density": 0.2, "dropped": 3, "grown": 3, "density": 0.2}])
+    rec.epoch(epoch_row(2, 0.75))
+    rec.finish("completed", final(0.75), [{"name": "fc", "shape": [2, 2], "numel": 4, "final_density": 0.25}], None)
+    rec.close()
+    assert opened == [1]
+    assert rows(db, "SELECT status, final_test_acc, spec_hash, method, seed FROM runs") == [
+        ("completed", 0.75, spec.spec_hash(), spec.sparsity.method, spec.seed)
+    ]
+    assert rows(db, "SELECT epoch, test_acc FROM epochs ORDER BY epoch") == [(1, 0.5), (2, 0.75)]
+    assert rows(db, "SELECT step, dropped FROM mask_updates") == [(5, 3)]
+    assert rows(db, "SELECT name, numel FROM layers") == [("fc", 4)]
+    assert tracker.epochs == [(1, 1), (2, 0)] and tracker.closed == 1
+
+
+def test_replay_restart_and_attempts(tmp_path):
+    db = tmp_path / "r.duckdb"
+    spec = load_run_spec(QUICKSTART)
+    with Store(db) as store:
+        rec = RunRecorder(spec, "run-2", sweep_id=None, store=store)
+        rec.start(attempts=1)
+        for e in (1, 2, 3):
+            rec.epoch(epoch_row(e, 0.1 * e))
+        rec.replay([epoch_row(1, 0.9)], [])  # continued from an epoch-1 checkpoint: its rows replace the run's
+        assert rows(db, "SELECT epoch, test_acc FROM epochs") == [(1, 0.9)]
+        rec.start(attempts=2)  # a retry
+        rec.restart()  # with no checkpoint: starts over
+        assert rows(db, "SELECT count(*) FROM epochs") == [(0,)]
+        rec.finish("diverged", final(0.1), [], "loss became nan")
+        rec.close()  # a shared store stays open
+        assert store.run("run-2")["status"] == "diverged"
+    assert rows(db, "SELECT status, attempts, error FROM runs") == [("diverged", 2, "loss became nan")]
+
+
+def test_stop_never_raises_and_says_why(tmp_path):
+    spec = load_run_spec(QUICKSTART)
+    tracker = FakeTracker()
+    rec = RunRecorder(spec, "run-3", store=None, open_store=lambda: Store(tmp_path / "s.duckdb"), trackers=[tracker])
+    assert rec.stop("failed", "before start") == ""  # nothing recorded, nothing to say
+    assert tracker.closed == 1
+
+    class BrokenStore:
+        def start_run(self, record):
+            pass
+
+        def fail_run(self, *args):
+            raise RuntimeError("disk on fire")
+
+    rec = RunRecorder(spec, "run-4", store=BrokenStore())
+    rec.start()
+    assert rec.stop("interrupted", "Ctrl-C") == "; the results db could not record it either (disk on fire)"
+
+
+def test_signal_guard_defers_a_signal_to_the_end_of_a_db_write():
+    done = []
+    with SignalGuard() as guard:
+        with pytest.raises(Terminated):
+            guard.db_write(lambda: (os.kill(os.getpid(), signal.SIGTERM), done.append("write finished")))
+        assert done == ["write finished"]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        guard.stopping = True
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored while the outcome is being recorded
+    assert signal.getsignal(signal.SIGTERM) is not guard._on_signal  # handlers restored
+
+
+def test_a_fresh_db_has_exactly_the_defined_columns(tmp_path):
+    db = tmp_path / "c.duckdb"
+    Store(db).close()
+    for table, cols in columns.TABLES.items():
+        got = rows(
+            db,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+            table,
+        )
+        assert got == [(c.name, c.sql) for c in cols], table
+
+
+def test_trainer_rows_must_match_the_columns():
+    values = {k: 0.0 for k in columns.EPOCH_METRICS}
+    assert list(columns.metric_row("epoch", values)) == list(columns.EPOCH_METRICS)
+    with pytest.raises(columns.RowError, match=r"missing \['overall_density'\]"):
+        columns.metric_row("epoch", {k: v for k, v in values.items() if k != "overall_density"})
+    with pytest.raises(columns.RowError, match=r"unknown \['new_metric'\]"):
+        columns.metric_row("final", {k: None for k in columns.FINAL_METRICS} | {"new_metric": 1.0})
+    # every epoch metric but the bookkeeping (epoch, step) has a tracker tag
+    assert set(columns.EPOCH_TAGS) == set(columns.EPOCH_METRICS) - {"epoch", "step"}
+
+
+ADD_A_METRIC = r"""
+import sys
+from granet_cli import columns
+# the one line a new metric needs: an epochs column of a new schema version, with its tracker tag
+columns.TABLES["epochs"] += (columns.Column("grad_norm", "DOUBLE", since=3, tag="train/grad_norm"),)
+columns.EPOCH_METRICS = tuple(c for c in columns.names("epochs") if c != "run_id")
+columns.EPOCH_TAGS = {c.name: c.tag for c in columns.TABLES["epochs"] if c.tag}
+from granet_cli.store import SCHEMA_VERSION, Store
+assert SCHEMA_VERSION == 3, SCHEMA_VERSION
+with Store(sys.argv[1]) as st:  # a v2 db: migrated by the writer
+    st.start_run(dict(run_id="r", spec_hash="h", method="rigl", seed=0))
+    st.add_epoch("r", {"epoch": 1, "step": 4, "test_acc": 0.5, "grad_norm": 2.5})
+"""
+
+
+def test_a_metric_added_in_columns_reaches_the_db_by_migration(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "v2.duckdb"
+    with Store(db) as st:
+        st.start_run(dict(run_id="old", spec_hash="h0", method="gmp", seed=1))
+    proc = subprocess.run([sys.executable, "-c", ADD_A_METRIC, str(db)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert rows(db, "SELECT value FROM granet_meta WHERE key = 'schema_version'") == [("3",)]
+    assert rows(db, "SELECT data_type FROM information_schema.columns WHERE column_name = 'grad_norm'") == [("DOUBLE",)]
+    assert rows(db, "SELECT run_id, epoch, grad_norm FROM epochs") == [("r", 1, 2.5)]
+    assert rows(db, "SELECT run_id FROM runs ORDER BY run_id") == [("old",), ("r",)]
