@@ -7,10 +7,8 @@ import functools
 import json
 import os
 import shlex
-import signal
 import sys
 import uuid
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -112,8 +110,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Bad input: one line per problem on stderr, exit code 2 (with --debug: the traceback too)."""
     if DEBUG and sys.exc_info()[0] is not None:
         err.print_exception()
+    from rich.markup import escape  # a message is text: `pip install 'granet-cli[wandb]'` keeps its brackets
+
     for line in str(message).splitlines() or [""]:
-        err.print(f"[red]error:[/red] {line}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -176,18 +176,6 @@ def _os_error_line(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return str(e.strerror) if "no space left on" in str(e.strerror) else f"no space left on {where or 'the device'}"
     return f"{e.strerror or e}{f': {where}' if where else ''}"
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the run is marked interrupted and can be resumed."""
-
-
-@functools.lru_cache(maxsize=1)
-def _interrupted_status() -> str:
-    """'interrupted' where the store knows it (results db schema v2), else 'failed'."""
-    from . import store
-
-    return "interrupted" if "interrupted" in getattr(store, "RUN_STATUSES", ()) else "failed"
 
 
 def _sweep_command(
@@ -352,226 +340,182 @@ def run(
     """Train one spec; every epoch lands in the results database, then a summary is printed."""
     run_spec = _load(spec, set_)
     if tensorboard is not None:
-        from .trackers import TrackerError, require_tensorboard
-
-        try:
-            require_tensorboard()
-        except TrackerError as e:
-            fail(str(e))
-        _check_runs_dir(tensorboard, "--tensorboard")
+        _require_tracker(tensorboard)
     _check_runs_dir(runs_dir)  # every check before the first write (db file, runs dir) and before torch loads
-    from .records import record_for, store_final
-
     db_path = _db_path(db)
     spec_hash = run_spec.spec_hash()
     run_dir = runs_dir / spec_hash
-    meta_path = run_dir / "run.json"
     if resume:  # read-only checks: a refused --resume creates and writes nothing
-        run_id = _resumable_run_id(run_dir, meta_path, db_path)
+        run_id = _resumable_run_id(run_dir, run_dir / RUN_META, db_path)
 
-    from . import train
-    from .data import DataError
-    from .distributed import DistributedSetupError
-    from .models import ModelError
+    from .interrupts import SignalGuard
+    from .recorder import RunRecorder
     from .store import Store, StoreError
 
     # An existing db is opened (and checked: a foreign file is refused) now; a new one is only
     # created once the run has started, so a run that fails at set-up (missing data) writes nothing.
-    store: Store | None = None
-    try:
-        if db_path.exists():
-            store = Store(db_path)
-            store.reap_orphans(spec_hash)  # a `running` row of this spec whose process is gone -> interrupted
-    except StoreError as e:
-        fail(str(e))
-    if store is None:
-        _check_runs_dir(db_path.parent, "--db")
+    store = _open_existing_db(db_path, spec_hash)
     if not resume:
-        run_id = f"{spec_hash[:8]}-{uuid.uuid4().hex[:8]}"
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / train.CHECKPOINT).unlink(missing_ok=True)
-            meta_path.write_text(json.dumps({"run_id": run_id, "spec_hash": spec_hash}))
-        except OSError as e:
-            if store is not None:
-                store.close()
-            fail(f"--runs-dir {runs_dir}: {_os_error_line(e)}")
-    record = record_for(run_spec, run_id, sweep_id=None)
-    hint = _resume_hint(
-        spec, set_, db_path, runs_dir, nproc, ("--tensorboard", str(tensorboard)) if tensorboard is not None else ()
+        run_id = _new_run_dir(run_dir, spec_hash, runs_dir, store)
+    recorder = RunRecorder(
+        run_spec,
+        run_id,
+        store=store,
+        open_store=lambda: Store(db_path),
+        owns_store=True,
+        trackers=_open_trackers(tensorboard, run_id, run_spec, store),
     )
-    started = False
-    tb = None
-    if tensorboard is not None:
-        from .trackers import TensorBoardLogger, TrackerError
-
-        try:
-            tb = TensorBoardLogger(
-                tensorboard,
-                run_id,
-                {
-                    "spec_hash": spec_hash,
-                    "method": run_spec.sparsity.method,
-                    "final_density": run_spec.sparsity.final_density,
-                    "model": run_spec.model.name,
-                    "dataset": run_spec.data.name,
-                    "seed": run_spec.seed,
-                },
-            )
-        except TrackerError as e:
-            if store is not None:
-                store.close()
-            fail(str(e))
-
-    # Ctrl-C and SIGTERM stop the run (recorded 'interrupted', resumable), but never in the middle
-    # of a results-db write (DuckDB would abort it as "Query interrupted"): there they wait for its end.
-    stopping = False  # the outcome is being recorded: further signals are ignored
-    in_db_write = False
-    pending: KeyboardInterrupt | None = None
-
-    def on_signal(signum, frame) -> None:
-        nonlocal pending
-        if stopping:
-            return
-        exc = _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-        if in_db_write:
-            pending = pending or exc
-            return
-        raise exc
-
-    def db_write(write: Callable[[], None]) -> None:
-        nonlocal in_db_write, pending
-        in_db_write = True
-        try:
-            write()
-        finally:
-            in_db_write = False
-        if pending is not None:
-            exc, pending = pending, None
-            raise exc
+    tb_flag = ("--tensorboard", str(tensorboard)) if tensorboard is not None else ()
+    hint = _resume_hint(spec, set_, db_path, runs_dir, nproc, tb_flag)
+    guard = SignalGuard()
 
     def on_start() -> None:
-        def write() -> None:
-            nonlocal started, store
-            if store is None:
-                store = Store(db_path)
-            store.start_run(record)
-            started = True
-            if resume:
-                store.truncate_after(run_id, 0, 0)  # the trainer replays the checkpointed epochs next
-
-        db_write(write)
+        guard.db_write(lambda: recorder.start(restart=resume))  # a resumed run's epochs are replayed next
 
     def on_epoch(row: dict, updates: list[dict]) -> None:
-        def write() -> None:
-            assert store is not None  # opened by on_start
-            store.add_epoch(run_id, row, mask_updates=updates)  # one transaction per epoch
+        guard.db_write(lambda: recorder.epoch(row, updates))  # one transaction per epoch
 
-        db_write(write)
-        if tb is not None:
-            tb.log_epoch(row, updates)
-
-    def resumable() -> bool:
-        return (run_dir / train.CHECKPOINT).is_file()
-
-    def record_stop(status: str, error: str, final: dict | None = None) -> str:
-        """Best effort, never raises: the row must not stay `running`. Returns '' or why it could not."""
-        if not started or store is None:
-            return ""
+    with guard:
         try:
-            store.fail_run(run_id, status, error, final)
-            return ""
+            result = _train_one(run_spec, run_dir, nproc, resume, on_start, on_epoch, quiet)
+        except (Exception, KeyboardInterrupt) as e:  # each kind becomes its one line, recorded first
+            guard.stopping = True
+            _stop_run(e, recorder, run_dir, hint)
+        guard.stopping = True  # from here on the outcome is written; SIGTERM waits for it
+        try:
+            recorder.finish(result.status, result.final, result.layers, result.error)
         except StoreError as e:
-            return f"; the results db could not record it either ({e})"
-
-    def close() -> None:
-        if store is None:
-            return
-        try:
-            store.close()
-        except Exception:  # noqa: BLE001 - a db that cannot even close: the error line says why
-            pass
-
-    import threading
-
-    old_handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            if nproc > 1:
-                from .distributed import run_distributed
-
-                result = run_distributed(run_spec, run_dir, nproc, resume=resume, on_start=on_start, on_epoch=on_epoch)
-            else:
-                result = train.run(
-                    run_spec, run_dir, resume=resume, on_start=on_start, on_epoch=on_epoch, progress=not quiet
-                )
-        except (
-            DataError,
-            ModelError,
-            train.ResumeError,
-            train.DeviceError,
-            train.SparsityError,
-            DistributedSetupError,
-        ) as e:
-            stopping = True
-            why = record_stop("failed", str(e))
-            close()
-            fail(f"{e}{why}")
-        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_Terminated): resumable, like a kill
-            stopping = True
-            term = isinstance(e, _Terminated)
-            what = "terminated (SIGTERM)" if term else "interrupted (Ctrl-C)"
-            status = _interrupted_status()
-            why = record_stop(status, f"{what}; resume with --resume")
-            close()
-            if started:
-                err.print(f"{what}: run {run_id} recorded as {status}{why}", highlight=False, soft_wrap=True)
-            else:
-                err.print(f"{what} before training started; nothing was recorded", highlight=False, soft_wrap=True)
-            if resumable():
-                err.print(f"continue with: {hint}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_SIGTERM if term else EXIT_SIGINT) from None
-        except (StoreError, OSError) as e:  # the results db or the disk failed mid-run (e.g. no space left)
-            stopping = True
-            line = str(e) if isinstance(e, StoreError) else _os_error_line(e)
-            status = _interrupted_status() if resumable() else "failed"
-            why = record_stop(status, line)
-            close()
-            then = f"; fix that, then continue with: {hint}" if resumable() else ""
-            fail(f"run {run_id} stopped: {line} (recorded as {status}){why}{then}", code=EXIT_FAILED)
-        except Exception as e:  # a crash mid-run: recorded, then shown as one line
-            stopping = True
-            why = record_stop("failed", f"{type(e).__name__}: {e}")
-            close()
-            fail(f"run {run_id} failed: {type(e).__name__}: {_one_line(e)}{why}", code=EXIT_FAILED)
-        stopping = True  # from here on the outcome is written; SIGTERM waits for it
-        assert store is not None  # the run started, so on_start opened it
-        try:
-            if result.status == "completed":
-                store.finish_run(run_id, store_final(result.final), result.layers)
-            else:
-                store.fail_run(run_id, result.status, result.error or result.status, store_final(result.final))
-        except StoreError as e:
-            why = record_stop(_interrupted_status(), f"final write failed: {e}")
-            close()
+            why = recorder.stop("interrupted", f"final write failed: {e}")
+            recorder.close()
             fail(
                 f"run {run_id} trained to the end ({result.status}) but its final metrics could not be written: "
                 f"{e}{why}; continue with: {hint}",
                 code=EXIT_FAILED,
             )
-        close()
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        if tb is not None:
-            tb.close()
-    if tb is not None:
+        recorder.close()
+    if tensorboard is not None:
         out.print(f"tensorboard: tensorboard --logdir {tensorboard}", highlight=False)
     print_summary(run_spec, run_id, result, db_path)
     if result.status != "completed":
         raise typer.Exit(1)
+
+
+RUN_META = "run.json"
+
+
+def _require_tracker(tensorboard: Path) -> None:
+    from .trackers import TrackerError, require_tensorboard
+
+    try:
+        require_tensorboard()
+    except TrackerError as e:
+        fail(str(e))
+    _check_runs_dir(tensorboard, "--tensorboard")
+
+
+def _open_existing_db(db_path: Path, spec_hash: str):
+    """The results db if it exists (checked: a foreign file is refused; a `running` row of this
+    spec whose process is gone becomes interrupted), else None after checking its folder."""
+    from .store import Store, StoreError
+
+    if not db_path.exists():
+        _check_runs_dir(db_path.parent, "--db")
+        return None
+    try:
+        store = Store(db_path)
+        store.reap_orphans(spec_hash)
+        return store
+    except StoreError as e:
+        fail(str(e))
+
+
+def _new_run_dir(run_dir: Path, spec_hash: str, runs_dir: Path, store) -> str:
+    """A fresh run id, written to the spec's run folder (an old checkpoint there is removed)."""
+    from .train import CHECKPOINT
+
+    run_id = f"{spec_hash[:8]}-{uuid.uuid4().hex[:8]}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        (run_dir / RUN_META).write_text(json.dumps({"run_id": run_id, "spec_hash": spec_hash}))
+    except OSError as e:
+        if store is not None:
+            store.close()
+        fail(f"--runs-dir {runs_dir}: {_os_error_line(e)}")
+    return run_id
+
+
+def _open_trackers(tensorboard: Path | None, run_id: str, run_spec: RunSpec, store) -> list:
+    if tensorboard is None:
+        return []
+    from .trackers import TensorBoardLogger, TrackerError
+
+    sp = run_spec.sparsity
+    hparams = {"spec_hash": run_spec.spec_hash(), "method": sp.method, "final_density": sp.final_density}
+    hparams |= {"model": run_spec.model.name, "dataset": run_spec.data.name, "seed": run_spec.seed}
+    try:
+        return [TensorBoardLogger(tensorboard, run_id, hparams)]
+    except TrackerError as e:
+        if store is not None:
+            store.close()
+        fail(str(e))
+
+
+def _train_one(run_spec: RunSpec, run_dir: Path, nproc: int, resume: bool, on_start, on_epoch, quiet: bool):
+    from . import train
+
+    if nproc > 1:
+        from .distributed import run_distributed
+
+        return run_distributed(run_spec, run_dir, nproc, resume=resume, on_start=on_start, on_epoch=on_epoch)
+    return train.run(run_spec, run_dir, resume=resume, on_start=on_start, on_epoch=on_epoch, progress=not quiet)
+
+
+def _setup_errors() -> tuple[type[Exception], ...]:
+    """What stops a run before or while it is set up because of its input: exit 2, one line."""
+    from . import train
+    from .data import DataError
+    from .distributed import DistributedSetupError
+    from .models import ModelError
+
+    return (DataError, ModelError, train.ResumeError, train.DeviceError, train.SparsityError, DistributedSetupError)
+
+
+def _stop_run(e: BaseException, recorder, run_dir: Path, hint: str) -> NoReturn:
+    """Record a run that stopped early (never left `running`), close it, and exit with its line."""
+    from .interrupts import Terminated
+    from .store import StoreError
+    from .train import CHECKPOINT
+
+    run_id = recorder.run_id
+    resumable = (run_dir / CHECKPOINT).is_file()
+    if isinstance(e, _setup_errors()):
+        why = recorder.stop("failed", str(e))
+        recorder.close()
+        fail(f"{e}{why}")
+    if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (Terminated): resumable, like a kill
+        term = isinstance(e, Terminated)
+        what = "terminated (SIGTERM)" if term else "interrupted (Ctrl-C)"
+        why = recorder.stop("interrupted", f"{what}; resume with --resume")
+        recorder.close()
+        if recorder.started:
+            err.print(f"{what}: run {run_id} recorded as interrupted{why}", highlight=False, soft_wrap=True)
+        else:
+            err.print(f"{what} before training started; nothing was recorded", highlight=False, soft_wrap=True)
+        if resumable:
+            err.print(f"continue with: {hint}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_SIGTERM if term else EXIT_SIGINT) from None
+    if isinstance(e, (StoreError, OSError)):  # the results db or the disk failed mid-run (e.g. no space left)
+        line = str(e) if isinstance(e, StoreError) else _os_error_line(e)
+        status = "interrupted" if resumable else "failed"
+        why = recorder.stop(status, line)
+        recorder.close()
+        then = f"; fix that, then continue with: {hint}" if resumable else ""
+        fail(f"run {run_id} stopped: {line} (recorded as {status}){why}{then}", code=EXIT_FAILED)
+    # a crash mid-run: recorded, then shown as one line
+    why = recorder.stop("failed", f"{type(e).__name__}: {e}")
+    recorder.close()
+    fail(f"run {run_id} failed: {type(e).__name__}: {_one_line(e)}{why}", code=EXIT_FAILED)
 
 
 def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
@@ -698,6 +642,37 @@ def sweep(
             help="Also log every trial's epochs (losses, accuracies, density, ITOP rate, lr, mask updates) to TensorBoard under DIR/<run id>/, from the driver (needs the tensorboard package).",
         ),
     ] = None,
+    wandb: Annotated[
+        str | None,
+        typer.Option(
+            "--wandb",
+            metavar="PROJECT",
+            help=(
+                "Also log every trial to this Weights & Biases project (Ray Tune's WandbLoggerCallback): a W&B run per "
+                "trial named <trial>-<run id>, grouped by the sweep's name, the spec as config, every epoch's losses, "
+                "accuracies, density and ITOP rate, and final/* metrics. Needs `pip install wandb` and `wandb login`; "
+                "with WANDB_MODE=offline nothing goes over the network: runs are written under ./wandb/ (or "
+                "$WANDB_DIR/wandb/) for a later `wandb sync`."
+            ),
+        ),
+    ] = None,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow",
+            metavar="URI|DIR",
+            help=(
+                "Also log every trial to MLflow (Ray Tune's MLflowLoggerCallback): a tracking URI (http://host:5000, "
+                "sqlite:///mlflow.db) or a local folder, MLflow's file store (no server, no network). An MLflow run per "
+                "trial named <trial>-<run id> (tag granet.run_id), the spec as params, every epoch's metrics and "
+                "final/*. Needs `pip install mlflow-skinny`."
+            ),
+        ),
+    ] = None,
+    mlflow_experiment: Annotated[
+        str | None,
+        typer.Option("--mlflow-experiment", help="MLflow experiment of --mlflow (default: the sweep's name)."),
+    ] = None,
 ) -> None:
     """Methods x densities x seeds (x --grid fields) as Ray Tune trials; rerunning the same sweep runs only what is missing."""
     from .spec import SpecError
@@ -744,6 +719,7 @@ def sweep(
                 _check_runs_dir(tensorboard, "--tensorboard")
             except TrackerError as e:
                 fail(str(e))
+    trackers = _ray_trackers(wandb, mlflow, mlflow_experiment, plan_.name, check=not dry_run)
     again = _sweep_command(
         plan_.spec_path,
         set_,
@@ -761,6 +737,9 @@ def sweep(
         gpus_per_trial=gpus_per_trial,
         max_concurrent=max_concurrent,
         tensorboard=tensorboard,
+        wandb=wandb,
+        mlflow=trackers.mlflow_uri,
+        mlflow_experiment=mlflow_experiment,
     )
     try:
         if dry_run:
@@ -777,6 +756,7 @@ def sweep(
             storage_path=storage_path,
             console=Console(quiet=True) if quiet else out,
             tensorboard=tensorboard,
+            trackers=trackers or None,
         )
     except (StoreError, SweepError) as e:
         fail(str(e))
@@ -797,6 +777,39 @@ def sweep(
     if result.trials and all(t.status in ("failed", "diverged") for t in result.trials):
         err.print("every trial of this sweep failed or diverged", highlight=False)
         raise typer.Exit(1)
+
+
+def _ray_trackers(wandb: str | None, mlflow: str | None, experiment: str | None, sweep_name: str, *, check: bool):
+    """--wandb / --mlflow as sweep_trackers.RayTrackers; with `check`, refused (one line, exit 2) before
+    anything is written: a package missing, no W&B login outside offline mode, a folder not writable."""
+    from .sweep_trackers import (
+        RayTrackers,
+        TrackerError,
+        local_mlflow_folder,
+        mlflow_tracking_uri,
+        require_mlflow,
+        require_wandb,
+    )
+
+    if wandb is not None and not wandb.strip():
+        fail("--wandb: expected a W&B project name")
+    if mlflow is not None and not mlflow.strip():
+        fail("--mlflow: expected a tracking URI or a folder")
+    if mlflow is None and experiment is not None:
+        fail("--mlflow-experiment needs --mlflow")
+    uri = mlflow_tracking_uri(mlflow) if mlflow is not None else None
+    if check:
+        try:
+            if wandb is not None:
+                require_wandb()
+            if uri is not None:
+                require_mlflow()
+        except TrackerError as e:
+            fail(str(e))
+        folder = local_mlflow_folder(uri) if uri is not None else None
+        if folder is not None:
+            _check_runs_dir(folder, "--mlflow")
+    return RayTrackers(wandb_project=wandb, mlflow_uri=uri, mlflow_experiment=experiment, group=sweep_name)
 
 
 # ----------------------------------------------------------------------------- report

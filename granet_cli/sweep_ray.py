@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .records import record_for, store_final
+from .recorder import RunRecorder
 from .spec import RunSpec
 from .sweep_plan import (
     DONE_STATUSES,
@@ -367,13 +367,6 @@ def _interrupted_status(store_module) -> str:
     return "interrupted" if "interrupted" in getattr(store_module, "RUN_STATUSES", ()) else "failed"
 
 
-def _start_attempt(store, t: TrialOutcome, sweep_id: str) -> None:
-    """(Re)register the run as running with its attempt count (runs.attempts): the first attempt
-    of this invocation and every Tune retry; a run continued from an earlier invocation adds up."""
-    assert t.run_id is not None  # every trial to run is given its run id when it is planned
-    store.start_run({**record_for(t.point.spec, t.run_id, sweep_id), "attempts": t.prior_attempts + t.attempts})
-
-
 def _make_callback(
     store,
     plan: SweepPlan,
@@ -395,37 +388,43 @@ def _make_callback(
             self.store, self.plan, self.by_run, self.display = store, plan, by_run, display
             self.max_failures, self.outcome = max_failures, outcome
             self.tensorboard = tensorboard
-            self.loggers: dict[str | None, Any] = {}  # run_id -> TensorBoardLogger
+            self.recorders: dict[str | None, RunRecorder] = {}  # run_id -> the run's recorder
 
         def __getstate__(self) -> dict:
             return {}
 
         def __setstate__(self, state: dict) -> None:
             self.store = self.plan = self.display = self.outcome = self.tensorboard = None
-            self.by_run, self.max_failures, self.loggers = {}, 0, {}
+            self.by_run, self.max_failures, self.recorders = {}, 0, {}
 
-        def _log(self, t: TrialOutcome, row: dict, updates: list[dict]) -> None:
-            if self.tensorboard is None:
-                return
-            from .trackers import TensorBoardLogger
+        def _recorder(self, t: TrialOutcome) -> RunRecorder:
+            """The trial's run, recorded as `granet run` records one (the sweep's store stays open)."""
+            rec = self.recorders.get(t.run_id)
+            if rec is None:
+                assert t.run_id is not None  # every trial to run is given its run id when it is planned
+                trackers = []
+                if self.tensorboard is not None:
+                    from .trackers import TensorBoardLogger
 
-            if t.run_id not in self.loggers:
-                self.loggers[t.run_id] = TensorBoardLogger(
-                    self.tensorboard, str(t.run_id), {"label": t.point.label, "spec_hash": t.point.spec_hash}
+                    hparams = {"label": t.point.label, "spec_hash": t.point.spec_hash}
+                    trackers.append(TensorBoardLogger(self.tensorboard, t.run_id, hparams))
+                rec = RunRecorder(
+                    t.point.spec, t.run_id, sweep_id=self.plan.sweep_id, store=self.store, trackers=trackers
                 )
-            self.loggers[t.run_id].log_epoch(row, updates)
+                self.recorders[t.run_id] = rec
+            return rec
 
-        def _close_log(self, t: TrialOutcome) -> None:
-            logger = self.loggers.pop(t.run_id, None)
-            if logger is not None:
-                logger.close()
+        def _start_attempt(self, t: TrialOutcome) -> None:
+            """(Re)register the run as running with its attempt count (runs.attempts): the first attempt
+            of this invocation and every Tune retry; a run continued from an earlier invocation adds up."""
+            self._recorder(t).start(attempts=t.prior_attempts + t.attempts)
 
         def _outcome(self, trial) -> TrialOutcome | None:
             return self.by_run.get(trial.config.get("point", {}).get("run_id"))
 
         def _start(self, t: TrialOutcome) -> None:
             t.status, t.ran, t.attempts = "running", True, 1
-            _start_attempt(self.store, t, self.plan.sweep_id)
+            self._start_attempt(t)
             self.display.started()
             if t.resume_from:
                 self.display.note(
@@ -434,7 +433,9 @@ def _make_callback(
 
         def _fail(self, t: TrialOutcome, error: str) -> None:
             t.status, t.error = "failed", error
-            self.store.fail_run(t.run_id, "failed", error)
+            why = self._recorder(t).stop("failed", error)
+            if why:
+                self.display.note(f"[red]x[/red] {t.point.label}: {why.lstrip('; ')}")
             self.display.finished(t)
 
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -449,10 +450,7 @@ def _make_callback(
             t.node_ip = result.get("node_ip") or t.node_ip
             if REPLAY_KEY in result:  # a continued trial: its checkpoint's rows replace the run's rows
                 replay = json.loads(result[REPLAY_KEY])
-                self.store.truncate_after(t.run_id, 0, 0)
-                for row in replay["epochs"]:
-                    self.store.add_epoch(t.run_id, row)
-                self.store.add_mask_updates(t.run_id, replay["updates"])
+                self._recorder(t).replay(replay["epochs"], replay["updates"])
                 t.last_epoch = replay["epochs"][-1]["epoch"] if replay["epochs"] else 0
                 if t.fresh_attempt:
                     self.display.note(
@@ -463,23 +461,17 @@ def _make_callback(
             if EPOCH_KEY in result:
                 row = json.loads(result[EPOCH_KEY])
                 if t.fresh_attempt:  # a retry with no checkpoint to go on from starts over: so do its rows
-                    self.store.truncate_after(t.run_id, 0, 0)
+                    self._recorder(t).restart()
                     t.fresh_attempt = False
                 updates = json.loads(result.get(UPDATES_KEY) or "[]")
-                self.store.add_epoch(t.run_id, row, mask_updates=updates)  # one transaction per epoch
-                self._log(t, row, updates)
+                self._recorder(t).epoch(row, updates)  # one transaction per epoch, then the trackers
                 t.last_epoch = row["epoch"]
                 self.display.epoch(t, row.get("test_acc"))
             if FINAL_KEY in result:
                 done = json.loads(result[FINAL_KEY])
                 t.final, t.error = done["final"], done.get("error")
-                if done["status"] == "completed":
-                    self.store.finish_run(t.run_id, store_final(t.final), done["layers"])
-                    t.status = "completed"
-                else:
-                    t.status = "diverged" if done["status"] == "diverged" else "failed"
-                    self.store.fail_run(t.run_id, t.status, t.error or t.status, store_final(t.final))
-                self._close_log(t)
+                t.status = done["status"] if done["status"] in ("completed", "diverged") else "failed"
+                self._recorder(t).finish(t.status, t.final, done["layers"], t.error)
                 self.display.finished(t)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
@@ -494,7 +486,7 @@ def _make_callback(
             t.fresh_attempt, t.last_epoch = True, 0
             if self.outcome is not None:
                 self.outcome.retries += 1
-            _start_attempt(self.store, t, self.plan.sweep_id)
+            self._start_attempt(t)
             n = getattr(trial, "num_failures", t.attempts - 1)
             count = f"{n}/{self.max_failures}" if n else "(a preemption does not count against --max-failures)"
             self.display.note(f"[yellow]![/yellow] {t.point.label}: {reason}; retrying {count}")
@@ -533,6 +525,7 @@ def run_sweep(
     max_failures: int | None = None,
     console=None,
     tensorboard: Path | None = None,
+    trackers: Any = None,
 ) -> SweepOutcome:
     """Run every point of `plan` not done yet as a Ray Tune trial; the driver writes the db.
 
@@ -656,7 +649,11 @@ def run_sweep(
                         storage_path=storage,
                         name=experiment,
                         verbose=0,
-                        callbacks=[_make_callback(store, plan, by_run, display, retries, outcome, tensorboard)],
+                        callbacks=[
+                            _make_callback(store, plan, by_run, display, retries, outcome, tensorboard),
+                            # --wandb / --mlflow: Ray Tune's logger callbacks (sweep_trackers.RayTrackers)
+                            *(trackers.callbacks() if trackers else []),
+                        ],
                         failure_config=tune.FailureConfig(max_failures=retries, fail_fast=False),
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                     ),

@@ -1,7 +1,8 @@
-"""Experiment trackers: per-epoch metrics of `granet run` into TensorBoard.
+"""Experiment trackers: per-epoch metrics of `granet run` and `granet sweep` into TensorBoard.
 
-Optional: needs the `tensorboard` package (``pip install 'granet-cli[trackers]'``); torch's
-own ``torch.utils.tensorboard.SummaryWriter`` writes the event files.
+Optional: needs the `tensorboard` package (``pip install 'granet-cli[trackers]'``); torch's own
+``torch.utils.tensorboard.SummaryWriter`` writes the event files. The sweeps' W&B and MLflow
+trackers (Ray Tune's logger callbacks) are in `sweep_trackers.py`.
 """
 
 from __future__ import annotations
@@ -9,26 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .columns import EPOCH_TAGS as _COLUMN_TAGS
+
 
 class TrackerError(RuntimeError):
     """A tracker cannot be used (package missing, folder not writable): one line."""
 
 
-#: epochs row key -> TensorBoard tag
-EPOCH_TAGS = {
-    "train_loss": "train/loss",
-    "train_acc": "train/acc",
-    "test_loss": "test/loss",
-    "test_acc": "test/acc",
-    "test_acc5": "test/acc5",
-    "val_loss": "val/loss",
-    "val_acc": "val/acc",
-    "density": "sparsity/density",
-    "overall_density": "sparsity/overall_density",
-    "itop_rate": "sparsity/itop_rate",
-    "lr": "optim/lr",
-    "seconds": "time/epoch_seconds",
-}
+#: epochs row key -> tracker tag (defined with the columns, in granet_cli/columns.py)
+EPOCH_TAGS = _COLUMN_TAGS
 
 
 def require_tensorboard() -> None:
