@@ -558,121 +558,141 @@ def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- sweep
+# ----------------------------------------------------------------------------- granet sweep's options
+SweepSpecOpt = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Base run spec; its top-level `sweep:` section may hold the grid (default: experiments/quickstart.yaml)."
+    ),
+]
+SweepMethodsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--methods",
+        help="Comma-separated methods (default: granet,rigl,gmp); dense = one dense run per seed. Choices: granet, granet_uniform, rigl (alias dst), set, gmp, gmp_uniform, static, dense.",
+    ),
+]
+SweepDensitiesOpt = Annotated[
+    str | None,
+    typer.Option("--densities", help="Comma-separated final densities in (0, 1] (default: 0.05,0.1,0.2)."),
+]
+SweepSeedsOpt = Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds (default: 0).")]
+SweepAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Join this Ray cluster (host:port) (default: $RAY_ADDRESS, else a local instance on all CPUs).",
+    ),
+]
+SweepCpusPerTrialOpt = Annotated[
+    float | None, typer.Option("--cpus-per-trial", help="CPUs per trial, also its torch threads (default: 1).")
+]
+SweepGpusPerTrialOpt = Annotated[
+    float | None,
+    typer.Option("--gpus-per-trial", help="GPUs per trial (default: 1 if the cluster has GPUs, else 0)."),
+]
+SweepMaxConcurrentOpt = Annotated[
+    int | None,
+    typer.Option("--max-concurrent", help="At most this many trials at once (default: as resources allow)."),
+]
+SweepNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name", help="Sweep name; the same name resumes the sweep (default: sweep-<hash of spec and grid>)."
+    ),
+]
+SweepRunsDirOpt = Annotated[
+    Path, typer.Option("--runs-dir", help="Parent of the default --storage-path (<runs-dir>/ray).")
+]
+SweepDryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="List every point as done / to run; run and write nothing.")
+]
+SweepGridOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--grid",
+        help="One more grid axis over any spec field, e.g. --grid optim.lr=0.05,0.1 (repeatable; values are YAML scalars).",
+    ),
+]
+SweepMaxFailuresOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-failures",
+        min=0,
+        help="Retries of a trial whose node died or that crashed, from its last checkpoint (default: 2).",
+    ),
+]
+SweepStoragePathOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-path",
+        help="Where Tune keeps trial checkpoints: a local dir, a shared (NFS) path or a URI like s3://bucket/path; on a cluster every node must reach it (default: <runs-dir>/ray).",
+    ),
+]
+SweepQuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress; only the summary at the end.")]
+SweepTensorboardOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tensorboard",
+        help="Also log every trial's epochs (losses, accuracies, density, ITOP rate, lr, mask updates) to TensorBoard under DIR/<run id>/, from the driver (needs the tensorboard package).",
+    ),
+]
+SweepWandbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--wandb",
+        metavar="PROJECT",
+        help=(
+            "Also log every trial to this Weights & Biases project (Ray Tune's WandbLoggerCallback): a W&B run per "
+            "trial named <trial>-<run id>, grouped by the sweep's name, the spec as config, every epoch's losses, "
+            "accuracies, density and ITOP rate, and final/* metrics. Needs `pip install wandb` and `wandb login`; "
+            "with WANDB_MODE=offline nothing goes over the network: runs are written under ./wandb/ (or "
+            "$WANDB_DIR/wandb/) for a later `wandb sync`."
+        ),
+    ),
+]
+SweepMlflowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow",
+        metavar="URI|DIR",
+        help=(
+            "Also log every trial to MLflow (Ray Tune's MLflowLoggerCallback): a tracking URI (http://host:5000, "
+            "sqlite:///mlflow.db) or a local folder, MLflow's file store (no server, no network). An MLflow run per "
+            "trial named <trial>-<run id> (tag granet.run_id), the spec as params, every epoch's metrics and "
+            "final/*. Needs `pip install mlflow-skinny`."
+        ),
+    ),
+]
+SweepMlflowExperimentOpt = Annotated[
+    str | None,
+    typer.Option("--mlflow-experiment", help="MLflow experiment of --mlflow (default: the sweep's name)."),
+]
+
+
 @app.command()
 def sweep(
-    spec: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Base run spec; its top-level `sweep:` section may hold the grid (default: experiments/quickstart.yaml)."
-        ),
-    ] = None,
-    methods: Annotated[
-        str | None,
-        typer.Option(
-            "--methods",
-            help="Comma-separated methods (default: granet,rigl,gmp); dense = one dense run per seed. Choices: granet, granet_uniform, rigl (alias dst), set, gmp, gmp_uniform, static, dense.",
-        ),
-    ] = None,
-    densities: Annotated[
-        str | None,
-        typer.Option("--densities", help="Comma-separated final densities in (0, 1] (default: 0.05,0.1,0.2)."),
-    ] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds (default: 0).")] = None,
+    spec: SweepSpecOpt = None,
+    methods: SweepMethodsOpt = None,
+    densities: SweepDensitiesOpt = None,
+    seeds: SweepSeedsOpt = None,
     set_: SetOpt = None,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="Join this Ray cluster (host:port) (default: $RAY_ADDRESS, else a local instance on all CPUs).",
-        ),
-    ] = None,
-    cpus_per_trial: Annotated[
-        float | None, typer.Option("--cpus-per-trial", help="CPUs per trial, also its torch threads (default: 1).")
-    ] = None,
-    gpus_per_trial: Annotated[
-        float | None,
-        typer.Option("--gpus-per-trial", help="GPUs per trial (default: 1 if the cluster has GPUs, else 0)."),
-    ] = None,
-    max_concurrent: Annotated[
-        int | None,
-        typer.Option("--max-concurrent", help="At most this many trials at once (default: as resources allow)."),
-    ] = None,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name", help="Sweep name; the same name resumes the sweep (default: sweep-<hash of spec and grid>)."
-        ),
-    ] = None,
+    address: SweepAddressOpt = None,
+    cpus_per_trial: SweepCpusPerTrialOpt = None,
+    gpus_per_trial: SweepGpusPerTrialOpt = None,
+    max_concurrent: SweepMaxConcurrentOpt = None,
+    name: SweepNameOpt = None,
     db: DbOpt = None,
-    runs_dir: Annotated[
-        Path, typer.Option("--runs-dir", help="Parent of the default --storage-path (<runs-dir>/ray).")
-    ] = Path("runs"),
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List every point as done / to run; run and write nothing.")
-    ] = False,
-    grid: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--grid",
-            help="One more grid axis over any spec field, e.g. --grid optim.lr=0.05,0.1 (repeatable; values are YAML scalars).",
-        ),
-    ] = None,
-    max_failures: Annotated[
-        int | None,
-        typer.Option(
-            "--max-failures",
-            min=0,
-            help="Retries of a trial whose node died or that crashed, from its last checkpoint (default: 2).",
-        ),
-    ] = None,
-    storage_path: Annotated[
-        str | None,
-        typer.Option(
-            "--storage-path",
-            help="Where Tune keeps trial checkpoints: a local dir, a shared (NFS) path or a URI like s3://bucket/path; on a cluster every node must reach it (default: <runs-dir>/ray).",
-        ),
-    ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No live progress; only the summary at the end.")
-    ] = False,
-    tensorboard: Annotated[
-        Path | None,
-        typer.Option(
-            "--tensorboard",
-            help="Also log every trial's epochs (losses, accuracies, density, ITOP rate, lr, mask updates) to TensorBoard under DIR/<run id>/, from the driver (needs the tensorboard package).",
-        ),
-    ] = None,
-    wandb: Annotated[
-        str | None,
-        typer.Option(
-            "--wandb",
-            metavar="PROJECT",
-            help=(
-                "Also log every trial to this Weights & Biases project (Ray Tune's WandbLoggerCallback): a W&B run per "
-                "trial named <trial>-<run id>, grouped by the sweep's name, the spec as config, every epoch's losses, "
-                "accuracies, density and ITOP rate, and final/* metrics. Needs `pip install wandb` and `wandb login`; "
-                "with WANDB_MODE=offline nothing goes over the network: runs are written under ./wandb/ (or "
-                "$WANDB_DIR/wandb/) for a later `wandb sync`."
-            ),
-        ),
-    ] = None,
-    mlflow: Annotated[
-        str | None,
-        typer.Option(
-            "--mlflow",
-            metavar="URI|DIR",
-            help=(
-                "Also log every trial to MLflow (Ray Tune's MLflowLoggerCallback): a tracking URI (http://host:5000, "
-                "sqlite:///mlflow.db) or a local folder, MLflow's file store (no server, no network). An MLflow run per "
-                "trial named <trial>-<run id> (tag granet.run_id), the spec as params, every epoch's metrics and "
-                "final/*. Needs `pip install mlflow-skinny`."
-            ),
-        ),
-    ] = None,
-    mlflow_experiment: Annotated[
-        str | None,
-        typer.Option("--mlflow-experiment", help="MLflow experiment of --mlflow (default: the sweep's name)."),
-    ] = None,
+    runs_dir: SweepRunsDirOpt = Path("runs"),
+    dry_run: SweepDryRunOpt = False,
+    grid: SweepGridOpt = None,
+    max_failures: SweepMaxFailuresOpt = None,
+    storage_path: SweepStoragePathOpt = None,
+    quiet: SweepQuietOpt = False,
+    tensorboard: SweepTensorboardOpt = None,
+    wandb: SweepWandbOpt = None,
+    mlflow: SweepMlflowOpt = None,
+    mlflow_experiment: SweepMlflowExperimentOpt = None,
 ) -> None:
     """Methods x densities x seeds (x --grid fields) as Ray Tune trials; rerunning the same sweep runs only what is missing."""
     from .spec import SpecError
@@ -680,13 +700,10 @@ def sweep(
     from .sweep import (
         SweepError,
         dry_run_table,
-        failures,
         plan_sweep,
         point_state,
         prior_state,
         run_sweep,
-        summary_line,
-        summary_table,
     )
 
     try:
@@ -707,18 +724,7 @@ def sweep(
         fail(str(e))
     db_path = _db_path(db)
     if not dry_run:  # before Ray starts or the db is opened: nothing is written for a bad folder
-        if storage_path is None:
-            _check_runs_dir(runs_dir)
-        elif "://" not in str(storage_path):
-            _check_runs_dir(Path(storage_path), "--storage-path")
-        if tensorboard is not None:
-            from .trackers import TrackerError, require_tensorboard
-
-            try:
-                require_tensorboard()
-                _check_runs_dir(tensorboard, "--tensorboard")
-            except TrackerError as e:
-                fail(str(e))
+        _check_sweep_folders(runs_dir, storage_path, tensorboard)
     trackers = _ray_trackers(wandb, mlflow, mlflow_experiment, plan_.name, check=not dry_run)
     again = _sweep_command(
         plan_.spec_path,
@@ -763,12 +769,7 @@ def sweep(
     except KeyboardInterrupt:
         err.print(f"interrupted; resume (completed points are skipped) with: {again}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    out.print(summary_table(result))
-    for line in failures(result):
-        out.print(f"[red]x[/red] {line}", highlight=False, soft_wrap=True)
-    out.print(summary_line(result), highlight=False)
-    report_cmd = shlex.join(["granet", "report", "--sweep", plan_.name, "--db", str(db_path)])
-    out.print(f"results: {db_path}   report: {report_cmd}", highlight=False, soft_wrap=True)
+    _print_sweep_result(result, plan_.name, db_path)
     if result.interrupted:
         err.print(f"interrupted; resume (completed points are skipped) with: {again}", highlight=False, soft_wrap=True)
         raise typer.Exit(130)
@@ -777,6 +778,26 @@ def sweep(
     if result.trials and all(t.status in ("failed", "diverged") for t in result.trials):
         err.print("every trial of this sweep failed or diverged", highlight=False)
         raise typer.Exit(1)
+
+
+def _check_sweep_folders(runs_dir: Path, storage_path: str | None, tensorboard: Path | None) -> None:
+    if storage_path is None:
+        _check_runs_dir(runs_dir)
+    elif "://" not in str(storage_path):
+        _check_runs_dir(Path(storage_path), "--storage-path")
+    if tensorboard is not None:
+        _require_tracker(tensorboard)
+
+
+def _print_sweep_result(result, sweep_name: str, db_path: Path) -> None:
+    from .sweep import failures, summary_line, summary_table
+
+    out.print(summary_table(result))
+    for line in failures(result):
+        out.print(f"[red]x[/red] {line}", highlight=False, soft_wrap=True)
+    out.print(summary_line(result), highlight=False)
+    report_cmd = shlex.join(["granet", "report", "--sweep", sweep_name, "--db", str(db_path)])
+    out.print(f"results: {db_path}   report: {report_cmd}", highlight=False, soft_wrap=True)
 
 
 def _ray_trackers(wandb: str | None, mlflow: str | None, experiment: str | None, sweep_name: str, *, check: bool):

@@ -362,11 +362,6 @@ def check_feasible(nodes: list[dict], cpus: float, gpus: float) -> None:
 
 
 # ----------------------------------------------------------------------------- the driver's db writes
-def _interrupted_status(store_module) -> str:
-    """'interrupted' where the results db knows that status (schema v2), else 'failed'."""
-    return "interrupted" if "interrupted" in getattr(store_module, "RUN_STATUSES", ()) else "failed"
-
-
 def _make_callback(
     store,
     plan: SweepPlan,
@@ -535,7 +530,6 @@ def run_sweep(
     and store.StoreError."""
     from rich.console import Console
 
-    from . import store as store_module
     from .store import Store
 
     console = console or Console()
@@ -565,29 +559,9 @@ def run_sweep(
 
         # from here on things are written
         store = Store(db_path)
-        stale = _mark_stale(store, store_module, plan)
-        prior = pick(store.runs(sweep=plan.sweep_id))
+        stale = _mark_stale(store, plan)
         store.add_sweep(plan.sweep_id, plan.name, plan.grid_record())
-        checkpoints = find_checkpoints(storage, experiment)
-        trials = []
-        for p in plan.points:
-            row = prior.get(p.spec_hash)
-            if row is not None and row["status"] in DONE_STATUSES:
-                trials.append(_done_outcome(p, row))
-                continue
-            t = TrialOutcome(p, f"{p.spec_hash[:8]}-{uuid.uuid4().hex[:8]}")
-            ck = checkpoints.get(p.spec_hash)
-            if ck is not None:
-                t.resume_from, t.resume_epoch = ck["path"], int(ck["epoch"])
-                earlier = store.run(ck.get("run_id") or "")
-                if (
-                    earlier is not None
-                    and earlier.get("sweep_id") == plan.sweep_id
-                    and earlier.get("spec_hash") == p.spec_hash
-                ):
-                    t.run_id = earlier["run_id"]  # the same run goes on: its rows are replaced, attempts add up
-                    t.prior_attempts = int(earlier.get("attempts") or 1)
-            trials.append(t)
+        trials = _plan_trials(store, plan, find_checkpoints(storage, experiment))
         todo = [t for t in trials if t.status == "pending"]
         outcome = SweepOutcome(
             plan, trials, len(trials) - len(todo), stale, 0.0, resumed=sum(t.resume_from is not None for t in todo)
@@ -607,20 +581,8 @@ def run_sweep(
             f"checkpoints in {storage}/{experiment}",
             highlight=False,
         )
-        threads = max(1, int(cpus))
         by_run = {t.run_id: t for t in todo}
-        space = [
-            {
-                "run_id": t.run_id,
-                "sweep_id": plan.sweep_id,
-                "name": t.point.trial_name,
-                "spec_hash": t.point.spec_hash,
-                "spec_json": json.dumps(plan.run_spec(t.point).normalised()),
-                "resume_from": t.resume_from,
-                "threads": threads,
-            }
-            for t in todo
-        ]
+        space = _param_space(plan, todo, threads=max(1, int(cpus)))
         best = max(
             (t.final.get("best_test_acc") or 0.0 for t in trials if not t.ran and t.status == "completed"), default=None
         )
@@ -664,15 +626,7 @@ def run_sweep(
         finally:
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
-        status = _interrupted_status(store_module)
-        for t in todo:  # Ctrl+C / SIGTERM: Tune stopped the trials before their end
-            if t.status == "running":
-                t.status, t.error = ("interrupted" if status == "interrupted" else "failed"), INTERRUPTED
-                assert t.run_id is not None  # every trial to run is given its run id when it is planned
-                store.fail_run(t.run_id, status, INTERRUPTED)
-                outcome.interrupted = True
-            elif t.status == "pending":
-                outcome.interrupted = True
+        _record_unfinished(store, todo, outcome)
         outcome.wall_seconds = time.perf_counter() - started_at
         return outcome
     finally:
@@ -687,13 +641,67 @@ def _done_outcome(p, row: dict) -> TrialOutcome:
     return TrialOutcome(p, row["run_id"], row["status"], row.get("error"), final, ran=False)
 
 
-def _mark_stale(store, store_module, plan: SweepPlan) -> int:
+def _mark_stale(store, plan: SweepPlan) -> int:
     """'running' rows of this sweep left by a driver that was killed -> interrupted (resumable)."""
     stale = store.runs(sweep=plan.sweep_id, status="running")
-    status = _interrupted_status(store_module)
     for r in stale:
-        store.fail_run(r["run_id"], status, INTERRUPTED)
+        store.fail_run(r["run_id"], "interrupted", INTERRUPTED)
     return len(stale)
+
+
+def _plan_trials(store, plan: SweepPlan, checkpoints: dict[str, dict]) -> list[TrialOutcome]:
+    """Every point as done (by an earlier invocation) or to run, with a new run id, or the run id of
+    the earlier run its checkpoint in storage continues (its rows are replaced, attempts add up)."""
+    prior = pick(store.runs(sweep=plan.sweep_id))
+    trials = []
+    for p in plan.points:
+        row = prior.get(p.spec_hash)
+        if row is not None and row["status"] in DONE_STATUSES:
+            trials.append(_done_outcome(p, row))
+            continue
+        t = TrialOutcome(p, f"{p.spec_hash[:8]}-{uuid.uuid4().hex[:8]}")
+        ck = checkpoints.get(p.spec_hash)
+        if ck is not None:
+            t.resume_from, t.resume_epoch = ck["path"], int(ck["epoch"])
+            earlier = store.run(ck.get("run_id") or "")
+            if (
+                earlier is not None
+                and earlier.get("sweep_id") == plan.sweep_id
+                and earlier.get("spec_hash") == p.spec_hash
+            ):
+                t.run_id = earlier["run_id"]
+                t.prior_attempts = int(earlier.get("attempts") or 1)
+        trials.append(t)
+    return trials
+
+
+def _param_space(plan: SweepPlan, todo: list[TrialOutcome], *, threads: int) -> list[dict[str, Any]]:
+    """One Tune config per trial to run: what `_trainable` needs (plain JSON-able values)."""
+    return [
+        {
+            "run_id": t.run_id,
+            "sweep_id": plan.sweep_id,
+            "name": t.point.trial_name,
+            "spec_hash": t.point.spec_hash,
+            "spec_json": json.dumps(plan.run_spec(t.point).normalised()),
+            "resume_from": t.resume_from,
+            "threads": threads,
+        }
+        for t in todo
+    ]
+
+
+def _record_unfinished(store, todo: list[TrialOutcome], outcome: SweepOutcome) -> None:
+    """Ctrl+C / SIGTERM: Tune stopped the trials before their end; running ones are recorded
+    interrupted (resumable), and any left means the sweep was interrupted."""
+    for t in todo:
+        if t.status == "running":
+            t.status, t.error = "interrupted", INTERRUPTED
+            assert t.run_id is not None  # every trial to run is given its run id when it is planned
+            store.fail_run(t.run_id, "interrupted", INTERRUPTED)
+            outcome.interrupted = True
+        elif t.status == "pending":
+            outcome.interrupted = True
 
 
 #: Tune settings of the driver (a value the user exported wins):
