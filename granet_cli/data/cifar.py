@@ -3,6 +3,10 @@ download and md5 checks) only with `data.download: true`."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import tarfile
+import urllib.error
 from pathlib import Path
 
 from torchvision import datasets as tvd
@@ -46,9 +50,7 @@ def datasets(spec):
     if not spec.root:
         raise DataError(f"data.root: {title} needs a local root folder containing {folder}/ (nothing is downloaded)")
     if getattr(spec, "download", False):
-        from ..fetch import fetch
-
-        fetch(spec.name, spec.root)  # a no-op (after its md5 checks) when the files are there
+        download(spec.name, spec.root)  # a no-op (after its md5 checks) when the files are there
     path = Path(spec.root).expanduser() / folder
     expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     if not path.is_dir():
@@ -81,3 +83,55 @@ def train_eval_dataset(spec):
         transform=T.Compose([T.ToTensor(), T.Normalize(mean, std)]),
         download=False,
     )
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock file, so concurrent processes (sweep trials, DDP ranks) download once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def download(name: str, root: str | Path, *, quiet: bool = False) -> Path:
+    """Download (if missing or corrupt) and verify one CIFAR dataset under `root` (torchvision's own
+    download, then the archive's and every extracted batch file's md5); its folder.
+
+    Raises DataError with one line on a network failure or a checksum mismatch."""
+    cls, title, folder = _CIFAR[name][0], _CIFAR[name][1], _CIFAR[name][2]
+    root = Path(root).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--root {root}: cannot create the folder ({e.strerror or e})") from None
+    sink = io.StringIO()
+    quiet_ctx = (contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink)) if quiet else ()
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_locked(root / f".granet-fetch-{name}.lock"))  # sweep trials on one node
+            for ctx in quiet_ctx:
+                stack.enter_context(ctx)
+            for train in (True, False):  # downloads the archive once, then checks both splits' md5s
+                cls(str(root), train=train, download=True)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise DataError(f"{title}: download from {cls.url} failed ({' '.join(str(reason).split())})") from None
+    except tarfile.TarError as e:
+        raise DataError(
+            f"{title}: {root / cls.filename} is not a readable archive ({e}); delete it and retry"
+        ) from None
+    except RuntimeError as e:  # torchvision: "File not found or corrupted." / "Dataset not found or corrupted."
+        archive = root / cls.filename
+        raise DataError(
+            f"{title}: checksum mismatch ({' '.join(str(e).split())}): {archive} does not have md5 "
+            f"{cls.tgz_md5}, or a file under {root / folder} was changed; delete them and retry"
+        ) from None
+    return root / folder
