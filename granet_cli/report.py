@@ -861,17 +861,52 @@ def density_lines(
     return dseries
 
 
+@dataclass
+class _PlotInputs:
+    """What the plots of one group draw from: the main table and the rows it aggregates."""
+
+    main: Table
+    metric: str
+    runs: list[dict]
+    epochs: list[dict]
+    masks: list[dict]
+    layers: list[dict]
+
+    @property
+    def name(self) -> str:
+        return METRICS[self.metric].split(" (")[0]
+
+    @property
+    def dense(self) -> tuple[float, float] | None:
+        for r in self.main.rows:
+            c = r.cells[0] if r.baseline and r.cells else None
+            if c:
+                return (c.mean * 100, (c.ci95 or 0.0) * 100)
+        return None
+
+    @property
+    def labels(self) -> dict:
+        return self.main.run_labels  # only the runs the table aggregates, under their row's label
+
+    @property
+    def by_run(self) -> dict[str, dict]:
+        return {r["run_id"]: r for r in self.runs if r["run_id"] in self.labels}
+
+    @property
+    def order(self) -> dict[str, int]:
+        return {row.label: i for i, row in enumerate(self.main.rows)}
+
+
 def _group_plots(
     runs: list[dict], epochs: list[dict], masks: list[dict], layers: list[dict], metric: str, main: Table
 ) -> list[P.Plot]:
-    name = METRICS[metric].split(" (")[0]
-    dense = None
-    for r in main.rows:
-        c = r.cells[0] if r.baseline and r.cells else None
-        if dense is None and c:
-            dense = (c.mean * 100, (c.ci95 or 0.0) * 100)
+    inputs = _PlotInputs(main, metric, runs, epochs, masks, layers)
+    return [plot(inputs) for plot in _PLOTS]
 
-    # 1. accuracy vs training / inference FLOPs: a point per table row x density
+
+def _plot_accuracy_vs_flops(inputs: _PlotInputs) -> P.Plot:
+    """Accuracy vs training / inference FLOPs: a point per table row x density."""
+    main, metric, name, dense = inputs.main, inputs.metric, inputs.name, inputs.dense
     fseries: dict[str, list[dict[str, float | None]]] = {}
     for r in main.rows:
         if r.baseline:
@@ -892,64 +927,75 @@ def _group_plots(
                 }
             )
         fseries[r.label] = pts
-    plots = [P.accuracy_vs_flops_plot(fseries, dense=dense, ylabel=METRICS[metric], title=f"{name} vs FLOPs")]
-    plots[-1].caption = (
+    plot = P.accuracy_vs_flops_plot(fseries, dense=dense, ylabel=METRICS[metric], title=f"{name} vs FLOPs")
+    plot.caption = (
         f"{name} against the cost: a point per table row and target density d (mean over seeds, "
         "error bars the 95 % CI), at the mean training FLOPs (left) and inference FLOPs (right) as "
         "fractions of dense; the dashed line and the star at 1 are the dense baseline."
     )
+    return plot
 
-    # 2. accuracy vs density (from the main table's aggregates)
+
+def _plot_accuracy_vs_density(inputs: _PlotInputs) -> P.Plot:
+    """Accuracy vs density (from the main table's aggregates)."""
+    main, metric, name, dense = inputs.main, inputs.metric, inputs.name, inputs.dense
     series = {
         r.label: [(d, c.mean * 100, (c.ci95 or 0.0) * 100) for d, c in zip(main.densities, r.cells) if c]
         for r in main.rows
         if not r.baseline
     }
-    plots.append(
-        P.accuracy_vs_density_plot(series, dense=dense, ylabel=METRICS[metric], title=f"{name} vs target density")
-    )
-    plots[-1].caption = f"{name} vs target density: mean over seeds, error bars the 95 % CI; dashed: dense baseline."
+    plot = P.accuracy_vs_density_plot(series, dense=dense, ylabel=METRICS[metric], title=f"{name} vs target density")
+    plot.caption = f"{name} vs target density: mean over seeds, error bars the 95 % CI; dashed: dense baseline."
+    return plot
 
-    # 3. test accuracy over epochs, one panel per density, one line per table row
-    labels = main.run_labels  # only the runs the table aggregates, under their row's label
-    by_run = {r["run_id"]: r for r in runs if r["run_id"] in labels}
+
+def _plot_accuracy_over_epochs(inputs: _PlotInputs) -> P.Plot:
+    """Test accuracy over epochs, one panel per density, one line per table row."""
+    main, epochs, by_run = inputs.main, inputs.epochs, inputs.by_run
     panels = _per_epoch_panels(main, by_run, epochs, "test_acc", 100.0, include_baseline=True)
-    plots.append(P.curves_plot(panels, zoom_after=0.25, title="Test accuracy over epochs"))
-    plots[-1].caption = (
+    plot = P.curves_plot(panels, zoom_after=0.25, title="Test accuracy over epochs")
+    plot.caption = (
         "Test accuracy over epochs, mean ± std over seeds, one panel per target density; the y axis "
         "frames the last three quarters of training (the first epochs may run off the bottom)."
     )
+    return plot
 
-    # 4. density of the sparsified layers over training steps, from its initial density; lowest seed per cell
-    order = {row.label: i for i, row in enumerate(main.rows)}
+
+def _plot_density_over_steps(inputs: _PlotInputs) -> P.Plot:
+    """Density of the sparsified layers over training steps, from its initial density; lowest seed per cell."""
+    main, epochs, masks, by_run = inputs.main, inputs.epochs, inputs.masks, inputs.by_run
     dseries = density_lines(main, by_run, masks, epochs)
-    plots.append(
-        P.density_steps_plot(dseries, ylabel="density of the sparsified layers", title="Density over training steps")
-    )
-    plots[-1].caption = (
+    plot = P.density_steps_plot(dseries, ylabel="density of the sparsified layers", title="Density over training steps")
+    plot.caption = (
         "Density of the sparsified layers over training steps, from the initial density at step 0 "
         "(1.0 for GMP, init_density for GraNet, the target for RigL/SET/static) through every "
         "pruning and drop-and-grow update to the end of training; lowest seed per cell, one line "
         "per target density d."
     )
+    return plot
 
-    # 5. ITOP rate over epochs
+
+def _plot_itop(inputs: _PlotInputs) -> P.Plot:
+    """ITOP rate over epochs."""
+    main, epochs, by_run = inputs.main, inputs.epochs, inputs.by_run
     ipanels = _per_epoch_panels(main, by_run, epochs, "itop_rate", 1.0, include_baseline=False)
-    plots.append(
-        P.curves_plot(
-            ipanels,
-            ylabel="ITOP rate",
-            key="itop_over_epochs",
-            title="ITOP rate over epochs",
-            empty_note="no ITOP rate recorded",
-        )
+    plot = P.curves_plot(
+        ipanels,
+        ylabel="ITOP rate",
+        key="itop_over_epochs",
+        title="ITOP rate over epochs",
+        empty_note="no ITOP rate recorded",
     )
-    plots[-1].caption = (
+    plot.caption = (
         "In-time over-parameterisation: the fraction of the sparsified weights that have ever been "
         "active, over epochs (mean ± std over seeds), one panel per target density."
     )
+    return plot
 
-    # 6. weights dropped / regrown per mask update
+
+def _plot_mask_updates(inputs: _PlotInputs) -> P.Plot:
+    """Weights dropped / regrown per mask update."""
+    main, masks, labels, by_run, order = inputs.main, inputs.masks, inputs.labels, inputs.by_run, inputs.order
     by_mu: dict[str, list[tuple[float, float, float]]] = {}
     for u in masks:
         if (
@@ -967,14 +1013,18 @@ def _group_plots(
             for (m, dk), r in sorted(chosen.items(), key=lambda kv: order.get(kv[0][0], 99))
             if dk == d
         }
-    plots.append(P.mask_updates_plot(mpanels, title="Weights dropped and regrown per mask update"))
-    plots[-1].caption = (
+    plot = P.mask_updates_plot(mpanels, title="Weights dropped and regrown per mask update")
+    plot.caption = (
         "Weights dropped (dashed) and regrown (solid) at each drop-and-grow update, lowest seed per "
         "cell, one panel per target density; pruning-only steps (GMP, GraNet's schedule) are not "
         "drawn."
     )
+    return plot
 
-    # 7. final density per layer
+
+def _plot_layer_density(inputs: _PlotInputs) -> P.Plot:
+    """Final density per layer."""
+    main, layers, labels, by_run, order = inputs.main, inputs.layers, inputs.labels, inputs.by_run, inputs.order
     by_layer: dict[str, list[tuple[str, float]]] = {}
     for lay in layers:
         if _finite(lay.get("final_density")):
@@ -987,13 +1037,25 @@ def _group_plots(
             for (m, dk), r in sorted(chosen.items(), key=lambda kv: order.get(kv[0][0], 99))
             if dk == d and m not in {row.label for row in main.rows if row.baseline}
         }
-    plots.append(P.layer_density_plot(lpanels, title="Final density per layer"))
-    plots[-1].caption = (
+    plot = P.layer_density_plot(lpanels, title="Final density per layer")
+    plot.caption = (
         "The density each sparsified layer ends with (lowest seed per cell, layers in name order): "
         "the ERK distribution RigL/SET/static keep from initialisation against what global "
         "magnitude pruning (GraNet, GMP) leaves."
     )
-    return plots
+    return plot
+
+
+#: the plots of a group, in report order
+_PLOTS = (
+    _plot_accuracy_vs_flops,
+    _plot_accuracy_vs_density,
+    _plot_accuracy_over_epochs,
+    _plot_density_over_steps,
+    _plot_itop,
+    _plot_mask_updates,
+    _plot_layer_density,
+)
 
 
 def _configurations(groups: list[GroupReport]) -> list[dict[str, Any]]:

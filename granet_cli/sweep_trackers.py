@@ -130,6 +130,20 @@ def tracker_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def fresh_rows(result: dict[str, Any], last: int) -> tuple[list[tuple[int | None, int, dict, Any]], int]:
+    """The rows of a Tune result a tracker has not logged yet, as (epoch, step, metrics, status), and
+    the new last epoch: an epoch is logged once (a retried trial sends its checkpoint's again), and
+    the final metrics (epoch None) go at the last epoch's step."""
+    out = []
+    for row in tracker_rows(result):
+        epoch = row.pop("epoch")
+        if epoch is not None and epoch <= last:
+            continue
+        last = epoch if epoch is not None else last
+        out.append((epoch, last, row, row.pop("status", None)))
+    return out, last
+
+
 @dataclass(frozen=True)
 class RayTrackers:
     """`granet sweep --wandb / --mlflow`: the settings of the Tune logger callbacks to add.
@@ -196,18 +210,12 @@ def _wandb_callback(trackers: RayTrackers) -> Any:
             super()._start_logging_actor(trial, exclude_results, **init)
 
         def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-            last = self._granet_last.get(trial.trial_id, 0)
-            for row in tracker_rows(result):
-                epoch = row.pop("epoch")
-                if epoch is not None and epoch <= last:
-                    continue  # an epoch is logged once (a retried trial sends its checkpoint's again)
-                last = epoch if epoch is not None else last
-                status = row.pop("status", None)
+            rows, self._granet_last[trial.trial_id] = fresh_rows(result, self._granet_last.get(trial.trial_id, 0))
+            for _epoch, step, row, status in rows:
                 if status is not None:
                     row["config"] = {"status": status}
-                step = epoch if epoch is not None else max(last, 1)
+                step = max(step, 1)
                 super().log_trial_result(iteration, trial, {**row, "epoch": step, "training_iteration": step})
-            self._granet_last[trial.trial_id] = last
 
     return GranetWandbCallback(project=trackers.wandb_project, group=trackers.group)
 
@@ -257,22 +265,15 @@ def _mlflow_callback(trackers: RayTrackers) -> Any:
             if trial not in self._trial_runs:
                 self.log_trial_start(trial)
             run_id = self._trial_runs[trial]
-            last = self._granet_last.get(trial.trial_id, 0)
             now = int(time.time() * 1000)
-            for row in tracker_rows(result):
-                epoch = row.pop("epoch")
-                if epoch is not None and epoch <= last:
-                    continue  # an epoch is logged once (a retried trial sends its checkpoint's again)
-                last = epoch if epoch is not None else last
-                status = row.pop("status", None)
+            rows, self._granet_last[trial.trial_id] = fresh_rows(result, self._granet_last.get(trial.trial_id, 0))
+            for epoch, step, row, status in rows:
                 if status is not None:
                     self._granet_client.set_tag(run_id, "granet.status", str(status))
-                step = epoch if epoch is not None else last
                 metrics = [Metric(k, v, now, step) for k, v in row.items()]
                 if epoch is not None:
                     metrics.append(Metric("epoch", float(epoch), now, step))
                 self._granet_client.log_batch(run_id, metrics=metrics)
-            self._granet_last[trial.trial_id] = last
 
     return GranetMLflowCallback(
         tracking_uri=uri, experiment_name=trackers.mlflow_experiment or trackers.group or "granet"

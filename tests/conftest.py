@@ -1,5 +1,7 @@
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -82,3 +84,14 @@ def write_fake_cifar10(root, per_batch=4):
             f,
         )
     return arrays
+
+
+#: a sweep small enough for tests: 2 epochs, pruning over the first
+SMALL_SWEEP = ["--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1"]
+
+
+def granet_sweep(tmp_path, *args, cwd=None, env=None, timeout=300, db=None):
+    """`granet sweep ARGS` in a fresh process (its own Ray instance), its db and runs under tmp_path."""
+    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", *map(str, args)]
+    cmd += ["--db", str(db or tmp_path / "r.duckdb"), "--runs-dir", str(tmp_path / "runs")]
+    return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=env)

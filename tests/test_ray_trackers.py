@@ -8,31 +8,15 @@ in-process: a package missing, no W&B login, bad values: exit 2, one line, nothi
 import json
 import os
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import QUICKSTART, ROOT, rows
+from .conftest import QUICKSTART, SMALL_SWEEP, granet_sweep, rows
 
-SMALL = ["--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1"]
+SMALL = SMALL_SWEEP
 PROJECT = "granet-test"
-
-
-def _sweep(tmp_path, *args, env=None, timeout=300):
-    cmd = [
-        sys.executable,
-        "-m",
-        "granet_cli.cli",
-        "sweep",
-        *map(str, args),
-        "--db",
-        str(tmp_path / "r.duckdb"),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-    ]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _wandb_records(path):
@@ -80,7 +64,7 @@ def test_sweep_logs_every_trial_to_mlflow_and_wandb_offline_as_the_db(tmp_path, 
         GRANET_DB=str(tmp / "default.duckdb"),
         OMP_NUM_THREADS="1",
     )
-    r = _sweep(
+    r = granet_sweep(
         tmp,
         "--methods",
         "granet,rigl",

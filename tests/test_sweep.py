@@ -36,25 +36,10 @@ from granet_cli.sweep import (
 )
 from granet_cli.sweep_ray import MARKER, experiment_name
 
-from .conftest import ROOT, rows
+from .conftest import ROOT, SMALL_SWEEP, granet_sweep, rows
 
-SMALL = ["--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1"]
+SMALL = SMALL_SWEEP
 SMALL_OVERRIDES = ["optim.epochs=2", "sparsity.final_prune_epoch=1"]
-
-
-def granet_sweep(tmp_path, *args, env=None, timeout=240, db=None):
-    cmd = [
-        sys.executable,
-        "-m",
-        "granet_cli.cli",
-        "sweep",
-        *map(str, args),
-        "--db",
-        str(db or tmp_path / "r.duckdb"),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-    ]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or os.environ.copy())
 
 
 def already_done_ran(stdout: str) -> tuple[int, int]:

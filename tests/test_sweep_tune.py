@@ -23,24 +23,9 @@ from granet_cli.sweep import (
     plan_sweep,
 )
 
-from .conftest import ROOT, rows, write_fake_cifar10
+from .conftest import SMALL_SWEEP, granet_sweep, rows, write_fake_cifar10
 
-SMALL = ["--set", "optim.epochs=2", "--set", "sparsity.final_prune_epoch=1"]
-
-
-def granet_sweep(tmp_path, *args, cwd=ROOT, timeout=300):
-    cmd = [
-        sys.executable,
-        "-m",
-        "granet_cli.cli",
-        "sweep",
-        *map(str, args),
-        "--db",
-        str(tmp_path / "r.duckdb"),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-    ]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+SMALL = SMALL_SWEEP
 
 
 def test_grid_sweep_over_lr_completes_with_points_labelled_by_lr(tmp_path):
