@@ -551,7 +551,6 @@ def run_sweep(
         return SweepOutcome(plan, trials, len(trials), 0, time.perf_counter() - started_at)
 
     import ray
-    from ray import tune
 
     ray_started = _init_ray(address)
     store = None
@@ -602,28 +601,12 @@ def run_sweep(
         display = _Display(console, plan, len(todo), best)
         try:
             with _tune_env(), _quiet_ray_errors(), display:
-                tuner = tune.Tuner(
-                    tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus}),
-                    param_space={"point": tune.grid_search(space)},
-                    tune_config=tune.TuneConfig(
-                        max_concurrent_trials=grid.max_concurrent,
-                        reuse_actors=True,
-                        trial_name_creator=lambda tr: tr.config["point"]["name"],
-                        trial_dirname_creator=lambda tr: f"{tr.config['point']['name']}_{tr.trial_id}",
-                    ),
-                    run_config=tune.RunConfig(
-                        storage_path=storage,
-                        name=experiment,
-                        verbose=0,
-                        callbacks=[
-                            _make_callback(store, plan, by_run, display, retries, outcome, tensorboard),
-                            # --wandb / --mlflow: Ray Tune's logger callbacks (sweep_trackers.RayTrackers)
-                            *(trackers.callbacks() if trackers else []),
-                        ],
-                        failure_config=tune.FailureConfig(max_failures=retries, fail_fast=False),
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-                    ),
-                )
+                callbacks = [
+                    _make_callback(store, plan, by_run, display, retries, outcome, tensorboard),
+                    # --wandb / --mlflow: Ray Tune's logger callbacks (sweep_trackers.RayTrackers)
+                    *(trackers.callbacks() if trackers else []),
+                ]
+                tuner = _tuner(plan, space, {"cpu": cpus, "gpu": gpus}, storage, experiment, callbacks, retries)
                 tuner.fit()  # failed trials do not raise: each is recorded by the callback
         except (_Terminated, KeyboardInterrupt):  # SIGTERM, or a second Ctrl+C while Tune stops
             outcome.interrupted = True
@@ -638,6 +621,31 @@ def run_sweep(
             store.close()
         if ray_started:
             ray.shutdown()
+
+
+def _tuner(plan: SweepPlan, space: list[dict], resources: dict, storage: str, experiment: str, callbacks, retries: int):
+    """The Tune run: a grid over the trials' configs, one checkpointed trial per point, retried
+    `retries` times, trial names as granet's, and the driver's callbacks."""
+    from ray import tune
+
+    return tune.Tuner(
+        tune.with_resources(_trainable, resources),
+        param_space={"point": tune.grid_search(space)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=plan.grid.max_concurrent,
+            reuse_actors=True,
+            trial_name_creator=lambda tr: tr.config["point"]["name"],
+            trial_dirname_creator=lambda tr: f"{tr.config['point']['name']}_{tr.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            storage_path=storage,
+            name=experiment,
+            verbose=0,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=retries, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        ),
+    )
 
 
 def _done_outcome(p, row: dict) -> TrialOutcome:
