@@ -183,7 +183,16 @@ def _point(trial: Any) -> dict[str, Any]:
 
 
 def _wandb_callback(trackers: RayTrackers) -> Any:
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+    class FlushingLoggingActor(_WandbLoggingActor):
+        """Ray's W&B logging actor, which also waits for wandb-core to write the run out before it
+        returns: Ray kills the actor as soon as `run` returns, and `wandb.finish()` alone may leave
+        the last records (or, offline, the whole history) unwritten when the process dies."""
+
+        def run(self) -> None:
+            super().run()
+            self._wandb.teardown()
 
     mode = os.environ.get("WANDB_MODE")  # the logging actors may run where the driver's env is not
     wandb_dir = trackers.wandb_dir or os.environ.get("WANDB_DIR") or os.getcwd()
@@ -192,6 +201,8 @@ def _wandb_callback(trackers: RayTrackers) -> Any:
     class GranetWandbCallback(WandbLoggerCallback):
         """One W&B run per trial: name `run_name`, group the sweep, config `trial_params`; logs
         every epoch (step = epoch) once, and final/* with the last epoch."""
+
+        _logger_actor_cls = FlushingLoggingActor
 
         def setup(self, *args: Any, **kwargs: Any) -> None:
             super().setup(*args, **kwargs)
