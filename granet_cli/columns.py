@@ -26,9 +26,7 @@ class Column:
     default: str | None = None  # SQL default
 
 
-def _c(name: str, sql: str, since: int = 0, role: str = "", tag: str | None = None, default: str | None = None):
-    return Column(name, sql, since, role, tag, default)
-
+_c = Column  # a short name for the table below
 
 #: table -> its columns in creation order (a migrated db appends the later ones in this order too)
 TABLES: dict[str, tuple[Column, ...]] = {

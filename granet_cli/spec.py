@@ -151,6 +151,18 @@ class OptimSpec(_Strict):
 SPARSITY_ALIASES = {f.metadata["alias"]: f.name for f in dc_fields(SparseConfig) if "alias" in f.metadata}
 
 
+def with_current_names(sparsity: dict[str, Any]) -> dict[str, Any]:
+    """A raw `sparsity:` mapping with the reference's names renamed to the current ones (where the
+    current name is not given too: validation refuses that)."""
+    if not any(old in sparsity for old in SPARSITY_ALIASES):
+        return sparsity
+    out = dict(sparsity)
+    for old, new in SPARSITY_ALIASES.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
+
+
 def canonical_key(path: str) -> str:
     """A dotted spec path with a renamed sparsity field written by its current name."""
     section, _, key = path.partition(".")
@@ -165,14 +177,12 @@ class _SparsityRules(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _reference_names(cls, data: Any) -> Any:
-        if isinstance(data, dict) and any(old in data for old in SPARSITY_ALIASES):
-            data = dict(data)
-            for old, new in SPARSITY_ALIASES.items():
-                if old in data:
-                    if new in data:
-                        raise ValueError(f"{old} and {new} are one setting ({old} is the reference's name): give one")
-                    data[new] = data.pop(old)
-        return data
+        if not isinstance(data, dict):
+            return data
+        for old, new in SPARSITY_ALIASES.items():
+            if old in data and new in data:
+                raise ValueError(f"{old} and {new} are one setting ({old} is the reference's name): give one")
+        return with_current_names(data)
 
     @field_validator("method", check_fields=False)
     @classmethod
@@ -398,20 +408,11 @@ def _drop_preset_fields_if_method_changes(data: dict[str, Any], keys: set[str]) 
                 sparsity.pop(field, None)
 
 
-def _reference_names_to_current(data: dict[str, Any]) -> None:
-    """Rename the reference's sparsity names in a raw spec (so a `--set` by either name replaces
-    the file's value); a file giving both names is left for validation to refuse."""
-    sparsity = data.get("sparsity")
-    if isinstance(sparsity, dict):
-        for old, new in SPARSITY_ALIASES.items():
-            if old in sparsity and new not in sparsity:
-                sparsity[new] = sparsity.pop(old)
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply `key.path=value` overrides to a raw spec dict (before validation)."""
     problems = []
-    _reference_names_to_current(data)
+    if isinstance(data.get("sparsity"), dict):  # so that a `--set` by either name replaces the file's value
+        data["sparsity"] = with_current_names(data["sparsity"])
     _drop_preset_fields_if_method_changes(
         data, {canonical_key(item.split("=", 1)[0].strip()) for item in overrides or [] if "=" in item}
     )

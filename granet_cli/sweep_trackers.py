@@ -12,11 +12,11 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .grouping import flatten
 from .trackers import EPOCH_TAGS, TrackerError
 
 WANDB_INSTALL = "pip install wandb, or pip install 'granet-cli[wandb]'"
@@ -69,14 +69,6 @@ def local_mlflow_folder(uri: str) -> Path | None:
     from urllib.parse import unquote, urlparse
 
     return Path(unquote(urlparse(uri).path))
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flat(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def trial_params(point: dict[str, Any], sweep: str | None) -> dict[str, Any]:
@@ -266,7 +258,7 @@ def _mlflow_callback(trackers: RayTrackers) -> Any:
             }
             run = self.mlflow_util.start_run(tags=tags, run_name=run_name(point))
             self._trial_runs[trial] = run.info.run_id
-            flat = [Param(k, str(v)[:6000]) for k, v in _flat(params)]
+            flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
             for i in range(0, len(flat), 100):  # MLflow takes at most 100 params a batch
                 self._granet_client.log_batch(run.info.run_id, params=flat[i : i + 100])
 
