@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import MISSING
 from dataclasses import fields as dc_fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_type_hints
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from .data.base import DataConfig
 from .sparse.methods import PRESET_FIELDS as CORE_PRESET_FIELDS
 from .sparse.methods import SparseConfig, canonical_method, fill_preset
 from .sparse.rules import GRADIENT_INITS, GROWTH_RULES, PRUNE_INITS, SPARSE_INITS  # noqa: F401  (core's tables)
@@ -24,6 +26,23 @@ from .sparse.rules import GRADIENT_INITS, GROWTH_RULES, PRUNE_INITS, SPARSE_INIT
 #: fields a method preset decides: when `sparsity.method` is overridden (by --set or a
 #: sweep grid), the base spec's values of these are dropped so the new preset applies
 PRESET_FIELDS = CORE_PRESET_FIELDS
+
+
+def _fields_of(config: type) -> dict[str, Any]:
+    """A plain dataclass's fields as Pydantic fields: type, default (or factory), bounds and help
+    text from its field metadata. How SparsitySpec and DataSpec are generated from the core's
+    SparseConfig and the data layer's DataConfig, so each field is defined once."""
+    hints = get_type_hints(config)
+    out: dict[str, Any] = {}
+    for f in dc_fields(config):
+        meta = f.metadata
+        kw: dict[str, Any] = {"description": meta.get("doc") or None, **meta.get("bounds", {})}
+        if f.default_factory is not MISSING:
+            kw["default_factory"] = f.default_factory
+        else:
+            kw["default"] = f.default
+        out[f.name] = (hints[f.name], Field(**kw))
+    return out
 
 
 class SpecError(ValueError):
@@ -71,47 +90,26 @@ class ModelSpec(_Strict):
     fan_in_init: bool = Field(False, description="kaiming fan-in init of conv/linear weights (ImageNet recipe)")
 
 
-class DataSpec(_Strict):
-    name: Literal["digits", "cifar10", "cifar100", "imagenet", "synthetic"] = "digits"
-    root: str | None = Field(None, description="local dataset folder (cifar*/imagenet); never downloaded")
-    batch_size: int = Field(128, gt=0)
-    test_batch_size: int = Field(512, gt=0)
-    num_workers: int = Field(0, ge=0)
-    augment: bool = Field(True, description="the reference's training augmentation (cifar/imagenet)")
-    val_fraction: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description=(
-            "fraction of the training set held out for validation (fixed, stratified by class, the same for "
-            "every run seed); > 0 enables selected_test_acc, the reference's model selection"
-        ),
-    )
-    download: bool = Field(
-        False,
-        description=(
-            "cifar10/cifar100: download into root with torchvision (md5-checked) when missing; never part of "
-            "the spec hash"
-        ),
-    )
-    # synthetic data only
-    input_shape: list[int] = Field(
-        default_factory=lambda: [3, 32, 32],
-        min_length=1,
-        max_length=3,
-        description="(C, H, W) for conv models; 1 to 3 positive sizes for mlp",
-    )
-    num_classes: int = Field(10, gt=1)
-    train_size: int = Field(512, gt=0)
-    test_size: int = Field(256, gt=0)
+class _DataRules(_Strict):
+    """What DataSpec checks beyond types and bounds; its fields come from `data.base.DataConfig`."""
 
-    @field_validator("input_shape")
+    @field_validator("input_shape", check_fields=False)
     @classmethod
     def _positive_sizes(cls, v: list[int]) -> list[int]:
         bad = [d for d in v if d <= 0]
         if bad:
             raise ValueError(f"sizes must be positive integers, got {v}")
         return v
+
+
+if TYPE_CHECKING:  # what a type checker sees: the rules plus the dataclass's fields
+
+    class DataSpec(_DataRules, DataConfig): ...
+
+else:
+    DataSpec = create_model(
+        "DataSpec", __base__=_DataRules, __module__=__name__, __doc__=DataConfig.__doc__, **_fields_of(DataConfig)
+    )
 
 
 class OptimSpec(_Strict):
@@ -218,15 +216,6 @@ class _SparsityRules(_Strict):
         return getattr(self, "pruning_schedule", None) not in (None, "none")
 
 
-def _sparsity_fields() -> dict[str, Any]:
-    """SparseConfig's fields as Pydantic fields: type, default, bounds and doc from the dataclass."""
-    hints = get_type_hints(SparseConfig)
-    return {
-        f.name: (hints[f.name], Field(f.default, description=f.metadata.get("doc") or None, **f.metadata["bounds"]))
-        for f in dc_fields(SparseConfig)
-    }
-
-
 #: Sparse-training settings; fields left unset are filled from the method preset. Generated from
 #: the core's `SparseConfig`, the one definition of these fields.
 if TYPE_CHECKING:  # what a type checker sees: the rules plus the dataclass's fields
@@ -235,7 +224,11 @@ if TYPE_CHECKING:  # what a type checker sees: the rules plus the dataclass's fi
 
 else:
     SparsitySpec = create_model(
-        "SparsitySpec", __base__=_SparsityRules, __module__=__name__, __doc__=SparseConfig.__doc__, **_sparsity_fields()
+        "SparsitySpec",
+        __base__=_SparsityRules,
+        __module__=__name__,
+        __doc__=SparseConfig.__doc__,
+        **_fields_of(SparseConfig),
     )
 
 

@@ -263,14 +263,22 @@ def test_shipped_digits_split_is_scikit_learns():
         assert np.array_equal(a, b)
 
 
-def test_every_spec_data_field_is_a_builder_setting():
-    # callers with a spec pass **spec.data.model_dump(): a data: field the builders do not know
-    # would fail every run, and an unknown keyword is refused by name
-    import dataclasses
+def test_spec_data_section_feeds_the_builders_and_keeps_their_bounds():
+    # DataSpec is generated from DataConfig: a spec's data: section goes to the builders as it is,
+    # the spec enforces DataConfig's bounds by field path, and an unknown keyword is refused by name
+    from granet_cli.spec import SpecError, load_run_spec
 
-    from granet_cli.data import DataConfig
-    from granet_cli.spec import DataSpec
-
-    assert set(DataSpec.model_fields) == {f.name for f in dataclasses.fields(DataConfig)}
+    spec = load_run_spec(None, ["data.batch_size=100"])
+    loaders = build_loaders(**spec.data.model_dump(), seed=0)
+    assert loaders.train.batch_size == 100
+    for override, needle in (
+        ("data.batch_size=0", "data.batch_size: Input should be greater than 0"),
+        ("data.val_fraction=1", "data.val_fraction: Input should be less than 1"),
+        ("data.input_shape=[1,2,3,4]", "data.input_shape:"),
+        ("data.input_shape=[3,0,4]", "data.input_shape: sizes must be positive integers, got [3, 0, 4]"),
+    ):
+        with pytest.raises(SpecError) as e:
+            load_run_spec(None, [override])
+        assert any(line.startswith(needle) for line in e.value.problems), (override, e.value.problems)
     with pytest.raises(TypeError, match="unknown data setting"):
         build_loaders("digits", seed=0, batchsize=3)

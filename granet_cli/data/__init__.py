@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from typing import TYPE_CHECKING, Any
 
 from .base import DataConfig, DataError, DatasetInfo
-from .split import labels_of, stratified_split, val_count
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+# torch is imported by the builders, not here: the spec layer reads DataConfig without loading it
 
 #: name -> module of this package; imported on first use, so the digits quickstart never
 #: loads torchvision (seconds of start-up) and CIFAR/ImageNet never load scikit-learn
@@ -54,6 +55,8 @@ def dataset_info(name: str, **settings: Any) -> DatasetInfo:
 
 
 def _without_val(info: DatasetInfo, spec: DataConfig) -> DatasetInfo:
+    from .split import val_count
+
     n_val = val_count(info.train_size, spec.val_fraction)
     return DatasetInfo(info.name, info.num_classes, info.input_shape, info.train_size - n_val, info.test_size)
 
@@ -62,6 +65,11 @@ def build_loaders(name: str, *, seed: int, rank: int = 0, world_size: int = 1, *
     """Train loader shuffled by a generator seeded from `seed` (same seed -> same batch order);
     with world_size > 1 a DistributedSampler shards it (the trainer calls `set_epoch`).
     `settings`: batch_size, root, val_fraction, ... (the fields of `DataConfig`)."""
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    from .split import labels_of, stratified_split
+
     spec = DataConfig.of(name, settings)
     mod = _module(spec)
     info = mod.info(spec)
