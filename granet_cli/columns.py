@@ -60,6 +60,9 @@ TABLES: dict[str, tuple[Column, ...]] = {
         _c("attempts", _I, 2, default="1"),
         _c("pid", _I, 2),
         _c("host", _V, 2),
+        # fraction of the sparsified layers' weights that are nonzero at the end: at most
+        # final_density (a mask count); below it where a regrown weight's gradient stayed zero
+        _c("nonzero_density", _D, 3, role="final"),
     ),
     "epochs": (
         _c("run_id", _V),
@@ -79,6 +82,10 @@ TABLES: dict[str, tuple[Column, ...]] = {
         _c("overall_density", _D, 2, tag="sparsity/overall_density"),
     ),
     "layers": (_c("run_id", _V), _c("name", _V), _c("shape", _V), _c("numel", _B), _c("final_density", _D)),
+    # one row per mask update (a pruning event, a drop-and-grow, or both at one step). dropped: weights
+    # the drop criterion removed; grown: new connections, inactive before the update (they start at
+    # zero); reselected: dropped and grown again in the same update (they keep value and optimizer
+    # state). Weights that really left = dropped - reselected. Pruning events count in density only.
     "mask_updates": (
         _c("run_id", _V),
         _c("step", _B),
@@ -86,6 +93,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
         _c("dropped", _B),
         _c("grown", _B),
         _c("density", _D),
+        _c("reselected", _B, 3),
     ),
 }
 PRIMARY_KEYS = {"sweeps": ("sweep_id",), "runs": ("run_id",), "epochs": ("run_id", "epoch")}

@@ -58,7 +58,7 @@ class TensorBoardLogger:
                 self.writer.add_scalar(tag, float(value), epoch)
         for u in updates or []:
             step = int(u["step"])
-            for key in ("dropped", "grown"):
+            for key in ("dropped", "grown", "reselected"):
                 if u.get(key) is not None:
                     self.writer.add_scalar(f"mask_updates/{key}", float(u[key]), step)
             if u.get("density") is not None:

@@ -1,4 +1,4 @@
-"""Masks stay identical on every DDP rank even when ranks' random streams differ."""
+"""Masks, weights and momentum stay identical on every DDP rank even when ranks' random streams differ."""
 
 import os
 import socket
@@ -40,6 +40,11 @@ def _worker(rank, world, port, result_path):
                 dist.all_gather(gathered, mine)
                 assert all(torch.equal(g, gathered[0]) for g in gathered), f"masks differ at step {step}"
                 assert torch.all(layer.weight[~layer.mask] == 0)
+                # weights and momentum too: a re-selected connection keeps its value on every rank
+                for tensor in (layer.weight.detach(), opt.state[layer.weight]["momentum_buffer"]):
+                    values = [torch.zeros_like(tensor) for _ in range(world)]
+                    dist.all_gather(values, tensor.contiguous())
+                    assert all(torch.equal(v, values[0]) for v in values), f"values differ at step {step}"
             checks += 1
     if rank == 0:
         torch.save({"checks": checks}, result_path)

@@ -46,3 +46,28 @@ def test_meter_gmp_style_decreasing_density():
     meter.add_step(meter.sparse_forward({"a": 0.5, "b": 0.2}), False)
     assert meter.training_fraction() == pytest.approx((3 * 150 + 3 * 60) / (2 * 3 * 150))
     assert meter.inference_fraction({"a": 0.1}) == pytest.approx((10 + 50) / 150)
+
+
+@pytest.mark.parametrize("method", ["gmp", "granet", "rigl"])
+def test_each_step_is_charged_at_the_density_it_trained_with(method):
+    """Independent step-by-step sum: the masks in force during a step's forward/backward (read before
+    `masking.step()`) set its cost; a pruning event at that step only affects later steps."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    spe, epochs, dT = 4, 5, 2
+    cfg = SparseConfig(method=method, final_density=0.1, update_frequency=dT, init_prune_epoch=1, final_prune_epoch=4)
+    x, y = torch.randn(8, 20), torch.randint(0, 10, (8,))
+    masking = Masking(net, opt, cfg, steps_per_epoch=spe, epochs=epochs, sample_input=x)
+    macs = [20 * 30, 30 * 10]  # multiply-adds per sample of each Linear
+    dense = sum(macs)
+    total = 0.0
+    for t in range(1, spe * epochs + 1):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        f_s = sum(m * int(layer.weight_mask.sum()) / layer.weight.numel() for m, layer in zip(macs, (net[0], net[2])))
+        update = method != "gmp" and t % dT == 0 and (method == "rigl" or t >= spe)
+        total += 2 * f_s + dense if update else 3 * f_s
+        masking.step()
+    assert masking.training_flops_fraction() == pytest.approx(total / (3 * dense * spe * epochs), rel=1e-12)

@@ -140,13 +140,14 @@ def test_trainer_rows_must_match_the_columns():
 ADD_A_METRIC = r"""
 import sys
 from granet_cli import columns
+current = int(sys.argv[2])
 # the one line a new metric needs: an epochs column of a new schema version, with its tracker tag
-columns.TABLES["epochs"] += (columns.Column("grad_norm", "DOUBLE", since=3, tag="train/grad_norm"),)
+columns.TABLES["epochs"] += (columns.Column("grad_norm", "DOUBLE", since=current + 1, tag="train/grad_norm"),)
 columns.EPOCH_METRICS = tuple(c for c in columns.names("epochs") if c != "run_id")
 columns.EPOCH_TAGS = {c.name: c.tag for c in columns.TABLES["epochs"] if c.tag}
 from granet_cli.store import SCHEMA_VERSION, Store
-assert SCHEMA_VERSION == 3, SCHEMA_VERSION
-with Store(sys.argv[1]) as st:  # a v2 db: migrated by the writer
+assert SCHEMA_VERSION == current + 1, SCHEMA_VERSION
+with Store(sys.argv[1]) as st:  # a db of the current version: migrated by the writer
     st.start_run(dict(run_id="r", spec_hash="h", method="rigl", seed=0))
     st.add_epoch("r", {"epoch": 1, "step": 4, "test_acc": 0.5, "grad_norm": 2.5})
 """
@@ -156,12 +157,16 @@ def test_a_metric_added_in_columns_reaches_the_db_by_migration(tmp_path):
     import subprocess
     import sys
 
-    db = tmp_path / "v2.duckdb"
+    from granet_cli.store import SCHEMA_VERSION
+
+    db = tmp_path / "current.duckdb"
     with Store(db) as st:
         st.start_run(dict(run_id="old", spec_hash="h0", method="gmp", seed=1))
-    proc = subprocess.run([sys.executable, "-c", ADD_A_METRIC, str(db)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", ADD_A_METRIC, str(db), str(SCHEMA_VERSION)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
-    assert rows(db, "SELECT value FROM granet_meta WHERE key = 'schema_version'") == [("3",)]
+    assert rows(db, "SELECT value FROM granet_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION + 1),)]
     assert rows(db, "SELECT data_type FROM information_schema.columns WHERE column_name = 'grad_norm'") == [("DOUBLE",)]
     assert rows(db, "SELECT run_id, epoch, grad_norm FROM epochs") == [("r", 1, 2.5)]
     assert rows(db, "SELECT run_id FROM runs ORDER BY run_id") == [("old",), ("r",)]

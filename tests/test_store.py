@@ -115,6 +115,8 @@ def test_schema_created_with_parent_dirs(db: Path):
         "attempts",
         "pid",
         "host",
+        # schema v3
+        "nonzero_density",
     }
     for c in ("overall_density", "selected_test_acc"):
         assert cols["runs"][c] == "DOUBLE"
@@ -140,7 +142,15 @@ def test_schema_created_with_parent_dirs(db: Path):
     }
     assert cols["granet_meta"] == {"key": "VARCHAR", "value": "VARCHAR"}
     assert set(cols["layers"]) == {"run_id", "name", "shape", "numel", "final_density"}
-    assert set(cols["mask_updates"]) == {"run_id", "step", "target_density", "dropped", "grown", "density"}
+    assert set(cols["mask_updates"]) == {
+        "run_id",
+        "step",
+        "target_density",
+        "dropped",
+        "grown",
+        "density",
+        "reselected",
+    }
     assert set(cols["sweeps"]) == {"sweep_id", "name", "created_at", "grid_json"}
     pk = {t: list(c) for t, c in pks}
     assert pk["runs"] == ["run_id"]
@@ -148,7 +158,7 @@ def test_schema_created_with_parent_dirs(db: Path):
     assert pk["sweeps"] == ["sweep_id"]
     assert pk["granet_meta"] == ["key"]
     meta = dict(rows(db, "SELECT key, value FROM granet_meta"))
-    assert meta["schema_version"] == "2" and meta["created_by"].startswith("granet ")
+    assert meta["schema_version"] == "3" and meta["created_by"].startswith("granet ")
     # reopening an existing db keeps the data (schema creation is idempotent)
     with Store(db) as st:
         st.start_run(run_dict("r1"))

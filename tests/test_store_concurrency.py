@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from granet_cli.store import Store, StoreError
+from granet_cli.store import SCHEMA_VERSION, Store, StoreError
 
 from .conftest import QUICKSTART, ROOT, rows
 from .test_store import run_dict as store_run_dict
@@ -145,7 +145,7 @@ def test_many_writer_processes(tmp_path: Path):
         (f"w{i}", 2 * n) for i in range(6)
     ]
     assert rows(db, "SELECT count(*) FROM layers") == [(6,)]
-    assert rows(db, "SELECT value FROM granet_meta WHERE key = 'schema_version'") == [("2",)]
+    assert rows(db, "SELECT value FROM granet_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
 
 
 def test_concurrent_granet_runs_share_one_db(tmp_path: Path):

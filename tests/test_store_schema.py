@@ -15,8 +15,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from granet_cli import columns as columns_def
 from granet_cli import store as store_mod
-from granet_cli.store import EPOCH_COLUMNS, RUN_COLUMNS, Store, StoreError
+from granet_cli.store import EPOCH_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION, Store, StoreError
 
 from .conftest import QUICKSTART, rows
 
@@ -135,9 +136,10 @@ def test_older_granet_db_is_migrated(tmp_path: Path, version: int):
         st.start_run(dict(run_id="new", spec_hash="hn", config_hash="cn", method="rigl", seed=0, started_at=T0))
         st.add_epoch("new", dict(epoch=0, test_acc=0.4, val_acc=0.45, overall_density=0.2))
     meta = dict(rows(db, "SELECT key, value FROM granet_meta"))
-    assert meta["schema_version"] == "2"
+    assert meta["schema_version"] == str(SCHEMA_VERSION)
     assert meta[f"migrated_from_v{version}_by"].startswith("granet ")
-    assert columns(db, "runs") == V0_RUN_COLS | V2_RUN_ADDED
+    assert columns(db, "runs") == V0_RUN_COLS | V2_RUN_ADDED | set(columns_def.names("runs"))
+    assert columns(db, "runs") == set(columns_def.names("runs"))
     assert columns(db, "epochs") >= V2_EPOCH_ADDED
     # the old rows are untouched; the columns they never had are NULL, attempts is 1
     assert (
@@ -165,7 +167,7 @@ def test_older_granet_db_is_migrated(tmp_path: Path, version: int):
 
 
 def test_migration_is_one_transaction(tmp_path: Path, monkeypatch):
-    """v0 -> v2 runs two steps; the second failing rolls back the first as well."""
+    """v0 -> latest runs several steps; the second failing rolls back the first as well."""
     db = tmp_path / "v0.duckdb"
     make_legacy_db(db, 0)
     real_step = store_mod.MIGRATIONS[1]
@@ -183,7 +185,7 @@ def test_migration_is_one_transaction(tmp_path: Path, monkeypatch):
     assert rows(db, "SELECT count(*) FROM runs") == [(3,)]
     monkeypatch.setitem(store_mod.MIGRATIONS, 1, real_step)
     Store(db).close()
-    assert rows(db, "SELECT value FROM granet_meta WHERE key = 'schema_version'") == [("2",)]
+    assert rows(db, "SELECT value FROM granet_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
 
 
 def _foreign_db(path: Path) -> None:
@@ -245,10 +247,11 @@ def test_newer_schema_refused_for_writing(tmp_path: Path):
     with Store(db) as st:
         st.start_run(dict(run_id="r", method="rigl", started_at=T0))
     con = duckdb.connect(str(db))
-    con.execute("UPDATE granet_meta SET value = '3' WHERE key = 'schema_version'")
+    future = SCHEMA_VERSION + 1
+    con.execute("UPDATE granet_meta SET value = ? WHERE key = 'schema_version'", [str(future)])
     con.close()
     digest = sha(db)
-    with pytest.raises(StoreError, match=r"newer granet \(schema v3"):
+    with pytest.raises(StoreError, match=rf"newer granet \(schema v{future}"):
         Store(db)
     assert sha(db) == digest
     with Store(db, read_only=True) as st:  # reading what it knows still works

@@ -66,6 +66,21 @@ def sparsifiable_layers(
     return [layer for layer in found if layer.name not in excluded]
 
 
+@dataclass(frozen=True)
+class DropAndGrow:
+    """What one drop-and-grow update did, summed over layers.
+
+    dropped     weights the drop criterion removed
+    grown       new connections: inactive before the update, now active (they start at zero)
+    reselected  dropped and grown again in the same update: they stay, keeping their values
+    The weights that really left are dropped - reselected; with no redistribution that is `grown`.
+    """
+
+    dropped: int
+    grown: int
+    reselected: int
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -262,17 +277,22 @@ class Masking:
         """Call right after `optimizer.step()`. Returns the mask-update record, if any."""
         self.step_count += 1
         t = self.step_count
+        grew = self._drop_and_grow_due(t)
+        # the step just taken trained with the masks in force until now: observers (FLOPs) count it
+        # before this step's update changes them
+        dense_gradient = self._dense_gradient_at(grew)
+        for observer in self.observers:
+            observer.on_step(self, dense_gradient)
         record = None
         if self.schedule is not None and self.schedule.is_event(t):
             target = self.schedule.density_at(t)
             self.prune_to(target)
-            record = {"step": t, "target_density": target, "dropped": 0, "grown": 0}
-        grew = self._drop_and_grow_due(t)
+            record = {"step": t, "target_density": target, "dropped": 0, "grown": 0, "reselected": 0}
         if grew:
-            dropped, grown = self.drop_and_grow(t)
+            update = self.drop_and_grow(t)
             if record is None:
-                record = {"step": t, "target_density": self.density(), "dropped": 0, "grown": 0}
-            record["dropped"], record["grown"] = dropped, grown
+                record = {"step": t, "target_density": self.density()}
+            record.update(dropped=update.dropped, grown=update.grown, reselected=update.reselected)
         if record is not None:
             # counts (and the all-dense shortcut of apply_mask) must reflect the new masks
             # *before* they are applied: a first prune of a dense start is in force at once
@@ -280,9 +300,6 @@ class Masking:
             record["density"] = self.density()
             self.history.append(record)
         self.apply_mask()
-        dense_gradient = self._dense_gradient_at(grew)
-        for observer in self.observers:
-            observer.on_step(self, dense_gradient)
         return record
 
     def layer_target(self, layer: SparseLayer, density: float) -> float:
@@ -314,8 +331,14 @@ class Masking:
             kept = min(sum(self.active.values()), round(density * self.total))
         return kept / self.total
 
-    def drop_and_grow(self, t: int) -> tuple[int, int]:
-        """Drop a cosine-decayed fraction of each layer's active weights, regrow as many."""
+    def drop_and_grow(self, t: int) -> DropAndGrow:
+        """Drop a cosine-decayed fraction of each layer's active weights, regrow as many.
+
+        Candidates for growth are the positions inactive after the drop, so a dropped weight can be
+        re-selected: it keeps its value and optimizer state, as the reference's `truncate_weights`
+        does (it zeroes only what ends inactive; RigL's `reinit_when_same=False`). Only connections
+        inactive before this update are new: they start at zero with zero optimizer state.
+        """
         cfg = self.cfg
         self.drop_fraction = cosine_drop_fraction(t, self.total_steps, cfg.drop_fraction, cfg.drop_fraction_min)
         masks = [layer.mask for layer in self.layers]
@@ -330,10 +353,14 @@ class Masking:
         grown_masks = self._grow([~s for s in survivors], regrow)
         for layer, survivor, grow in zip(self.layers, survivors, grown_masks):
             layer.mask.copy_(survivor | grow)
-        self._sync_masks(grown_masks)
-        for layer, grow in zip(self.layers, grown_masks):
-            self._zero_at(layer, grow)  # regrown weights start at zero
-        return sum(dropped), sum(counts(grown_masks))
+        self._sync_masks(grown_masks + drops)
+        # grown positions were inactive before (new) or dropped just now (re-selected): drops are a
+        # subset of the active weights, so a grown position outside them was inactive
+        new = [grow & ~drop for grow, drop in zip(grown_masks, drops)]
+        for layer, fresh in zip(self.layers, new):
+            self._zero_at(layer, fresh)  # new connections start at zero, optimizer state too
+        n_new = counts(new)
+        return DropAndGrow(sum(dropped), sum(n_new), sum(counts(grown_masks)) - sum(n_new))
 
     def _grow(self, candidates: list[Tensor], wanted: list[int]) -> list[Tensor]:
         """Per layer, `wanted` (at most all) of the `candidates`, by the growth rule."""
@@ -352,6 +379,11 @@ class Masking:
     # ------------------------------------------------------------------ statistics
     def density(self) -> float:
         return sum(self.active.values()) / self.total
+
+    def nonzero_density(self) -> float:
+        """Fraction of the sparse layers' weights that are nonzero: at most `density()` (a mask
+        count), below it where a regrown weight's gradient stayed zero (a dead unit)."""
+        return sum(counts([layer.weight.detach() != 0 for layer in self.layers])) / self.total
 
     def layer_densities(self) -> dict[str, float]:
         return {layer.name: self.active[layer.name] / layer.weight.numel() for layer in self.layers}
