@@ -435,6 +435,7 @@ def final_metrics(s: Session, wall_seconds: float, samples: int, elapsed: float)
             "selected_test_acc": chosen["test_acc"] if chosen else None,
             "final_test_acc5": last.get("test_acc5"),
             "final_density": m.density(),
+            "nonzero_density": m.nonzero_density(),
             "overall_density": overall_density(m, s.model),
             "itop_rate": m.itop_rate(),
             "train_flops_frac": m.training_flops_fraction(),
