@@ -124,6 +124,7 @@ def _trainable(config: dict) -> None:
     from . import train
     from .data import DataError
     from .models import ModelError
+    from .preflight import one_line, own_errors
 
     point = config["point"]
     spec = RunSpec.model_validate_json(point["spec_json"])
@@ -173,16 +174,24 @@ def _trainable(config: dict) -> None:
             )
 
         try:
-            result = train.run(spec, work, resume=replay_to > 0, on_epoch=on_epoch, threads=point["threads"])
+            result = train.run(
+                spec, work, resume=replay_to > 0, on_epoch=on_epoch, threads=point["threads"], run_id=point["run_id"]
+            )
         except Exception as e:
             set_up = (DataError, ModelError, train.DeviceError)  # not the checkpoint's fault
             if replay_to and not replay["epochs"] and not isinstance(e, set_up):  # the checkpoint did not load
-                raise RuntimeError(
-                    f"continuing from checkpoint {checkpoint.path} failed "
-                    f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); delete that "
-                    "checkpoint folder to let the point start over"
-                ) from e
-            raise
+                error = (
+                    f"continuing from checkpoint {checkpoint.path} failed ({type(e).__name__}: {one_line(e)[:200]}); "
+                    "delete that checkpoint folder to let the point start over"
+                )
+            elif isinstance(e, own_errors()):
+                error = f"{type(e).__name__}: {one_line(e)}"
+            else:  # a crash Tune retries (FailureConfig), from the trial's last checkpoint
+                raise
+            # deterministic (the input, or the same checkpoint on every attempt): the trial ends
+            # failed with its error, and Tune, which saw no exception, does not retry it
+            tune.report({FINAL_KEY: json.dumps({"status": "failed", "error": error})})
+            return
         tune.report(
             {
                 FINAL_KEY: json.dumps(
@@ -361,6 +370,27 @@ def check_feasible(nodes: list[dict], cpus: float, gpus: float) -> None:
     )
 
 
+def _check_before_writing(plan: SweepPlan, points: list) -> tuple[dict, float, float]:
+    """The cluster's resources and a trial's (cpus, gpus), after refusing (SweepError, one line per
+    distinct problem) a sweep no node can run, or whose points `granet run` would refuse: the
+    run's set-up checks (preflight) run once per distinct configuration, as a task with a trial's
+    resources, so they see what a trial sees (its node's data folder and devices)."""
+    import ray
+
+    from . import preflight
+
+    resources = ray.cluster_resources()
+    grid = plan.grid
+    cpus = grid.cpus_per_trial if grid.cpus_per_trial is not None else 1.0
+    gpus = grid.gpus_per_trial if grid.gpus_per_trial is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
+    check_feasible(ray.nodes(), cpus, gpus)
+    check = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1, max_retries=3)(preflight.problems)
+    problems = ray.get(check.remote(preflight.distinct(points, plan.run_spec), max(1, int(cpus))))
+    if problems:
+        raise SweepError("\n".join(problems))
+    return resources, cpus, gpus
+
+
 # ----------------------------------------------------------------------------- the driver's db writes
 class _StoreCallbackHooks:
     """The hooks of the driver-side ray.tune.Callback that writes every trial to the results db
@@ -454,6 +484,10 @@ class _StoreCallbackHooks:
             self.display.epoch(t, row.get("test_acc"))
         if FINAL_KEY in result:
             done = json.loads(result[FINAL_KEY])
+            if done["status"] == "failed":  # granet's own error: recorded after this one attempt
+                where = f" on node {t.node_ip}" if t.node_ip else ""
+                self._fail(t, f"{done['error']} (during epoch {t.last_epoch + 1}{where}; not retried)")
+                return
             t.final, t.error = done["final"], done.get("error")
             t.status = done["status"] if done["status"] in ("completed", "diverged") else "failed"
             self._recorder(t).finish(t.status, t.final, done["layers"], t.error)
@@ -514,7 +548,16 @@ class _Terminated(BaseException):
 
 
 # ----------------------------------------------------------------------------- the sweep
-def run_sweep(
+def run_sweep(plan: SweepPlan, db_path: Path, **options: Any) -> SweepOutcome:
+    """`_run_sweep` while holding the db's claim on this sweep's name: a second driver of the same
+    sweep into the same db is refused at once (StoreError) instead of running every point twice."""
+    from .store import claim_sweep
+
+    with claim_sweep(db_path, plan.name):
+        return _run_sweep(plan, db_path, **options)
+
+
+def _run_sweep(
     plan: SweepPlan,
     db_path: Path,
     *,
@@ -555,10 +598,7 @@ def run_sweep(
     ray_started = _init_ray(address)
     store = None
     try:
-        resources = ray.cluster_resources()
-        cpus = grid.cpus_per_trial if grid.cpus_per_trial is not None else 1.0
-        gpus = grid.gpus_per_trial if grid.gpus_per_trial is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
-        check_feasible(ray.nodes(), cpus, gpus)
+        resources, cpus, gpus = _check_before_writing(plan, todo_points)
 
         # from here on things are written
         store = Store(db_path)
