@@ -539,6 +539,11 @@ def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
         *([("final top-5 accuracy", pct(f["final_test_acc5"]))] if f.get("final_test_acc5") is not None else []),
         ("final density (sparsified layers)", f"{f['final_density']:.4f}"),
         *(
+            [("nonzero weights (sparsified layers)", f"{f['nonzero_density']:.4f}")]
+            if f.get("nonzero_density") is not None
+            else []
+        ),
+        *(
             [("overall density (all conv/linear)", f"{f['overall_density']:.4f}")]
             if f.get("overall_density") is not None
             else []

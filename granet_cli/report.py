@@ -332,6 +332,7 @@ PERCENT = Unit(100.0, 2)
 #: the budget table's columns: runs column, header, unit
 BUDGET_COLUMNS = (
     ("final_density", "final density", Unit(1.0, 4)),
+    ("nonzero_density", "nonzero weights", Unit(1.0, 4)),
     ("overall_density", "overall density", Unit(1.0, 4)),
     ("train_flops_frac", "train FLOPs", Unit(1.0, 3, "x")),
     ("inference_flops_frac", "infer. FLOPs", Unit(1.0, 3, "x")),
@@ -658,8 +659,9 @@ def budget_table(main: Table) -> tuple[TextTable | None, list[str]]:
     notes = [
         f"Means over n = {table_n} seed{'s' if table_n != 1 else ''} per row"
         + ("." if uniform else " unless the row says otherwise.")
-        + " final density: the sparsified layers; overall density: all conv/linear weights, layers kept dense "
-        "included; FLOPs as fractions of dense training / inference; ITOP: fraction of weights ever active."
+        + " final density: mask count of the sparsified layers; nonzero weights: the fraction of them that is "
+        "nonzero (a regrown weight whose gradient stayed zero, e.g. of a dead unit, is active but zero); "
+        "overall density: all conv/linear weights, layers kept dense included; FLOPs as fractions of dense training / inference; ITOP: fraction of weights ever active."
     ]
     return TextTable(
         "budget",
@@ -1017,7 +1019,9 @@ def _plot_mask_updates(inputs: _PlotInputs) -> P.Plot:
     plot.caption = (
         "Weights dropped (dashed) and regrown (solid) at each drop-and-grow update, lowest seed per "
         "cell, one panel per target density; pruning-only steps (GMP, GraNet's schedule) are not "
-        "drawn."
+        "drawn. Regrown counts only new connections (inactive before the update); a weight dropped and "
+        "re-selected in the same update keeps its value and counts as dropped, not as regrown "
+        "(dropped = regrown + re-selected; mask_updates.reselected holds that count)."
     )
     return plot
 

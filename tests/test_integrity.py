@@ -73,19 +73,38 @@ def test_overall_density_counts_layers_kept_dense(cli, tmp_path):
     assert result.exit_code == 0, result.output
     _, ckpt = _checkpoint(tmp_path, *sets)
     weights = _linear_weights(ckpt["model"])
+    masks = {k[: -len("_mask")]: v for k, v in ckpt["model"].items() if k.endswith("weight_mask")}
     first = "1.weight"
+    assert first not in masks  # kept dense: no mask
     total = sum(w.numel() for w in weights.values())
     sparse_total = total - weights[first].numel()
+    active = sum(int(m.sum()) for m in masks.values())
     nonzero_sparse = sum(int(torch.count_nonzero(w)) for k, w in weights.items() if k != first)
-    ((final, overall),) = rows(tmp_path / "r.duckdb", "select final_density, overall_density from runs")
-    assert final == pytest.approx(nonzero_sparse / sparse_total, abs=1e-12)
+    ((final, nonzero, overall),) = rows(
+        tmp_path / "r.duckdb", "select final_density, nonzero_density, overall_density from runs"
+    )
+    # densities are mask counts; the nonzero fraction is counted in the weights, and can only be lower
+    assert final == pytest.approx(active / sparse_total, abs=1e-12)
     assert final == pytest.approx(0.1, abs=1e-3)
+    assert nonzero == pytest.approx(nonzero_sparse / sparse_total, abs=1e-12)
+    assert nonzero <= final
+    assert all(torch.count_nonzero(weights[k][~m]) == 0 for k, m in masks.items())
     # the first layer is dense: every one of its weights counts
-    assert overall == pytest.approx((nonzero_sparse + weights[first].numel()) / total, abs=1e-12)
+    assert overall == pytest.approx((active + weights[first].numel()) / total, abs=1e-12)
     assert overall > 0.3
     ((epoch_overall,),) = rows(tmp_path / "r.duckdb", "select overall_density from epochs where epoch = 3")
     assert epoch_overall == pytest.approx(overall, abs=1e-12)
-    assert "overall density" in result.stdout
+    assert "overall density" in result.stdout and "nonzero weights" in result.stdout
+    # the report's budget table shows the recounted nonzero fraction beside the mask density
+    rep = cli("report", "--db", tmp_path / "r.duckdb", "--out", tmp_path / "rep", "--format", "md", "--name", "r")
+    assert rep.exit_code == 0, rep.output
+    md = (tmp_path / "rep" / "r.md").read_text(encoding="utf-8")
+    budget = md[md.index("Budget: densities") :]
+    header = next(line for line in budget.splitlines() if line.startswith("| method"))
+    row = next(line for line in budget.splitlines() if line.startswith("| granet"))
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["final density"] == f"{active / sparse_total:.4f}"
+    assert cells["nonzero weights"] == f"{nonzero_sparse / sparse_total:.4f}"
 
 
 def test_a_layer_left_without_weights_is_an_error_and_nothing_is_written(cli, tmp_path):

@@ -285,9 +285,9 @@ def test_markdown_budget_table(report):
         assert gone not in md
     section = md_section(md, "### Budget: densities, FLOPs, ITOP, wall time")
     header, rows = md_table(section)
-    # overall_density was never recorded in this db: its column is left out and said so
+    # overall_density and nonzero_density were never recorded in this db: their columns are left out, said so
     assert header == ["method", "target density", "final density", "train FLOPs", "infer. FLOPs", "ITOP", "wall s"]
-    assert "Not recorded: overall density." in md
+    assert "Not recorded: nonzero weights, overall density." in md
     assert "Means over n = 3 seeds per row unless the row says otherwise." in section
     expected = [["dense (baseline)", "1", "1.0000", "1.000x", "1.000x", "1.000", "11.0"]]
     for m in ("granet", "rigl", "set", "static"):
