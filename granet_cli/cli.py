@@ -800,6 +800,8 @@ def _print_sweep_result(result, sweep_name: str, db_path: Path) -> None:
     out.print(summary_table(result))
     for line in failures(result):
         out.print(f"[red]x[/red] {line}", highlight=False, soft_wrap=True)
+    if result.ray_logs:
+        out.print(result.ray_logs, highlight=False, soft_wrap=True)
     out.print(summary_line(result), highlight=False)
     report_cmd = shlex.join(["granet", "report", "--sweep", sweep_name, "--db", str(db_path)])
     out.print(f"results: {db_path}   report: {report_cmd}", highlight=False, soft_wrap=True)

@@ -516,6 +516,7 @@ class SweepOutcome:
     interrupted: bool = False
     resumed: int = 0  # trials continued from a checkpoint of an earlier invocation
     retries: int = 0  # Tune retries (lost nodes, crashed trials) in this invocation
+    ray_logs: str | None = None  # where Ray's logs are, said when a trial failed or was retried
 
     @property
     def ran(self) -> list[TrialOutcome]:

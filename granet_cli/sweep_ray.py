@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .ray_local import LocalRay
 from .recorder import RunRecorder
 from .spec import RunSpec
 from .sweep_plan import (
@@ -47,6 +48,12 @@ from .sweep_plan import (
     read_state,
 )
 from .sweep_view import _Display
+
+#: where a cluster keeps Ray's logs (said when a trial of a sweep on it failed or was retried)
+_CLUSTER_LOGS = (
+    "Ray's logs: on each node of the cluster, in <temp dir>/session_latest/logs (the temp dir is "
+    "/tmp/ray unless `ray start --temp-dir` said otherwise); raylet.out there says why a node went away"
+)
 
 #: result keys of the trainable's reports (JSON strings, decoded by the driver)
 EPOCH_KEY, UPDATES_KEY, FINAL_KEY = "granet_epoch", "granet_mask_updates", "granet_final"
@@ -321,12 +328,13 @@ def _local_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _init_ray(address: str | None) -> bool:
-    """Join `address` / $RAY_ADDRESS, else start a local instance on all CPUs. True if we started it."""
+def _init_ray(address: str | None) -> tuple[bool, LocalRay | None]:
+    """Join `address` / $RAY_ADDRESS, else start a local instance on all CPUs, watched so that
+    nothing of it outlives this process (`ray_local`). (True if we started it, its watchdog)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return False, None
     address = address or os.environ.get("RAY_ADDRESS") or None
     quiet: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False)
     try:
@@ -343,7 +351,19 @@ def _init_ray(address: str | None) -> bool:
             "token authentication also needs RAY_AUTH_MODE=token and its token in $RAY_AUTH_TOKEN "
             "or ~/.ray/auth_token)"
         ) from None
-    return True
+    return True, (None if address else LocalRay.watch())
+
+
+def _stop_ray(local: LocalRay | None, outcome: SweepOutcome | None, runs_dir: Path) -> None:
+    """Stop the instance we started and remove its session folder; when a trial failed or was
+    retried, keep Ray's logs under <runs-dir>/ray-logs/ (a cluster keeps them on its nodes), said in the summary."""
+    import ray
+
+    ray.shutdown()
+    troubled = outcome is not None and (outcome.retries > 0 or outcome.count("failed") > 0)
+    kept = local.close(Path(runs_dir) / "ray-logs" if troubled else None) if local is not None else None
+    if kept is not None and outcome is not None:
+        outcome.ray_logs = f"Ray's logs of this sweep: {kept}"
 
 
 def check_feasible(nodes: list[dict], cpus: float, gpus: float) -> None:
@@ -384,7 +404,7 @@ def _check_before_writing(plan: SweepPlan, points: list) -> tuple[dict, float, f
     cpus = grid.cpus_per_trial if grid.cpus_per_trial is not None else 1.0
     gpus = grid.gpus_per_trial if grid.gpus_per_trial is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
     check_feasible(ray.nodes(), cpus, gpus)
-    check = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1, max_retries=3)(preflight.problems)
+    check: Any = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1, max_retries=3)(preflight.problems)
     problems = ray.get(check.remote(preflight.distinct(points, plan.run_spec), max(1, int(cpus))))
     if problems:
         raise SweepError("\n".join(problems))
@@ -595,8 +615,8 @@ def _run_sweep(
 
     import ray
 
-    ray_started = _init_ray(address)
-    store = None
+    ray_started, local = _init_ray(address)
+    store = outcome = None
     try:
         resources, cpus, gpus = _check_before_writing(plan, todo_points)
 
@@ -660,7 +680,9 @@ def _run_sweep(
         if store is not None:
             store.close()
         if ray_started:
-            ray.shutdown()
+            _stop_ray(local, outcome, runs_dir)
+        elif outcome is not None and (outcome.retries or outcome.count("failed")):
+            outcome.ray_logs = _CLUSTER_LOGS
 
 
 def _tuner(plan: SweepPlan, space: list[dict], resources: dict, storage: str, experiment: str, callbacks, retries: int):

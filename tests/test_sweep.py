@@ -37,6 +37,7 @@ from granet_cli.sweep import (
 from granet_cli.sweep_ray import MARKER, experiment_name
 
 from .conftest import ROOT, SMALL_SWEEP, granet_sweep, rows
+from .test_cluster import _alive, _comm, _descendants
 
 SMALL = SMALL_SWEEP
 SMALL_OVERRIDES = ["optim.epochs=2", "sparsity.final_prune_epoch=1"]
@@ -283,10 +284,18 @@ def test_killed_sweep_resumes_only_missing_points(tmp_path):
                 break
         else:
             pytest.fail("no completed run while others were training: " + (tmp_path / "sweep.log").read_text())
+        started = _descendants(proc.pid)  # the Ray instance and the trials of this driver
+        assert started
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         log.close()
+    # nothing the driver started outlives it (its watchdog ends them), nor its Ray session folder
+    deadline = time.time() + 30
+    while [p for p in started if _alive(p)] and time.time() < deadline:
+        time.sleep(0.5)
+    assert not [(p, _comm(p)) for p in started if _alive(p)]
+    assert not list(Path("/tmp/ray").glob(f"session_*_{proc.pid}"))
     done_before = {h for (h,) in rows(db, "select spec_hash from runs where status = 'completed'")}
     left_running = {rid for (rid,) in rows(db, "select run_id from runs where status = 'running'")}
     assert done_before and left_running and len(done_before) < 6

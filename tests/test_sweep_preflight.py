@@ -3,6 +3,7 @@ granet's own (deterministic) errors raised during training: such a trial is reco
 exactly one attempt. Each Ray test runs `granet sweep` in a subprocess with its own Ray instance."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +65,11 @@ def test_sparse_core_error_during_training_fails_the_trial_once_never_retried(tm
     assert [(s, a, n) for s, a, _, n in got] == [("failed", 1, 0), ("failed", 1, 2)], got
     assert re.search(r"^SparsityError: pruning at step \d+: .*\(during epoch 1 .*not retried\)$", got[0][2])
     assert re.search(r"^SparsityError: pruning at step \d+: .*\(during epoch 3 .*not retried\)$", got[1][2])
+    # the local Ray instance is gone with its session folder; its logs were kept, and said where
+    kept = re.search(r"Ray's logs of this sweep: (\S+)", out)
+    assert kept and Path(kept.group(1)).parent == tmp_path / "runs" / "ray-logs", out
+    assert (Path(kept.group(1)) / "raylet.out").is_file()
+    assert not (Path("/tmp/ray") / Path(kept.group(1)).name).exists()
     # Tune saw no error at all (it writes error.txt for every failed attempt)
     assert not list((tmp_path / "runs" / "ray").rglob("error.txt"))
     assert rows(db, "select count(*) from sweeps") == [(1,)]
