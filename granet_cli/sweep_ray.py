@@ -181,9 +181,7 @@ def _trainable(config: dict) -> None:
             )
 
         try:
-            result = train.run(
-                spec, work, resume=replay_to > 0, on_epoch=on_epoch, threads=point["threads"], run_id=point["run_id"]
-            )
+            result = train.run(spec, work, resume=replay_to > 0, on_epoch=on_epoch, threads=point["threads"])
         except Exception as e:
             set_up = (DataError, ModelError, train.DeviceError)  # not the checkpoint's fault
             if replay_to and not replay["epochs"] and not isinstance(e, set_up):  # the checkpoint did not load
@@ -337,6 +335,8 @@ def _init_ray(address: str | None) -> tuple[bool, LocalRay | None]:
         return False, None
     address = address or os.environ.get("RAY_ADDRESS") or None
     quiet: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False)
+    if address:
+        _check_token(address)
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -352,6 +352,40 @@ def _init_ray(address: str | None) -> tuple[bool, LocalRay | None]:
             "or ~/.ray/auth_token)"
         ) from None
     return True, (None if address else LocalRay.watch())
+
+
+def _check_token(address: str) -> None:
+    """SweepError at once if the cluster's GCS refuses our auth token: `ray.init` would log the
+    refusal (gcs_client.cc) once a second for ~20 s before giving up. One RPC, as Ray makes it."""
+    if not re.fullmatch(r"[\w.\-]+:\d+", address):  # `auto`, ray://...: left to ray.init
+        return
+    try:
+        import grpc
+        from ray._private.authentication.grpc_authentication_client_interceptor import (
+            SyncAuthenticationMetadataClientInterceptor,
+        )
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # pragma: no cover - Ray internals moved: ray.init says it, slowly
+        return
+    channel = grpc.intercept_channel(grpc.insecure_channel(address), SyncAuthenticationMetadataClientInterceptor())
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=10)  # type: ignore[attr-defined]
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+            return  # not reachable, ...: ray.init's own error
+        sent = (
+            "the token sent is not the cluster's"
+            if os.environ.get("RAY_AUTH_MODE") == "token"
+            else "no token was sent (RAY_AUTH_MODE is not token)"
+        )
+        raise SweepError(
+            f"could not join the Ray cluster at {address}: it refused the connection, {sent}; a cluster "
+            "with token authentication needs RAY_AUTH_MODE=token and its token in $RAY_AUTH_TOKEN or "
+            "~/.ray/auth_token"
+        ) from None
+    finally:
+        channel.close()
 
 
 def _stop_ray(local: LocalRay | None, outcome: SweepOutcome | None, runs_dir: Path) -> None:

@@ -7,15 +7,17 @@ touches the results database: callers receive rows through `on_epoch` and write 
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from .models import build_model
 from .sparse.density import kept_count
 from .sparse.masking import GRADIENT_INITS, Masking, sparsifiable_layers
 from .spec import RunSpec
+from .text import one_line as _one_line
 
 CHECKPOINT = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], list[dict[str, Any]]], None]
@@ -39,6 +42,10 @@ class ResumeError(RuntimeError):
 
 class DeviceError(RuntimeError):
     """The spec asks for a device this machine does not have."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is refused (unsafe, unreadable, or another run's): one line naming it."""
 
 
 @dataclass
@@ -103,11 +110,14 @@ def lr_factor(spec: RunSpec, step: int, steps_per_epoch: int) -> float:
 
 
 def _rng_state(loader_gen: torch.Generator | None) -> dict[str, Any]:
+    """Every RNG's state as tensors and plain numbers: a checkpoint loads with weights_only=True."""
+    _, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         "loader": loader_gen.get_state() if loader_gen is not None else None,
     }
 
@@ -116,8 +126,10 @@ def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator | None) ->
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if loader_gen is not None and state.get("loader") is not None:
         loader_gen.set_state(state["loader"])
 
@@ -130,16 +142,12 @@ def _save_atomic(obj: Any, path: Path) -> None:
     after the partial temp file is removed. Other write errors are re-raised as they are."""
     import errno
 
-    tmp = path.with_suffix(".tmp")
+    from .safe_io import atomic_path
+
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path, "checkpoint") as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         if getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower():
             raise OSError(
                 errno.ENOSPC, f"no space left on {path.parent} (writing checkpoint {path.name})", str(path)
@@ -263,6 +271,9 @@ class Session:
     epochs_done: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     wall_before: float = 0.0
+    #: the run this session trains: stored in every checkpoint, checked on --resume
+    run_id: str | None = None
+    spec_hash: str | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -323,24 +334,81 @@ def setup(spec: RunSpec, threads: int | None = None) -> Session:
     )
 
 
+#: what a checkpoint.pt holds (a dict of tensors and plain types: it loads with weights_only=True)
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "granet-checkpoint", 2
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A granet checkpoint, read with torch.load(weights_only=True): it can hold no code to run.
+
+    Anything else (a foreign or older file that needs full unpickling, a truncated file, another
+    format) is a CheckpointError naming the file; there is never a fallback to full unpickling."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = _one_line(str(e).split("Please file an issue")[0].split("WeightsUnpickler error:")[-1], 120)
+        raise CheckpointError(
+            f"{path}: refused, it does not load with torch.load(weights_only=True) ({why}); granet never "
+            "unpickles code from a checkpoint (an older granet's or a foreign file)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line naming it
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_one_line(e, 120)})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a granet checkpoint (no format {CHECKPOINT_FORMAT!r})")
+    if ckpt.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {_one_line(repr(ckpt.get('format_version')), 20)}, "
+            f"this granet reads {CHECKPOINT_VERSION}"
+        )
+    missing = [k for k in ("model", "epoch") if k not in ckpt]
+    if missing or not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: not a granet checkpoint (no {', '.join(missing) or 'model'})")
+    return ckpt
+
+
+def check_owner(ckpt: dict[str, Any], path: Path, run_id: str | None, spec_hash: str | None) -> None:
+    """A checkpoint belongs to one run: refuse one whose spec hash or run id is another's. (A sweep
+    trial's checkpoint names no run id: Ray Tune's marker beside it does, and its spec hash is checked.)"""
+    for key, want in (("spec_hash", spec_hash), ("run_id", run_id)):
+        have = ckpt.get(key)
+        if want is not None and (have is not None or key == "spec_hash") and have != want:
+            raise CheckpointError(
+                f"{path}: belongs to {key.replace('_', ' ')} {_one_line(str(have), 40)}, not {want} "
+                "(copied from another run folder?)"
+            )
+
+
 def restore(s: Session, ckpt_path: Path) -> None:
     """Continue from an epoch checkpoint: weights, optimizer, masks, schedules, RNG and the rows so far."""
     if not ckpt_path.is_file():
         raise ResumeError(f"--resume: no checkpoint at {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location=s.device, weights_only=False)
-    s.model.load_state_dict(ckpt["model"])
-    s.optimizer.load_state_dict(ckpt["optimizer"])
-    s.scheduler.load_state_dict(ckpt["scheduler"])
-    s.scaler.load_state_dict(ckpt["scaler"])
-    s.masking.load_state_dict(ckpt["masking"])
-    _set_rng_state(ckpt["rng"], s.loader_gen)
-    s.start_epoch, s.wall_before = ckpt["epoch"], ckpt["wall_seconds"]
-    s.epochs_done = list(ckpt["epochs"])
+    hint = "; delete it or run without --resume to start this spec again"
+    try:
+        ckpt = load_checkpoint(ckpt_path, s.device)
+        check_owner(ckpt, ckpt_path, s.run_id, s.spec_hash)
+    except CheckpointError as e:
+        raise ResumeError(f"--resume: {e}{hint}") from None
+    try:
+        s.model.load_state_dict(ckpt["model"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+        s.scaler.load_state_dict(ckpt["scaler"])
+        s.masking.load_state_dict(ckpt["masking"])
+        _set_rng_state(ckpt["rng"], s.loader_gen)
+        s.start_epoch, s.wall_before = int(ckpt["epoch"]), float(ckpt["wall_seconds"])
+        s.epochs_done = list(ckpt["epochs"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        why = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {_one_line(e, 120)}"
+        raise ResumeError(f"--resume: checkpoint {ckpt_path} does not fit this run ({why}){hint}") from None
 
 
 def save_checkpoint(s: Session, path: Path, wall_seconds: float) -> None:
     _save_atomic(
         {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "run_id": s.run_id,
+            "spec_hash": s.spec_hash,
             "epoch": s.epochs_done[-1]["epoch"],
             "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(),
@@ -354,6 +422,15 @@ def save_checkpoint(s: Session, path: Path, wall_seconds: float) -> None:
         },
         path,
     )
+
+
+def run_identity(run_dir: Path) -> str | None:
+    """The run id in run_dir/run.json (written by `granet run`), if any."""
+    try:
+        run_id = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) else None
 
 
 def train_epoch(s: Session, epoch: int, bar: _Progress | None) -> tuple[float, float, float]:
@@ -455,6 +532,7 @@ def run(
     on_start: Callable[[], None] | None = None,
     progress: bool = False,
     threads: int | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
     """Train `spec` to the end (or to divergence). Checkpoints into `run_dir` every epoch.
 
@@ -466,6 +544,7 @@ def run(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     s = setup(spec.scaled(), threads)
+    s.run_id, s.spec_hash = run_id or run_identity(run_dir), spec.spec_hash()
     ckpt_path = run_dir / CHECKPOINT
     if resume:
         restore(s, ckpt_path)

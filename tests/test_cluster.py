@@ -257,6 +257,21 @@ def test_trial_larger_than_every_node_exits_2_and_writes_nothing(cluster, tmp_pa
     assert not (tmp_path / "r.duckdb").exists() and not (tmp_path / "storage").exists()
 
 
+def test_wrong_auth_token_is_one_stderr_line_at_once(cluster, tmp_path):
+    """Ray itself would log the refusal (gcs_client.cc) once a second for ~20 s first."""
+    cmd, kw = _sweep(tmp_path, cluster, "--methods", "granet", "--densities", "0.1", "--set", "optim.epochs=1")
+    kw["env"] = {**cluster.env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    started = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, timeout=120, **kw)
+    took = time.monotonic() - started
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: could not join the Ray cluster at {cluster.address}: it refused"), r.stderr
+    assert "the token sent is not the cluster's" in lines[0] and took < 10, (took, r.stderr)
+    assert not (tmp_path / "r.duckdb").exists() and not (tmp_path / "storage").exists()
+
+
 EPOCHS = 30
 ARGS = [
     "--methods",
