@@ -3,7 +3,7 @@
 `granet export RUN` writes the model of a run's last checkpoint as a plain state_dict of
 tensors (loadable with ``torch.load(path, weights_only=True)``, or as safetensors when that
 package is installed): every masked weight multiplied by its mask, each mask kept as the
-``<module>.weight_mask`` bool tensor the trainer uses, plus a JSON sidecar (``<file>.json``)
+``<module>.weight_mask`` bool tensor the trainer uses, plus a JSON sidecar (``<file>.json``, e.g. ``m.pt.json``)
 with the run's normalised spec (``runs.spec_json``) and its row of the results db.
 
 `granet eval` rebuilds the model from the sidecar's spec and evaluates it with the trainer's
@@ -13,6 +13,7 @@ sparse CPU inference.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import statistics
@@ -27,6 +28,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from .safe_io import PathError, atomic_path, check_regular, write_text
 from .text import one_line as _one_line
 
 FORMAT = "granet-export"
@@ -150,15 +152,19 @@ def resolve_run(ref: str, db_path: Path, runs_dir: Path) -> RunRef:
 
 
 # ----------------------------------------------------------------------------- state dicts
-def checkpoint_state(path: Path) -> tuple[dict[str, Tensor], int | None]:
-    """The model state_dict of a granet training checkpoint, and its epoch."""
+def checkpoint_state(path: Path, ref: RunRef | None = None) -> tuple[dict[str, Tensor], int | None]:
+    """The model state_dict of a granet training checkpoint, and its epoch.
+
+    Read with weights_only=True (a checkpoint can run no code); one that names another run
+    than `ref` is refused."""
+    from .train import CheckpointError, check_owner, load_checkpoint
+
     try:
-        # granet's own checkpoint (it holds RNG states that weights_only refuses)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-        raise ExportError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_one_line(e, 150)})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise ExportError(f"{path}: not a granet checkpoint (no model state)")
+        ckpt = load_checkpoint(path)
+        if ref is not None:
+            check_owner(ckpt, path, ref.run_id, ref.row.get("spec_hash"))
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
     return ckpt["model"], ckpt.get("epoch")
 
 
@@ -244,28 +250,40 @@ def export_run(ref: RunRef, out: Path | None, fmt: str = "pt") -> tuple[Path, Pa
         raise ExportError(f"--format: expected pt or safetensors, got {fmt!r}")
     if fmt == "safetensors" and not safetensors_available():
         raise ExportError("--format safetensors needs the safetensors package (pip install safetensors)")
-    raw, epoch = checkpoint_state(ref.checkpoint)
+    raw, epoch = checkpoint_state(ref.checkpoint, ref)
     state = sparse_state_dict(raw)
     # --out FILE.pt / FILE.safetensors is the file; any other path is a folder to put <run id>.<fmt> in
     weights = Path(out) if out is not None else Path(f"{ref.run_id}.{fmt}")
     if weights.is_dir() or weights.suffix not in (".pt", ".pth", ".safetensors"):
         weights = weights / f"{ref.run_id}.{fmt}"
-    sidecar_path = weights.with_suffix(".json")
-    if sidecar_path == weights:
-        raise ExportError(f"--out {weights}: the weights file may not end in .json (that name is the sidecar's)")
+    sidecar_path = sidecar_of(weights)
     side = sidecar_for(ref, state, epoch, weights, fmt)
     try:
+        check_regular(weights, "--out")
+        check_regular(sidecar_path, "--out")
         weights.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "safetensors":
-            from safetensors.torch import save_file
+        with atomic_path(weights, "--out") as tmp:
+            if fmt == "safetensors":
+                from safetensors.torch import save_file
 
-            save_file(state, str(weights), metadata={"format": FORMAT, "run_id": ref.run_id})
-        else:
-            torch.save(state, weights)
-        sidecar_path.write_text(json.dumps(side, indent=2, sort_keys=False) + "\n")
+                save_file(state, str(tmp), metadata={"format": FORMAT, "run_id": ref.run_id})
+            else:
+                torch.save(state, tmp)
+        write_text(sidecar_path, json.dumps(side, indent=2, sort_keys=False) + "\n", "--out")
+    except PathError as e:
+        raise ExportError(str(e)) from None
     except OSError as e:
-        raise ExportError(f"--out {weights}: cannot write ({e.strerror or _one_line(e, 120)})") from None
+        why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or _one_line(e, 120))
+        raise ExportError(f"--out {weights}: cannot write ({why})") from None
+    except RuntimeError as e:  # torch's writer reports a full disk as a RuntimeError
+        raise ExportError(f"--out {weights}: cannot write ({_one_line(e, 120)})") from None
     return weights, sidecar_path, side
+
+
+def sidecar_of(weights: Path) -> Path:
+    """`m.pt` -> `m.pt.json`: each weights file its own sidecar (a .pt and a .safetensors export of
+    one name in one folder no longer share, and overwrite, one `m.json`)."""
+    return weights.with_name(weights.name + ".json")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -318,7 +336,9 @@ def load_any(ref: str, db_path: Path, runs_dir: Path) -> Loaded:
                 raise ExportError(f"{path}: the sidecar names no weights file")
             weights = path.parent / side["weights"]
         else:
-            weights, sidecar = path, path.with_suffix(".json")
+            weights, sidecar = path, sidecar_of(path)
+            if not sidecar.is_file() and path.with_suffix(".json").is_file():  # written by granet before 0.2
+                sidecar = path.with_suffix(".json")
             if not sidecar.is_file():
                 raise ExportError(f"{path}: no sidecar {sidecar.name} next to it (granet export writes both)")
             side = _read_sidecar(sidecar)
@@ -328,7 +348,7 @@ def load_any(ref: str, db_path: Path, runs_dir: Path) -> Loaded:
     if path.suffix in (".pt", ".safetensors", ".json") and not path.exists():
         raise ExportError(f"{path}: file not found")
     run = resolve_run(ref, db_path, runs_dir)
-    raw, epoch = checkpoint_state(run.checkpoint)
+    raw, epoch = checkpoint_state(run.checkpoint, run)
     state = sparse_state_dict(raw)
     return Loaded(state, sidecar_for(run, state, epoch, None, None), str(run.checkpoint))
 

@@ -374,7 +374,7 @@ LONG = ["--set", "optim.epochs=40", "--set", "sparsity.final_prune_epoch=20"]
     [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted (Ctrl-C)")],
     ids=["SIGTERM", "Ctrl-C"],
 )
-def test_signal_marks_interrupted_then_the_printed_hint_resumes(sig, code, what, cli, tmp_path):
+def test_signal_marks_interrupted_then_the_printed_hint_resumes(sig, code, what, cli, tmp_path, monkeypatch):
     db, runs = tmp_path / "my db.duckdb", tmp_path / "runs"
     args = ["run", Q, *LONG, "--set", "name=it's mine", "--db", str(db), "--runs-dir", str(runs), "-q"]
     proc = _start_and_wait_for_checkpoint(args, runs)
@@ -400,10 +400,11 @@ def test_signal_marks_interrupted_then_the_printed_hint_resumes(sig, code, what,
 
     # the resume runs out of disk saving its first checkpoint: one line, the row resumable, not 'running'
     run_dir = next(runs.glob("*/checkpoint.pt")).parent
-    (run_dir / "checkpoint.tmp").symlink_to("/dev/full")
+    _checkpoint_writes_hit_a_full_disk(monkeypatch)
     full = cli(*args, "--resume")
+    monkeypatch.undo()
     _check_one_error_line(full, 1, [f"no space left on {run_dir}", "recorded as interrupted", "--resume"])
-    assert not os.path.lexists(run_dir / "checkpoint.tmp")  # the partial file is gone
+    assert not list(run_dir.glob(".checkpoint.pt.*"))  # the partial file is gone
     ((status,),) = rows(db, "select status from runs")
     assert status == "interrupted"
 
@@ -414,11 +415,26 @@ def test_signal_marks_interrupted_then_the_printed_hint_resumes(sig, code, what,
     assert [e for (e,) in rows(db, "select epoch from epochs order by epoch")] == list(range(1, 41))
 
 
-def test_checkpoint_disk_full_on_the_first_epoch_records_failed(cli, tmp_path):
+def _checkpoint_writes_hit_a_full_disk(monkeypatch) -> None:
+    """The temporary file a checkpoint is written to (then renamed) is a link to /dev/full: ENOSPC."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(suffix=None, prefix=None, dir=None, text=False):
+        if prefix and prefix.startswith(".checkpoint.pt."):
+            path = Path(dir) / f"{prefix}full{suffix or ''}"
+            path.symlink_to("/dev/full")
+            return os.open(path, os.O_WRONLY), str(path)
+        return real(suffix=suffix, prefix=prefix, dir=dir, text=text)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_checkpoint_disk_full_on_the_first_epoch_records_failed(cli, tmp_path, monkeypatch):
     db, runs = tmp_path / "r.duckdb", tmp_path / "runs"
     run_dir = runs / load_run_spec(QUICKSTART, ["optim.epochs=3", "sparsity.final_prune_epoch=2"]).spec_hash()
-    run_dir.mkdir(parents=True)
-    (run_dir / "checkpoint.tmp").symlink_to("/dev/full")  # every write there: ENOSPC
+    _checkpoint_writes_hit_a_full_disk(monkeypatch)  # every checkpoint write: ENOSPC
     result = cli("run", Q, *SHORT, "--db", db, "--runs-dir", runs, "-q")
     line = _check_one_error_line(result, 1, [f"no space left on {run_dir}", "recorded as failed"])
     assert "--resume" not in line  # nothing to resume from

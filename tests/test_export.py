@@ -108,7 +108,7 @@ def test_export_pt_loads_weights_only_and_eval_gives_the_db_accuracy(done, cli, 
     )
     assert active_total / sum(m.numel() for m in masks.values()) == pytest.approx(final_density, abs=1e-12)
 
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(out.with_name(out.name + ".json").read_text())
     assert side["spec"] == json.loads(spec_json)
     assert side["run_id"] == run_id and side["weights"] == "model.pt"
     assert side["metrics"]["final_test_acc"] == db_acc
@@ -157,7 +157,7 @@ def test_bad_input_is_one_line_and_writes_nothing(done, cli, tmp_path):
         cli("export", run_id, "--db", db, "--runs-dir", tmp_path / "none", "--out", out)
     )
     assert "not found" in _one_error_line(cli("export", run_id, "--db", tmp_path / "missing.duckdb", "--out", out))
-    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not out.exists() and not out.with_name(out.name + ".json").exists()
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")
     junk.with_suffix(".json").write_text(json.dumps({"format": "granet-export", "spec": {}, "weights": "junk.pt"}))
@@ -236,7 +236,7 @@ def test_sweep_trial_checkpoints_are_found_in_tune_storage(done, cli, tmp_path):
         )
     result = cli("export", run_id, "--db", db, "--runs-dir", tmp_path / "runs", "--out", tmp_path / "m.pt")
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "m.json").read_text())["sweep_id"] == "sw-1"
+    assert json.loads((tmp_path / "m.pt.json").read_text())["sweep_id"] == "sw-1"
     for ref in (tmp_path / "m.pt", trial / "checkpoint_000006"):
         res = cli("eval", ref, "--db", db, "--json")
         assert res.exit_code == 0, res.output
