@@ -431,13 +431,18 @@ def _open_existing_db(db_path: Path, spec_hash: str):
 
 def _new_run_dir(run_dir: Path, spec_hash: str, runs_dir: Path, store) -> str:
     """A fresh run id, written to the spec's run folder (an old checkpoint there is removed)."""
+    from . import safe_io
     from .train import CHECKPOINT
 
     run_id = f"{spec_hash[:8]}-{uuid.uuid4().hex[:8]}"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
-        (run_dir / RUN_META).write_text(json.dumps({"run_id": run_id, "spec_hash": spec_hash}))
+        safe_io.write_text(run_dir / RUN_META, json.dumps({"run_id": run_id, "spec_hash": spec_hash}), "--runs-dir")
+    except safe_io.PathError as e:
+        if store is not None:
+            store.close()
+        fail(str(e))
     except OSError as e:
         if store is not None:
             store.close()
@@ -975,7 +980,9 @@ RunsDirOpt = Annotated[
         "<runs-dir>/ray/ (and sweeps/) for sweep trials.",
     ),
 ]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Inference batch size of the timing.")]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, max=65536, help="Inference batch size of the timing (at most 65536).")
+]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per measurement (the median is shown).")]
 ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's own choice).")
@@ -995,7 +1002,7 @@ def export_cmd(
         Path | None,
         typer.Option(
             "--out",
-            help="Weights file (ending .pt or .safetensors), or a folder for <run id>.<format> (default: the current folder). The sidecar is the same name with .json.",
+            help="Weights file (ending .pt or .safetensors), or a folder for <run id>.<format> (default: the current folder). The sidecar is the same name plus .json (m.pt.json).",
         ),
     ] = None,
     fmt: Annotated[
@@ -1212,7 +1219,9 @@ def sql_cmd(
     """Run SQL against the results database, read-only (tables: runs, epochs, layers, mask_updates, sweeps)."""
     import csv
 
-    from .results_io import ResultsError, format_value, run_sql
+    from rich.markup import escape
+
+    from .results_io import ResultsError, format_value, printable, run_sql
 
     try:
         res = run_sql(_db_path(db), query)
@@ -1220,15 +1229,15 @@ def sql_cmd(
         fail(str(e))
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(res.columns)
-        writer.writerows([["" if v is None else v for v in row] for row in res.rows])
+        writer.writerow([printable(c) for c in res.columns])
+        writer.writerows([["" if v is None else printable(str(v)) for v in row] for row in res.rows])
         return
     table = Table(show_lines=False)
     for col, typ in zip(res.columns, res.types):
         numeric = any(t in typ.upper() for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL", "NUMBER"))
-        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+        table.add_column(escape(printable(col)), justify="right" if numeric else "left", overflow="fold")
     for row in res.rows[:max_rows]:
-        table.add_row(*(format_value(v) for v in row))
+        table.add_row(*(escape(format_value(v)) for v in row))
     if res.columns:
         out.print(table)
     more = f" (showing {max_rows}; --csv prints all)" if len(res.rows) > max_rows else ""
@@ -1288,7 +1297,8 @@ def db_merge(
         for src in sources:
             if src.resolve() == db_path.resolve():
                 fail(f"results db {src}: is the destination --db itself")
-            Store(src, read_only=True).close()
+            with Store(src, read_only=True) as check:
+                check.sweeps()  # a source with invalid grid_json is refused before --db is created
         with Store(db_path) as st:
             for src in sources:
                 n = st.merge_from(src)
@@ -1302,7 +1312,11 @@ def db_merge(
         fail(str(e))
 
 
-for _command in [*app.registered_commands, *data_app.registered_commands]:  # the commands added after _guard's loop
+for _command in [
+    *app.registered_commands,
+    *data_app.registered_commands,
+    *db_app.registered_commands,
+]:  # the commands added after _guard's loop
     if not hasattr(_command.callback, "__wrapped__"):
         _command.callback = _guard(_command.callback)
 

@@ -56,6 +56,7 @@ from . import plots as P
 from . import stats as S
 from .grouping import METHOD_FIELDS, RowGroup, group_rows
 from .provenance import provenance
+from .safe_io import PathError, publish
 from .store import Store, StoreError
 
 METHOD_ORDER = ("dense", "granet", "granet_uniform", "rigl", "set", "gmp", "gmp_uniform", "static")
@@ -1310,23 +1311,27 @@ def build_report(
     env = _env()
     md_path = html_path = None
     plot_paths: list[Path] = []
+    # rendered in memory first, then published as one set: every file goes to a temporary name in
+    # its folder and is renamed into place only when all are written (plots before the pages that
+    # link them), so a crash or a full disk leaves the old report or the new one, never half
+    files: list[tuple[Path, bytes]] = []
+    stale: list[Path] = []
     try:
         if fmt in ("md", "both"):
             files_dir = out_dir / f"{report_name}_files"
             files_dir.mkdir(exist_ok=True)
-            for old in files_dir.glob("*.svg"):
-                old.unlink()
             links: dict[int, str] = {}
             for g in groups:
                 for p in g.plots:
                     if p.svg is not None:
                         path = files_dir / f"{g.slug}-{p.key}.svg"
-                        path.write_text(p.svg, encoding="utf-8")
+                        files.append((path, p.svg.encode("utf-8")))
                         plot_paths.append(path)
                         links[id(p)] = f"{files_dir.name}/{path.name}"
+            stale = [old for old in files_dir.glob("*.svg") if old not in plot_paths]
             md = env.get_template("report.md.j2").render(**ctx, plot_link=lambda p: links.get(id(p)))
             md_path = out_dir / f"{report_name}.md"
-            md_path.write_text(md, encoding="utf-8")
+            files.append((md_path, md.encode("utf-8")))
         if fmt in ("html", "both"):
 
             def inline(p: P.Plot, g: GroupReport) -> Markup:
@@ -1334,7 +1339,12 @@ def build_report(
 
             page = env.get_template("report.html.j2").render(**ctx, inline_svg=inline)
             html_path = out_dir / f"{report_name}.html"
-            html_path.write_text(page, encoding="utf-8")
+            files.append((html_path, page.encode("utf-8")))
+        publish(files, "report")
+        for old in stale:  # plots of the previous report that the new one no longer links
+            old.unlink(missing_ok=True)
+    except PathError as e:
+        raise ReportError(str(e)) from None
     except OSError as e:
         raise ReportError(f"cannot write report in {out_dir}: {_one_line(e)}") from None
 

@@ -1,17 +1,21 @@
 """Results out of the DuckDB file: `granet results` (DuckDB's own COPY) and `granet sql`.
 
 Both open the results db read-only through `Store(path, read_only=True)`, so they work while
-a sweep holds the file for writing (the store then reads a private snapshot copy).
+a sweep holds the file for writing (the store then reads a private snapshot copy). A results db
+may come from someone else: `granet sql` runs exactly one query in a sandboxed connection (no
+file access beyond the db, no extensions, configuration locked) and prints no terminal escapes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .safe_io import PathError, atomic_path, check_regular
 from .text import one_line as _one_line
 
 #: exportable tables and the order their rows are written in
@@ -33,11 +37,17 @@ class ResultsError(RuntimeError):
     """Bad input to `granet results` / `granet sql`: one line."""
 
 
-def _open(db_path: Path):
+#: the statements `granet sql` runs: queries only
+QUERY_TYPES = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
+#: C0 and C1 control characters except tab and newline (ESC starts a terminal escape sequence)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _open(db_path: Path, *, sandboxed: bool = False):
     from .store import Store, StoreError
 
     try:
-        return Store(db_path, read_only=True)
+        return Store(db_path, read_only=True, sandboxed=sandboxed)
     except StoreError as e:
         raise ResultsError(str(e)) from None
 
@@ -75,6 +85,11 @@ def export_table(
         raise ResultsError(f"--out {out}: is a folder; give a file name")
     if status is not None and table == "sweeps":
         raise ResultsError("--status filters runs; the sweeps table has no status")
+    if out is not None:
+        try:
+            check_regular(out, "--out")
+        except PathError as e:
+            raise ResultsError(str(e)) from None
     with _open(db_path) as store, _connection(store) as con:
         where, params = [], []
         if sweep is not None:
@@ -91,25 +106,31 @@ def export_table(
             where.append("status = ?" if table == "runs" else "run_id IN (SELECT run_id FROM runs WHERE status = ?)")
             params.append(status)
         query = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
-        count = con.execute(f"SELECT count(*) FROM ({query})", params).fetchone()[0]
-        tmp = None
+        try:
+            count = con.execute(f"SELECT count(*) FROM ({query})", params).fetchone()[0]
+        except duckdb.Error as e:
+            raise ResultsError(f"results db {db_path}: {_one_line(e, 200)}") from None
+        copy = f"({query} ORDER BY {TABLE_ORDER[table]})"
         if out is None:
             fd, tmp = tempfile.mkstemp(prefix="granet-results-", suffix=f".{fmt}")
             os.close(fd)
-            target = Path(tmp)
-        else:
-            target = Path(out)
-            if not target.parent.is_dir():
-                raise ResultsError(f"--out {out}: folder {target.parent} does not exist")
-        try:
-            con.execute(f"COPY ({query} ORDER BY {TABLE_ORDER[table]}) TO {_quote(target)} {FORMATS[fmt]}", params)
-            data = target.read_bytes() if tmp is not None else None
-        except duckdb.Error as e:
-            raise ResultsError(f"--out {target}: {_one_line(e, 200)}") from None
-        finally:
-            if tmp is not None:
+            try:
+                con.execute(f"COPY {copy} TO {_quote(tmp)} {FORMATS[fmt]}", params)
+                return count, Path(tmp).read_bytes()
+            except duckdb.Error as e:
+                raise ResultsError(f"results db {db_path}: {_one_line(e, 200)}") from None
+            finally:
                 Path(tmp).unlink(missing_ok=True)
-    return count, data
+        if not Path(out).parent.is_dir():
+            raise ResultsError(f"--out {out}: folder {Path(out).parent} does not exist")
+        try:  # COPY to a temporary name beside the file, then rename: never half a file
+            with atomic_path(out, "--out") as target:
+                con.execute(f"COPY {copy} TO {_quote(target)} {FORMATS[fmt]}", params)
+        except duckdb.Error as e:
+            raise ResultsError(f"--out {out}: {_one_line(e, 200)}") from None
+        except OSError as e:
+            raise ResultsError(f"--out {out}: cannot write ({e.strerror or _one_line(e, 120)})") from None
+    return count, None
 
 
 @dataclass
@@ -119,13 +140,31 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-def run_sql(db_path: Path, sql: str) -> QueryResult:
-    """Run one SQL statement against the results db, read-only; its rows."""
+def one_query(sql: str) -> None:
+    """Refuse anything but exactly one query (no COPY, ATTACH, INSTALL, SET, ...): one line."""
     import duckdb
 
     if not sql.strip():
         raise ResultsError("sql: empty query")
-    with _open(db_path) as store, _connection(store) as con:
+    try:
+        statements = duckdb.connect(":memory:").extract_statements(sql)
+    except duckdb.Error as e:
+        raise ResultsError(f"sql: {_one_line(str(e).splitlines()[0], 250)}") from None
+    if len(statements) != 1:
+        raise ResultsError(f"sql: give exactly one statement, got {len(statements)} (granet sql runs one query)")
+    kind = statements[0].type.name
+    if kind not in QUERY_TYPES:
+        raise ResultsError(
+            f"sql: granet sql is read-only: one query ({', '.join(QUERY_TYPES)}), got {kind}; it cannot write or read files"
+        )
+
+
+def run_sql(db_path: Path, sql: str) -> QueryResult:
+    """Run one query against the results db in a sandboxed read-only connection; its rows."""
+    import duckdb
+
+    one_query(sql)
+    with _open(db_path, sandboxed=True) as store, _connection(store) as con:
         try:
             cur = con.execute(sql)
             if cur.description is None:
@@ -135,9 +174,14 @@ def run_sql(db_path: Path, sql: str) -> QueryResult:
             return QueryResult(columns, types, cur.fetchall())
         except duckdb.Error as e:
             msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-            if "read-only" in msg.lower() or "read only" in msg.lower():
-                msg += " (granet sql opens the results db read-only)"
+            if "read-only" in msg.lower() or "read only" in msg.lower() or "disabled by configuration" in msg:
+                msg += " (granet sql is read-only and reads nothing but the results db)"
             raise ResultsError(f"sql: {_one_line(msg, 250)}") from None
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (terminal escape sequences) shown as \\xNN instead of sent."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def format_value(value: Any) -> str:
@@ -145,4 +189,4 @@ def format_value(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return printable(str(value))

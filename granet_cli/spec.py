@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
+import stat
 from dataclasses import MISSING
 from dataclasses import fields as dc_fields
 from pathlib import Path
@@ -19,9 +22,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .data.base import DataConfig
+from .safe_io import kind_of
 from .sparse.methods import PRESET_FIELDS as CORE_PRESET_FIELDS
 from .sparse.methods import SparseConfig, canonical_method, fill_preset
-from .sparse.rules import GRADIENT_INITS, GROWTH_RULES, PRUNE_INITS, SPARSE_INITS  # noqa: F401  (core's tables)
+from .sparse.rules import GRADIENT_INITS, GROWTH_RULES, PRUNE_INITS, REDISTRIBUTION_RULES, SPARSE_INITS  # noqa: F401
+from .sparse.scores import SCORES
+from .sparse.scores import names as score_names
 
 #: fields a method preset decides: when `sparsity.method` is overridden (by --set or a
 #: sweep grid), the base spec's values of these are dropped so the new preset applies
@@ -55,6 +61,14 @@ class SpecError(ValueError):
 
 #: what torch.manual_seed and the results db's INTEGER seed column both take
 SEED_MAX = 2**31 - 1
+#: documented upper bounds, checked before anything is allocated (README "Errors and exit codes")
+EPOCHS_MAX = 100_000  # optim.epochs x optim.multiplier
+BATCH_MAX = 2**20  # data.batch_size, data.test_batch_size
+SAMPLES_MAX = 2**27  # data.train_size, data.test_size (synthetic data)
+SYNTHETIC_VALUES_MAX = 2**31  # (train_size + test_size) x prod(input_shape): float32 values generated
+YAML_BYTES_MAX = 2**20  # a spec file, and one --set value
+YAML_VALUES_MAX = 100_000  # values a YAML document expands to, aliases counted at every use
+ECHO_MAX = 80  # characters of a bad value an error message repeats
 #: models of granet_cli.models (kept here, torch-free, so validation stays cheap;
 #: tests/test_bad_input.py checks it against the registry)
 MODEL_NAMES = (
@@ -79,6 +93,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False, strict=True, allow_inf_nan=False)
 
 
+def _echo(value: Any) -> str:
+    """At most ECHO_MAX characters of a bad value, for an error message."""
+    text = str(value)
+    return text if len(text) <= ECHO_MAX else text[: ECHO_MAX - 3] + "..."
+
+
 def _check_seed(v: int) -> int:
     if not 0 <= v <= SEED_MAX:
         raise ValueError(f"must be in [0, {SEED_MAX}] (2**31 - 1), got {v}")
@@ -92,6 +112,32 @@ class ModelSpec(_Strict):
 
 class _DataRules(_Strict):
     """What DataSpec checks beyond types and bounds; its fields come from `data.base.DataConfig`."""
+
+    @field_validator("batch_size", "test_batch_size", check_fields=False)
+    @classmethod
+    def _batch_bound(cls, v: int) -> int:
+        if v > BATCH_MAX:
+            raise ValueError(f"at most {BATCH_MAX} (2**20), got {_echo(v)}")
+        return v
+
+    @field_validator("train_size", "test_size", check_fields=False)
+    @classmethod
+    def _samples_bound(cls, v: int) -> int:
+        if v > SAMPLES_MAX:
+            raise ValueError(f"at most {SAMPLES_MAX} (2**27), got {_echo(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _synthetic_size(self) -> Any:
+        d: Any = self
+        if d.name == "synthetic":
+            values = (d.train_size + d.test_size) * math.prod(d.input_shape)
+            if values > SYNTHETIC_VALUES_MAX:
+                raise ValueError(
+                    f"data.train_size: synthetic data of (train_size + test_size) x input_shape = {values:,} values; "
+                    f"at most {SYNTHETIC_VALUES_MAX:,} (2**31)"
+                )
+        return self
 
     @field_validator("input_shape", check_fields=False)
     @classmethod
@@ -118,7 +164,7 @@ class OptimSpec(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    epochs: int = Field(160, gt=0)
+    epochs: int = Field(160, gt=0, le=EPOCHS_MAX)
     lr_schedule: Literal["multistep", "cosine", "constant"] = "multistep"
     milestones: list[float] = Field(
         default_factory=lambda: [0.5, 0.75], description="multistep: fractions of the epochs where lr *= gamma"
@@ -204,6 +250,28 @@ class _SparsityRules(_Strict):
             raise ValueError(f"unknown growth {v!r}; choose from {', '.join(GROWTH_RULES)}")
         return v
 
+    @field_validator("prune", check_fields=False)
+    @classmethod
+    def _prune(cls, v: str) -> str:
+        if v not in SCORES:
+            raise ValueError(f"unknown prune {v!r}; choose from {', '.join(SCORES)}")
+        return v
+
+    @field_validator("prune_score", check_fields=False)
+    @classmethod
+    def _prune_score(cls, v: str) -> str:
+        exact = score_names(selection="top_k")
+        if v not in exact:
+            raise ValueError(f"unknown prune_score {v!r}; choose from {', '.join(exact)}")
+        return v
+
+    @field_validator("redistribution", check_fields=False)
+    @classmethod
+    def _redistribution(cls, v: str) -> str:
+        if v not in REDISTRIBUTION_RULES:
+            raise ValueError(f"unknown redistribution {v!r}; choose from {', '.join(REDISTRIBUTION_RULES)}")
+        return v
+
     @field_validator("init_density", "final_density", check_fields=False)
     @classmethod
     def _density(cls, v: float | None) -> float | None:
@@ -252,6 +320,11 @@ class RunSpec(_Strict):
     @model_validator(mode="after")
     def _fill_presets_and_check(self) -> RunSpec:
         sp = self.sparsity
+        if self.optim.epochs * self.optim.multiplier > EPOCHS_MAX:
+            raise ValueError(
+                f"optim.epochs: epochs x multiplier = {self.optim.epochs * self.optim.multiplier:,}; "
+                f"at most {EPOCHS_MAX:,}"
+            )
         # object.__setattr__ keeps preset values out of model_fields_set, so a
         # re-validation with another method re-applies that method's preset.
         for key, value in fill_preset(dict(sp), sp.model_fields_set).items():
@@ -297,7 +370,9 @@ class RunSpec(_Strict):
                 "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"
             )
         if self.model.name not in MODEL_NAMES:
-            problems.append(f"model.name: unknown model {self.model.name!r}; choose from {', '.join(MODEL_NAMES)}")
+            problems.append(
+                f"model.name: unknown model {_echo(repr(self.model.name))}; choose from {', '.join(MODEL_NAMES)}"
+            )
         elif self.data.name == "synthetic" and self.model.name != "mlp" and len(self.data.input_shape) != 3:
             problems.append(
                 f"data.input_shape: model {self.model.name} needs a (C, H, W) input shape, got {self.data.input_shape}"
@@ -339,7 +414,11 @@ class RunSpec(_Strict):
 
 #: fields added after results were recorded: left out of the hashes while at their default, so
 #: older runs keep their spec/config hash (sweeps still recognise them as done)
-HASH_NEUTRAL_DEFAULTS = (("data", "val_fraction", 0.0), ("optim", "multiplier", 1))
+HASH_NEUTRAL_DEFAULTS = (
+    ("data", "val_fraction", 0.0),
+    ("optim", "multiplier", 1),
+    ("sparsity", "prune_score", "magnitude"),
+)
 #: renamed sparsity fields enter the hashes under the name runs were recorded with before the rename
 HASH_LEGACY_NAMES = {new: old for old, new in SPARSITY_ALIASES.items()}
 
@@ -368,7 +447,7 @@ def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         elif e["type"] == "literal_error":
-            msg = f"{msg}, got {e.get('input')!r}"
+            msg = f"{msg}, got {_echo(repr(e.get('input')))}"
         elif isinstance(e.get("input"), bool) and e["type"] in ("float_type", "int_type"):
             msg = f"expected a number, not a boolean ({str(e['input']).lower()})"
         elif (
@@ -376,8 +455,7 @@ def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
             and "got" not in msg
             and not isinstance(e.get("input"), dict)
         ):
-            shown = repr(e.get("input"))
-            msg = f"{msg}, got {shown if len(shown) <= 60 else shown[:57] + '...'}"
+            msg = f"{msg}, got {_echo(repr(e.get('input')))}"
         if not path:  # model-level validator: the message already names its fields
             lines.extend(f"{prefix}{line}" for line in msg.splitlines())
         else:
@@ -385,10 +463,14 @@ def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
-def _parse_scalar(text: str) -> Any:
-    """`--set` values are YAML scalars: 0.1 -> float, true -> bool, [1,2] -> list."""
+def _parse_scalar(text: str, key: str) -> Any:
+    """`--set` values are YAML scalars: 0.1 -> float, true -> bool, [1,2] -> list (bounded like a spec file)."""
+    if len(text) > YAML_BYTES_MAX:
+        raise SpecError([f"--set {_echo(key)}: a value of {len(text):,} characters; at most {YAML_BYTES_MAX:,}"])
     try:
         return yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass
+    except YamlTooLarge as e:
+        raise SpecError([f"--set {_echo(key)}: {e}"]) from None
     except yaml.YAMLError:
         return text
 
@@ -409,9 +491,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     _drop_preset_fields_if_method_changes(
         data, {canonical_key(item.split("=", 1)[0].strip()) for item in overrides or [] if "=" in item}
     )
+    given: dict[str, str] = {}
+    for item in overrides or []:
+        raw = item.split("=", 1)[0].strip()
+        first = given.setdefault(canonical_key(raw), raw)
+        if "=" in item and first != raw:
+            problems.append(f"--set {first} and {raw} are one setting (one is the reference's name): give one")
     for item in overrides or []:
         if "=" not in item:
-            problems.append(f"--set {item}: expected key.path=value")
+            problems.append(f"--set {_echo(item)}: expected key.path=value")
             continue
         key, value = item.split("=", 1)
         parts = [p for p in canonical_key(key.strip()).split(".") if p]
@@ -426,7 +514,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
                 break
             node = child
         else:
-            node[parts[-1]] = _parse_scalar(value)
+            node[parts[-1]] = _parse_scalar(value, key.strip())
     if problems:
         raise SpecError(problems)
     return data
@@ -436,9 +524,50 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A key given twice in one YAML mapping (plain YAML keeps the last one silently)."""
 
 
+class YamlTooLarge(yaml.YAMLError):
+    """A YAML document that expands to too many values (an alias bomb) or refers to itself."""
+
+
+def _expanded_values(root: yaml.Node) -> int:
+    """How many values `root` stands for with every alias expanded where it is used (iterative,
+    memoised by node: a billion-laughs document is counted in microseconds, never built)."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        kids: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        if done:
+            open_.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(k)] for k in kids), YAML_VALUES_MAX + 1)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_:
+            raise YamlTooLarge("a YAML alias refers to a value that contains it (a recursive alias)")
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
+
+
 class SpecLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses duplicate keys and reads YAML 1.2 floats (`1e-3` is a number,
-    not the string PyYAML's YAML 1.1 makes of it, so strict float fields accept it)."""
+    not the string PyYAML's YAML 1.1 makes of it, so strict float fields accept it). A document
+    that expands to more than YAML_VALUES_MAX values through aliases (an alias bomb: 400 bytes
+    that stand for a billion strings) is refused before anything is built from it."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if node is not None and _expanded_values(node) > YAML_VALUES_MAX:
+            raise YamlTooLarge(
+                f"expands to more than {YAML_VALUES_MAX:,} values through aliases (an alias bomb?); refused"
+            )
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
@@ -466,9 +595,15 @@ SpecLoader.add_implicit_resolver(
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
-        raise SpecError([f"{path}: spec file not found"])
     try:
+        mode = os.stat(p).st_mode
+    except OSError:
+        raise SpecError([f"{path}: spec file not found"]) from None
+    if not stat.S_ISREG(mode):  # a FIFO would block the read forever
+        raise SpecError([f"{path}: is {kind_of(mode)}, not a regular file (a spec is a YAML file)"])
+    try:
+        if p.stat().st_size > YAML_BYTES_MAX:
+            raise SpecError([f"{path}: a spec file of {p.stat().st_size:,} bytes; at most {YAML_BYTES_MAX:,}"])
         raw = p.read_bytes()
     except OSError as e:
         raise SpecError([f"{path}: cannot read the spec file ({e.strerror or e})"]) from None
@@ -481,6 +616,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except DuplicateKeyError as e:
         assert e.problem_mark is not None  # SpecLoader always gives the duplicate key's mark
         raise SpecError([f"{path}: line {e.problem_mark.line + 1}: {e.problem}"]) from None
+    except YamlTooLarge as e:
+        raise SpecError([f"{path}: {e}"]) from None
+    except RecursionError:
+        raise SpecError([f"{path}: nested too deeply to be a spec"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

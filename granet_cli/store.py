@@ -69,6 +69,7 @@ import duckdb
 
 from . import __version__, columns
 from .columns import EPOCH_METRICS, FINAL_METRICS, START_KEYS
+from .safe_io import PathError, check_regular
 from .text import one_line as _one_line
 
 DEFAULT_DB_PATH = Path("results") / "granet.duckdb"
@@ -86,6 +87,17 @@ READ_LOCK_WAIT = 2.0
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.005, 0.5
 #: alias under which a writer store attaches the file to its in-memory instance
 _ALIAS = "granet_results"
+#: bytes before a DuckDB file's first block: the main header and two database headers
+_FILE_HEADERS = 3 * 4096
+#: DuckDB settings of a sandboxed read-only connection (`granet sql` on a db from someone else):
+#: no file but the db itself (no COPY, ATTACH, EXPORT, read_csv), no extensions, and locked
+SANDBOX: dict[str, str | bool | int | float | list[str]] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "lock_configuration": True,
+}
 
 
 class RunStatus(StrEnum):
@@ -193,6 +205,60 @@ class StoreError(RuntimeError):
     """A results-db problem; the message is one line naming the file."""
 
 
+@contextmanager
+def claim_sweep(db_path: str | os.PathLike, name: str) -> Iterator[None]:
+    """Hold the claim "sweep `name` is running into this db" for the block: a second driver of the
+    same sweep (same db, same name) is refused at once with a StoreError instead of running every
+    point a second time.
+
+    The claim is an exclusive ``flock`` on ``.<db name>.sweep-<name>.lock`` beside the db's file
+    (links followed): the kernel drops it when the driver exits, however it exits, so a killed
+    sweep leaves no stale claim. The file is removed on release; a claim re-checks that the file it
+    locked is still the one at that path (another driver may have just removed it)."""
+    import fcntl
+
+    real = Path(os.path.realpath(db_path))
+    lock = real.with_name(f".{real.name}.sweep-{name}.lock")
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"results db {db_path}: cannot create folder ({_one_line(e, 120)})") from None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"results db {db_path}: cannot claim sweep {name} ({_one_line(e, 120)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            finally:
+                os.close(fd)
+            who = f" ({_one_line(holder, 80)})" if holder else ""
+            raise StoreError(
+                f"results db {db_path}: sweep {name} is already running into it{who}; wait for it to end "
+                "(its completed points are then skipped) or give another --name"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # removed by the driver that held it just now: claim the new file
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        try:
+            lock.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(fd)
+
+
 def default_db_path() -> Path:
     """``$GRANET_DB`` if set (and non-empty), else ``results/granet.duckdb``."""
     env = os.environ.get("GRANET_DB")
@@ -287,9 +353,12 @@ def _inspect(con: duckdb.DuckDBPyConnection) -> tuple[int | None, dict[str, set[
         if row is None:
             raise _NotGranet(f"{META_TABLE} has no valid schema_version ({'none'!r})")
         try:
-            return int(row[0]), cols
+            version = int(row[0])
         except (TypeError, ValueError):
-            raise _NotGranet(f"{META_TABLE} has no valid schema_version ({row[0] if row else 'none'!r})") from None
+            version = -1
+        if version < 0:
+            raise _NotGranet(f"{META_TABLE} has no valid schema_version ({_one_line(repr(row[0]), 40)})")
+        return version, cols
     # written before granet_meta existed: v1 if it has v1's columns, else v0
     has_v1 = all(c in cols[t] for t, added in ADDED_IN[1].items() for c in added)
     return (1 if has_v1 else 0), cols
@@ -329,8 +398,11 @@ class Store:
         read_only: bool = False,
         snapshot_if_locked: bool = True,
         lock_timeout: float | None = None,
+        sandboxed: bool = False,
     ):
         self.path = Path(path)
+        #: read-only: DuckDB settings of the connection (`granet sql`: no files, no extensions, locked)
+        self._config: dict[str, str | bool | int | float | list[str]] = dict(SANDBOX) if sandboxed else {}
         self.read_only = read_only
         self._tmpdir: str | None = None
         self._ro: duckdb.DuckDBPyConnection | None = None  # read-only store: the connection it holds
@@ -341,10 +413,14 @@ class Store:
         #: seconds this store has spent waiting for other processes' locks (diagnostics)
         self.lock_wait_seconds = 0.0
         self._memory = str(path) == ":memory:"
-        self._target = str(path) if self._memory else os.path.abspath(self.path)
+        # a symlinked db is followed, never replaced: every open, create and unlink acts on its target
+        self._target = str(path) if self._memory else os.path.realpath(self.path)
         self.lock_timeout = lock_timeout_from_env() if lock_timeout is None else float(lock_timeout)
-        if read_only and not self._memory and not self.path.exists():
-            raise StoreError(f"results db {self.path}: not found")
+        if not self._memory:
+            try:  # a FIFO would block every open forever; a folder or device is no db either
+                check_regular(self.path, "results db", must_exist=read_only)
+            except PathError as e:
+                raise StoreError(str(e)) from None
         if not read_only and not self._memory:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -388,7 +464,7 @@ class Store:
         delay = _BACKOFF_FIRST
         while True:
             try:
-                self._ro = duckdb.connect(self._target, read_only=True)
+                self._ro = duckdb.connect(self._target, read_only=True, config=self._config)
                 break
             except duckdb.Error as e:
                 if not _is_lock_error(e):
@@ -401,6 +477,7 @@ class Store:
                 else:
                     raise self._wrap(e) from None
         try:
+            self._check_complete(self._ro, self._target if self._tmpdir is None else str(self._snapshot_path()))
             version, self._columns = _inspect(self._ro)
         except _NotGranet as e:
             raise self._not_granet(e, writing=False) from None
@@ -416,6 +493,10 @@ class Store:
         finally:
             self.lock_wait_seconds += time.monotonic() - t0
 
+    def _snapshot_path(self) -> Path:
+        assert self._tmpdir is not None
+        return Path(self._tmpdir) / self.path.name
+
     def _open_snapshot(self) -> duckdb.DuckDBPyConnection:
         """Copy the (write-locked) db and its WAL to a temp dir and open that copy read-only."""
         self._tmpdir = tempfile.mkdtemp(prefix="granet-db-snapshot-")
@@ -425,7 +506,7 @@ class Store:
             wal = self.path.with_name(self.path.name + ".wal")
             if wal.exists():
                 shutil.copy2(wal, dst.with_name(dst.name + ".wal"))
-            return duckdb.connect(str(dst), read_only=True)
+            return duckdb.connect(str(dst), read_only=True, config=self._config)
         except (OSError, duckdb.Error) as e:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -438,8 +519,27 @@ class Store:
                 f"results db {self.path}: locked by another process and could not be copied ({_one_line(e, 200)})"
             ) from None
 
+    def _check_complete(self, con: duckdb.DuckDBPyConnection, path: str) -> None:
+        """Refuse a truncated file (a copy cut short): its header counts more blocks in use than it holds.
+        DuckDB would read its schema and fail only later, mid-run, at the first missing block."""
+        if self._memory:
+            return
+        row = con.execute(
+            "SELECT used_blocks, block_size FROM pragma_database_size() WHERE database_name = current_database()"
+        ).fetchone()
+        if row is None or not row[0] or not row[1]:  # a new, empty file
+            return
+        need, have = _FILE_HEADERS + int(row[0]) * int(row[1]), os.stat(path).st_size
+        if have < need:
+            raise StoreError(
+                f"results db {self.path}: truncated ({have:,} bytes, its header counts {need:,}); "
+                "restore it from a complete copy or choose another --db"
+            )
+
     def _classify(self, con: duckdb.DuckDBPyConnection) -> tuple[int | None, dict[str, set[str]]]:
         """_inspect for a writer: a foreign or newer db is a StoreError."""
+        if not self._memory and os.path.exists(self._target):
+            self._check_complete(con, self._target)
         try:
             version, cols = _inspect(con)
         except _NotGranet as e:
@@ -460,7 +560,7 @@ class Store:
         transaction: another process may have done the work in between."""
         if self._memory:
             self._mem = duckdb.connect(":memory:")
-        elif self.path.exists() and self.path.stat().st_size > 0:
+        elif os.path.exists(self._target) and os.stat(self._target).st_size > 0:
             try:
                 with self._attached(write=False) as con:
                     version, cols = self._classify(con)
@@ -484,7 +584,7 @@ class Store:
     def _empty_file_age(self) -> float | None:
         """Seconds since a 0-byte db file was last modified; None when it is missing or not empty."""
         try:
-            st = self.path.stat()
+            st = os.stat(self._target)
         except OSError:
             return None
         return time.time() - st.st_mtime if st.st_size == 0 else None
@@ -536,7 +636,7 @@ class Store:
                     limit = min(self.lock_timeout, READ_LOCK_WAIT)
                     age = self._empty_file_age()
                     if write and age is not None and (age >= READ_LOCK_WAIT or time.monotonic() - start >= limit):
-                        self.path.unlink(missing_ok=True)
+                        Path(self._target).unlink(missing_ok=True)  # the link's target, never the link
                         continue
                 else:
                     raise self._wrap(e) from None
@@ -960,7 +1060,13 @@ class Store:
             "SELECT sweep_id, name, created_at, grid_json FROM sweeps ORDER BY created_at DESC NULLS LAST, sweep_id"
         )
         for r in rows:
-            r["grid"] = json.loads(r["grid_json"]) if r["grid_json"] else {}
+            try:
+                r["grid"] = json.loads(r["grid_json"]) if r["grid_json"] else {}
+            except ValueError as e:
+                raise StoreError(
+                    f"results db {self.path}: sweep {_one_line(r['sweep_id'], 40)} has invalid sweeps.grid_json "
+                    f"({_one_line(e, 80)})"
+                ) from None
         return rows
 
     def sweep(self, sweep_id: str) -> dict | None:
