@@ -12,7 +12,7 @@ from torch import nn
 from .data import dataset_info
 from .models import build_model
 from .sparse.masking import GRADIENT_INITS, Masking
-from .spec import RunSpec
+from .spec import RunSpec, check_schedule_size
 from .train import SparsityError, empty_layers_problem
 
 
@@ -29,6 +29,7 @@ def build_plan(spec: RunSpec) -> dict[str, Any]:
         x = torch.randn(2, *info.input_shape)
         nn.functional.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
     steps_per_epoch = math.ceil(info.train_size / spec.data.batch_size)
+    check_schedule_size(spec, steps_per_epoch)  # before any event list is built
     masking = Masking(model, optimizer, spec.sparsity, steps_per_epoch=steps_per_epoch, epochs=spec.optim.epochs)
     problem = empty_layers_problem(masking, spec.sparsity.final_density)
     if problem:

@@ -69,6 +69,7 @@ SYNTHETIC_VALUES_MAX = 2**31  # (train_size + test_size) x prod(input_shape): fl
 YAML_BYTES_MAX = 2**20  # a spec file, and one --set value
 YAML_VALUES_MAX = 100_000  # values a YAML document expands to, aliases counted at every use
 ECHO_MAX = 80  # characters of a bad value an error message repeats
+MASK_UPDATES_MAX = 100_000  # optim.epochs x steps per epoch / sparsity.update_frequency
 #: models of granet_cli.models (kept here, torch-free, so validation stays cheap;
 #: tests/test_bad_input.py checks it against the registry)
 MODEL_NAMES = (
@@ -647,6 +648,19 @@ def load_run_spec(path: str | Path | None, overrides: list[str] | None = None) -
     data = read_yaml(path) if path is not None else {}
     data.pop("sweep", None)  # a sweep file's grid section is not part of the run
     return build_run_spec(apply_overrides(data, overrides))
+
+
+def check_schedule_size(spec: RunSpec, steps_per_epoch: int) -> None:
+    """Refuse (ValueError) a schedule of more than MASK_UPDATES_MAX mask updates: `plan` would list
+    every event and a run would keep each in memory. Needs the dataset's steps per epoch."""
+    sp = spec.scaled()
+    updates = sp.optim.epochs * steps_per_epoch // sp.sparsity.update_frequency
+    if updates > MASK_UPDATES_MAX:
+        raise ValueError(
+            f"sparsity.update_frequency: {sp.optim.epochs:,} epochs x {steps_per_epoch:,} steps / every "
+            f"{sp.sparsity.update_frequency:,} steps = {updates:,} mask updates; at most {MASK_UPDATES_MAX:,} "
+            "(raise update_frequency or lower optim.epochs)"
+        )
 
 
 def with_overrides(spec: RunSpec, overrides: dict[str, Any]) -> RunSpec:

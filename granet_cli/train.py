@@ -28,7 +28,8 @@ from .columns import metric_row
 from .data import build_loaders
 from .models import build_model
 from .sparse.density import kept_count
-from .sparse.masking import GRADIENT_INITS, Masking, sparsifiable_layers
+from .sparse.masking import Masking, sparsifiable_layers
+from .sparse.rules import needs_init_gradient
 from .spec import RunSpec
 from .text import one_line as _one_line
 
@@ -299,7 +300,7 @@ def setup(spec: RunSpec, threads: int | None = None) -> Session:
     if spec.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(spec, model)
-    if spec.sparsity.sparse_init in GRADIENT_INITS:
+    if needs_init_gradient(spec.sparsity):
         _init_gradients(model, loaders.test, device)
     sample = next(iter(loaders.test))[0][:1].to(device)
     masking = Masking(

@@ -8,8 +8,9 @@ from torch import nn
 
 from granet_cli.sparse.criteria import drop_set, top_k_mask
 from granet_cli.sparse.density import erk_densities
-from granet_cli.sparse.masking import Masking, allocate
+from granet_cli.sparse.masking import Masking
 from granet_cli.sparse.methods import SparseConfig
+from granet_cli.sparse.rules import allocate
 
 
 def small_net():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from granet_cli.sparse import rules
+from granet_cli.sparse import rules, scores
 from granet_cli.sparse.masking import Masking
 from granet_cli.sparse.methods import SparseConfig
 from granet_cli.sparse.rules import Selection
@@ -20,7 +20,9 @@ from .test_masking import make, snapshot, train_step
 
 # --------------------------------------------------------------------------- registries and tables
 def test_registries_hold_the_spec_names():
-    assert list(rules.DROP_RULES) == ["magnitude", "SET", "threshold"]
+    # the reference's drop criteria and growth rules keep their spec names, now as scores
+    assert {"magnitude", "SET", "threshold", "saliency", "gradient", "momentum", "random"} <= set(scores.SCORES)
+    assert scores.names(grows=True) == ("gradient", "momentum", "random")
     assert {"gradient", "momentum", "random", "momentum_neuron"} <= set(rules.GROWTH_RULES)
     assert list(rules.REDISTRIBUTION_RULES) == ["none", "magnitude", "nonzeros"]
     when = {name: rule.dense_gradient for name, rule in rules.GROWTH_RULES.items()}

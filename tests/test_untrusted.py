@@ -286,6 +286,13 @@ CASES: list[Case] = [
         timeout=30,
     ),
     Case(
+        "plan-too-many-mask-updates",
+        ["plan", Q, *["--set", "optim.epochs=100000", "--set", "sparsity.update_frequency=1"]],
+        2,
+        ["sparsity.update_frequency", "mask updates", "at most 100,000"],
+        timeout=60,
+    ),
+    Case(
         "validate-train-size-huge",
         ["validate", Q, "--set", "data.name=synthetic", "--set", "data.train_size=99999999999999"],
         2,

@@ -254,61 +254,59 @@ def _kth_runs(values: Tensor, lengths: list[int], wanted: list[tuple[int, int]])
     return values[by_run][[starts[i] + k - 1 for i, k in wanted]]
 
 
-# ----------------------------------------------------------------------------- drop
-def _magnitude_top_k_layers(
-    tensors: Sequence[Tensor], ks: Sequence[int], *, largest: bool, among: Sequence[Tensor], n: Sequence[int] | None
+# ----------------------------------------------------------------------------- one choice by a score
+def choose(
+    scores: Sequence[Tensor],
+    among: Sequence[Tensor],
+    ns: Sequence[int],
+    *,
+    lowest: bool,
+    selection: str = "top_k",
+    weights: Sequence[Tensor] | None = None,
+    threshold: float | None = None,
+    n_among: Sequence[int] | None = None,
 ) -> list[Tensor]:
-    """Per layer, the k entries of largest (or smallest) |value| among the candidates."""
-    magnitudes = torch._foreach_abs([t.detach() for t in tensors])
-    return top_k_layers(magnitudes, ks, largest=largest, among=among, n=n)
+    """Every choice of weights: per layer, exactly `ns[i]` of the candidates `among[i]` with the
+    lowest (prune, drop) or highest (grow) `scores[i]`, ties by position.
+
+    `selection` (a score's `scores.Selection`): "top_k" as above (all layers at once, see
+    `top_k_layers`); "per_sign" half from the positive, half from the other `weights` (SET);
+    "below_threshold" every candidate scoring below `threshold`, whatever `ns` says.
+    """
+    if selection == "top_k":
+        return top_k_layers(scores, ns, largest=not lowest, among=among, n=n_among)
+    if selection == "per_sign":
+        assert weights is not None, "per_sign needs the weights' signs"
+        return [_per_sign(s, w.detach(), a, n, lowest) for s, w, a, n in zip(scores, weights, among, ns)]
+    if selection == "below_threshold":
+        assert threshold is not None, "below_threshold needs a threshold"
+        return [a & (s < threshold) for s, a in zip(scores, among)]
+    raise ValueError(f"unknown selection {selection!r}")
 
 
-def drop_magnitude_layers(
-    weights: Sequence[Tensor], masks: Sequence[Tensor], ns: Sequence[int], n_active: Sequence[int] | None = None
-) -> list[Tensor]:
-    """Per layer, the `ns[i]` active weights of smallest magnitude (all layers at once)."""
-    return _magnitude_top_k_layers(weights, ns, largest=False, among=masks, n=n_active)
+def _per_sign(score: Tensor, weight: Tensor, among: Tensor, n: int, lowest: bool) -> Tensor:
+    """`n` of `among`: half (rounded up) from the positive weights, the rest from the others, each
+    side giving its shortfall to the other."""
+    pos, neg = among & (weight > 0), among & (weight <= 0)
+    n_pos = min(count(pos), (n + 1) // 2)
+    n_neg = min(count(neg), n - n_pos)
+    n_pos = min(count(pos), n - n_neg)
+    return top_k_mask(score, n_pos, largest=not lowest, among=pos) | top_k_mask(
+        score, n_neg, largest=not lowest, among=neg
+    )
 
 
 def drop_set(weight: Tensor, mask: Tensor, n: int) -> Tensor:
-    """SET: half from the smallest positive weights, half from the largest (closest to zero) negative ones."""
-    w = weight.detach()
-    pos, neg = mask & (w > 0), mask & (w <= 0)
-    n_pos = min(count(pos), (n + 1) // 2)
-    n_neg = min(count(neg), n - n_pos)
-    n_pos = min(count(pos), n - n_neg)  # give the other side's shortfall back
-    drop_pos = top_k_mask(w, n_pos, largest=False, among=pos)
-    drop_neg = top_k_mask(w, n_neg, largest=True, among=neg)
-    return drop_pos | drop_neg
+    """SET's drop: the smallest positive and the largest (closest to zero) negative active weights."""
+    return _per_sign(weight.detach().abs(), weight.detach(), mask, n, lowest=True)
 
 
-def drop_threshold(weight: Tensor, mask: Tensor, threshold: float) -> Tensor:
-    """Every active weight whose magnitude is below `threshold` (count varies)."""
-    return mask & (weight.detach().abs() < threshold)
-
-
-# ----------------------------------------------------------------------------- grow
 def grow_by_score(scores: Tensor, candidates: Tensor, n: int) -> Tensor:
-    """The `n` candidates of largest |score| (gradient or momentum growth)."""
+    """The `n` candidates of largest |score| (the one-shot regrowth of the prune_and_grow inits)."""
     return top_k_mask(scores.detach().abs(), n, largest=True, among=candidates)
 
 
-def grow_by_score_layers(
-    scores: Sequence[Tensor], candidates: Sequence[Tensor], ns: Sequence[int], n_candidates: Sequence[int] | None = None
-) -> list[Tensor]:
-    """`grow_by_score` for every layer at once (see `top_k_layers`)."""
-    return _magnitude_top_k_layers(scores, ns, largest=True, among=candidates, n=n_candidates)
-
-
 def grow_random(candidates: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Exactly `n` candidates chosen uniformly at random (SET growth)."""
+    """Exactly `n` candidates chosen uniformly at random (random initial masks)."""
     noise = torch.rand(candidates.shape, device=candidates.device, generator=generator)
     return top_k_mask(noise, n, largest=True, among=candidates)
-
-
-def momentum_scores(optimizer: torch.optim.Optimizer, param: Tensor) -> Tensor | None:
-    """Sparse Momentum's growth signal: SGD momentum, or Adam's exp_avg / sqrt(exp_avg_sq)."""
-    state = optimizer.state.get(param, {})
-    if "exp_avg" in state and "exp_avg_sq" in state:
-        return state["exp_avg"] / (torch.sqrt(state["exp_avg_sq"]) + 1e-8)
-    return state.get("momentum_buffer")

@@ -24,13 +24,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import pruning, rules
+from . import pruning, rules, scores
 from .criteria import count, counts
 from .density import kept_count, layer_densities
 from .flops import FlopsMeter, layer_macs
 from .methods import SparseConfig
 from .observers import FlopsObserver, ITOPTracker, MaskObserver
-from .rules import GRADIENT_INITS, Selection, allocate  # noqa: F401  (re-exported)
+from .rules import Selection, allocate
 from .schedule import CubicSchedule, cosine_drop_fraction
 
 
@@ -116,7 +116,13 @@ class Masking:
         self.classifier = linears[-1].name if linears else None
         self.total = sum(layer.weight.numel() for layer in self.layers)
         self.init_rule = rules.lookup(rules.INIT_RULES, "sparse_init", cfg.sparse_init)
-        self.drop_rule = rules.lookup(rules.DROP_RULES, "prune", cfg.prune)
+        scores.lookup(cfg.prune, "prune")
+        self.prune_score = scores.lookup(cfg.prune_score, "prune_score")
+        if self.prune_score.selection != "top_k":
+            raise ValueError(
+                f"prune_score {cfg.prune_score!r} cannot prune to an exact density; "
+                f"choose from {', '.join(scores.names(selection='top_k'))}"
+            )
         self.growth_rule = rules.lookup(rules.GROWTH_RULES, "growth", cfg.growth)
         self.redistribution = rules.lookup(rules.REDISTRIBUTION_RULES, "redistribution", cfg.redistribution)
         self.schedule = self._schedule()
@@ -236,7 +242,9 @@ class Masking:
         if rule.prune_scope is None:
             return
         before = {layer.name: count(layer.mask) for layer in self.layers}
-        pruning.ONE_SHOT_PRUNE[rule.prune_scope](self.layers, cfg.init_prune_fraction, before, self.classifier)
+        rated = {layer.name: self._init_score(layer, init_grads) for layer in self.layers}
+        pruning.ONE_SHOT_PRUNE[rule.prune_scope](self.layers, cfg.init_prune_fraction, before, self.classifier, rated)
+        del rated
         for layer in self.layers:
             self._zero_at(layer, ~layer.mask)
         if rule.regrow:  # as many weights as were pruned, by gradient magnitude (reference semantics)
@@ -245,11 +253,17 @@ class Masking:
                 grad = self._init_grad(layer, init_grads)
                 layer.mask.bitwise_or_(regrow(layer, grad, before[layer.name] - count(layer.mask), self.classifier))
 
+    def _init_score(self, layer: SparseLayer, init_grads: dict[str, Tensor] | None) -> Tensor:
+        """The prune score of the dense init; a score that reads the gradient gets the dense one."""
+        grad = self._init_grad(layer, init_grads) if self.prune_score.needs == "grad" else None
+        state = dict(self.optimizer.state.get(layer.weight, {}))
+        return self.prune_score.fn(scores.ScoreInput(layer.weight.detach(), grad, state, self.cfg))
+
     def _init_grad(self, layer: SparseLayer, init_grads: dict[str, Tensor] | None) -> Tensor:
         grad = (init_grads or {}).get(layer.name, layer.weight.grad)
         if grad is None:
             raise ValueError(
-                f"sparse_init {self.cfg.sparse_init} needs a gradient of the dense model "
+                f"sparse_init {self.cfg.sparse_init} (prune_score {self.cfg.prune_score}) needs a gradient of the dense model "
                 f"(pass init_grads or run a backward pass first); none for {layer.name}"
             )
         return grad
@@ -309,14 +323,16 @@ class Masking:
         return density
 
     def prune_to(self, density: float) -> int:
-        """Magnitude-prune to `density` overall (global) or in every layer (uniform)."""
+        """Prune to `density` overall (global) or in every layer (uniform), keeping the active weights
+        of highest `prune_score` (magnitude by default, as the paper)."""
+        rated = [scores.score_of(self.cfg.prune_score, layer.weight, self.optimizer, self.cfg) for layer in self.layers]
         if self.cfg.pruning_schedule == "uniform":
             pruned = sum(
-                pruning.prune_layer(layer, kept_count(self.layer_target(layer, density), layer.mask.numel()))
-                for layer in self.layers
+                pruning.prune_layer(layer, kept_count(self.layer_target(layer, density), layer.mask.numel()), score)
+                for layer, score in zip(self.layers, rated)
             )
         else:
-            pruned = pruning.prune_global(self.layers, round(density * self.total))
+            pruned = pruning.prune_global(self.layers, round(density * self.total), rated)
         self._sync_masks()
         return pruned
 
@@ -345,7 +361,7 @@ class Masking:
         weights = [layer.weight for layer in self.layers]
         n_active = counts(masks)
         n_drop = [min(n, math.ceil(self.drop_fraction * n)) for n in n_active]
-        drops = self.drop_rule(Selection(weights, masks, n_drop, n_active, self.optimizer, cfg))
+        drops = rules.drop(Selection(weights, masks, n_drop, n_active, self.optimizer, cfg), cfg.prune)
         survivors = [m & ~d for m, d in zip(masks, drops)]
         dropped = counts(drops)
         share = self.redistribution(Selection(weights, masks, dropped, n_active, self.optimizer, cfg))

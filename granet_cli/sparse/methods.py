@@ -1,4 +1,4 @@
-"""Method presets (DESIGN.md table) and the plain config the core runs from.
+"""Method presets (the README's method table) and the plain config the core runs from.
 
 The core never sees Pydantic: `SparseConfig` is a plain dataclass and the one definition of the
 sparsity settings; `spec.SparsitySpec` is generated from its fields, so either can be handed to
@@ -98,9 +98,12 @@ class SparseConfig:
         0.5, "one-shot prune fraction of the prune_* sparse inits", alias="pruning_rate", gt=0, lt=1
     )
     growth: str | None = _setting(None, "growth rule: a name in sparse.rules.GROWTH_RULES (preset)")
-    prune: Literal["magnitude", "SET", "threshold"] = _setting("magnitude", "drop rule of drop-and-grow")
+    prune: str = _setting("magnitude", "drop criterion of drop-and-grow: a name in sparse.scores.SCORES")
     prune_threshold: float = _setting(1e-3, "drop threshold of prune=threshold", gt=0)
-    redistribution: Literal["none", "magnitude", "nonzeros"] = _setting("none", "per-layer regrowth budget")
+    prune_score: str = _setting(
+        "magnitude", "score of gradual pruning and of the one-shot prune inits: a name in sparse.scores.SCORES"
+    )
+    redistribution: str = _setting("none", "per-layer regrowth budget: a name in sparse.rules.REDISTRIBUTION_RULES")
     erk_power_scale: float = _setting(1.0, "ERK's power scale", ge=0)
     dense_first_layer: bool = _setting(False, "keep the first layer dense")
     dense_classifier: bool = _setting(False, "keep the classifier dense")

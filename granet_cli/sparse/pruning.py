@@ -1,7 +1,8 @@
-"""Magnitude pruning of `SparseLayer`s (schedule events and one-shot inits) and the initial masks.
+"""Pruning of `SparseLayer`s by a score (schedule events and one-shot inits) and the initial masks.
 
-Each function edits `layer.mask` in place and leaves the weights alone: `Masking` zeroes
-what the masks no longer hold.
+Each pruning keeps the active weights of highest score (`scores.SCORES[sparsity.prune_score]`:
+magnitude, as the paper, by default) through `criteria`'s exact top-k. Each function edits
+`layer.mask` in place and leaves the weights alone: `Masking` zeroes what the masks no longer hold.
 """
 
 from __future__ import annotations
@@ -28,35 +29,37 @@ def random_masks(layers: Sequence[SparseLayer], densities: Mapping[str, float]) 
         layer.mask.copy_(criteria.grow_random(everywhere, kept_count(densities[layer.name], layer.mask.numel())))
 
 
-def prune_layer(layer: SparseLayer, keep: int) -> int:
-    """Keep the `keep` largest-magnitude active weights of one layer; returns how many went."""
+def prune_layer(layer: SparseLayer, keep: int, score: Tensor) -> int:
+    """Keep the `keep` active weights of highest `score` of one layer; returns how many went."""
     active = count(layer.mask)
     if keep >= active:
         return 0
-    layer.mask.copy_(criteria.top_k_mask(layer.weight.detach().abs(), keep, among=layer.mask))
+    (kept,) = criteria.choose([score], [layer.mask], [keep], lowest=False, n_among=[active])
+    layer.mask.copy_(kept)
     return active - keep
 
 
-def prune_global(layers: Sequence[SparseLayer], keep: int) -> int:
-    """Keep the `keep` largest-magnitude active weights across all layers."""
+def prune_global(layers: Sequence[SparseLayer], keep: int, scores: Sequence[Tensor]) -> int:
+    """Keep the `keep` active weights of highest score across all layers."""
     active = sum(counts([layer.mask for layer in layers]))
     if keep >= active:
         return 0
-    scores = torch.cat([layer.weight.detach().reshape(-1) for layer in layers]).abs_()
+    flat = torch.cat([s.reshape(-1) for s in scores])
     active_flat = torch.cat([layer.mask.reshape(-1) for layer in layers])
-    chosen = criteria.top_k_mask(scores, keep, among=active_flat)
+    (chosen,) = criteria.choose([flat], [active_flat], [keep], lowest=False, n_among=[active])
     for layer, part in zip(layers, chosen.split([layer.mask.numel() for layer in layers])):
         layer.mask.copy_(part.view_as(layer.mask))
     return active - keep
 
 
-def prune_channels(layers: Sequence[SparseLayer], rate: float) -> None:
-    """Remove `ceil(rate * alive)` whole output channels of smallest L1 norm from each layer."""
+def prune_channels(layers: Sequence[SparseLayer], rate: float, scores: Mapping[str, Tensor]) -> None:
+    """Remove `ceil(rate * alive)` whole output channels of lowest summed score from each layer
+    (with magnitude: smallest L1 norm)."""
     for layer in layers:
-        norms = layer.weight.detach().abs().flatten(1).sum(1)
+        norms = scores[layer.name].flatten(1).sum(1)
         alive = layer.mask.flatten(1).any(1)
         n_remove = math.ceil(rate * count(alive))
-        gone = criteria.top_k_mask(norms, n_remove, largest=False, among=alive)
+        (gone,) = criteria.choose([norms], [alive], [n_remove], lowest=True)
         layer.mask[gone] = False
 
 
@@ -73,22 +76,29 @@ def grow_channels(layer: SparseLayer, grad: Tensor, n_weights: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- one-shot init prune
-# by `InitRule.prune_scope`: prune(layers, rate, counts before, classifier name) and
+# by `InitRule.prune_scope`: prune(layers, rate, counts before, classifier name, scores by layer) and
 # regrow(layer, dense gradient, n weights, classifier name) -> the grown positions
-def _prune_each(layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int], classifier: str | None) -> None:
+Scores = Mapping[str, Tensor]
+
+
+def _prune_each(
+    layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int], classifier: str | None, scores: Scores
+) -> None:
     for layer in layers:
-        prune_layer(layer, before[layer.name] - math.ceil(rate * before[layer.name]))
+        prune_layer(layer, before[layer.name] - math.ceil(rate * before[layer.name]), scores[layer.name])
 
 
-def _prune_all(layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int], classifier: str | None) -> None:
-    prune_global(layers, int(sum(before.values()) * (1 - rate)))
+def _prune_all(
+    layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int], classifier: str | None, scores: Scores
+) -> None:
+    prune_global(layers, int(sum(before.values()) * (1 - rate)), [scores[layer.name] for layer in layers])
 
 
 def _prune_structured(
-    layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int], classifier: str | None
+    layers: Sequence[SparseLayer], rate: float, before: Mapping[str, int], classifier: str | None, scores: Scores
 ) -> None:
     # structured pruning never removes classifier outputs (that would delete classes)
-    prune_channels([layer for layer in layers if layer.name != classifier], rate)
+    prune_channels([layer for layer in layers if layer.name != classifier], rate, scores)
 
 
 def _grow_weights(layer: SparseLayer, grad: Tensor, n: int, classifier: str | None) -> Tensor:

@@ -1,18 +1,21 @@
-"""The mask-update rules, registered under their spec names.
+"""The mask-update rules: what a drop, a growth and a redistribution do with the scores.
 
-A rule decides *which* weights; `Masking` does the bookkeeping around it (counts, applying
-masks, zeroing regrown weights, rank sync, history, observers), the way rigl_tf2's mask
-updaters or `torch.ao.pruning`'s `update_mask` separate the rule from the sparsifier.
+A rule decides *which* weights; `Masking` does the bookkeeping around it (counts, applying masks,
+zeroing new connections, rank sync, history, observers), the way rigl_tf2's mask updaters or
+`torch.ao.pruning`'s `update_mask` separate the rule from the sparsifier. *How* weights are rated is
+one registry of its own, `scores.SCORES`; the rules here only choose by a score:
 
-- `DROP_RULES[spec.prune]` and `GROWTH_RULES[spec.growth]` take one `Selection` over every
-  sparse layer and return one boolean tensor per layer: the weights to drop / to grow.
+- `drop(selection, score)`: per layer, the `n` active weights of lowest score (spec `prune`: any score).
+- `GROWTH_RULES[spec.growth]`: per layer, `n` candidates; one rule per score that can rank inactive
+  positions (gradient, momentum, random), plus `momentum_neuron`, which shares a layer's regrowth
+  out over its neurons first.
 - `REDISTRIBUTION_RULES[spec.redistribution]` gives each layer a share of the total regrowth
   (None: every layer regrows what it dropped).
 - `INIT_RULES[spec.sparse_init]` is a table of what each initial-mask mode does.
 
-A new rule is one decorated function here (plus a test); `spec.py` takes its lists of valid
-names from these registries, so importing this module must not import torch (validation stays
-fast): the rules import `torch` / `criteria` when they run. ::
+`spec.py` takes its lists of valid names from these registries, so importing this module must not
+import torch (validation stays fast): the rules import `torch` / `criteria` when they run. A new
+growth rule that is not a plain score is one decorated function::
 
     @growth_rule("my_rule", dense_gradient="update")
     def _my_rule(sel: Selection) -> list[Tensor]:
@@ -61,7 +64,6 @@ class GrowthRule:
     dense_gradient: DenseGradient
 
 
-DROP_RULES: dict[str, Rule] = {}
 GROWTH_RULES: dict[str, GrowthRule] = {}
 REDISTRIBUTION_RULES: dict[str, Callable[[Selection], list[float] | None]] = {}
 
@@ -70,16 +72,6 @@ def _register(registry: dict[str, Any], kind: str, name: str, value: Any) -> Non
     if name in registry:
         raise ValueError(f"{kind} rule {name!r} is already registered")
     registry[name] = value
-
-
-def drop_rule(name: str) -> Callable[[Rule], Rule]:
-    """Register `fn(selection) -> per-layer drop masks` as the drop criterion `name` (spec `prune`)."""
-
-    def register(fn: Rule) -> Rule:
-        _register(DROP_RULES, "drop", name, fn)
-        return fn
-
-    return register
 
 
 def growth_rule(name: str, *, dense_gradient: DenseGradient = "update") -> Callable[[Rule], Rule]:
@@ -109,63 +101,59 @@ def lookup(registry: dict[str, Any], field: str, name: str | None) -> Any:
     return registry[name]
 
 
-# ----------------------------------------------------------------------------- drop
-@drop_rule("magnitude")
-def _drop_magnitude(sel: Selection) -> list[Tensor]:
-    from . import criteria
+# ----------------------------------------------------------------------------- drop and growth by a score
+def _scores(sel: Selection, name: str) -> list[Tensor]:
+    from . import scores
 
-    return criteria.drop_magnitude_layers(sel.weights, sel.among, sel.n, sel.n_among)
-
-
-@drop_rule("SET")
-def _drop_set(sel: Selection) -> list[Tensor]:
-    from . import criteria
-
-    return [criteria.drop_set(w, m, n) for w, m, n in zip(sel.weights, sel.among, sel.n)]
+    return [scores.score_of(name, w, sel.optimizer, sel.config) for w in sel.weights]
 
 
-@drop_rule("threshold")
-def _drop_threshold(sel: Selection) -> list[Tensor]:
-    from . import criteria
+def drop(sel: Selection, score: str) -> list[Tensor]:
+    """Per layer, the `sel.n[i]` active weights of lowest `score` (`threshold`: every one below
+    `prune_threshold`; `SET`: half from each sign)."""
+    from . import criteria, scores
 
-    return [criteria.drop_threshold(w, m, sel.config.prune_threshold) for w, m in zip(sel.weights, sel.among)]
+    rule = scores.lookup(score, "prune")
+    threshold = getattr(sel.config, "prune_threshold", None)
+    return criteria.choose(
+        _scores(sel, score),
+        sel.among,
+        sel.n,
+        lowest=True,
+        selection=rule.selection,
+        weights=sel.weights,
+        threshold=threshold,
+        n_among=sel.n_among,
+    )
 
 
-# ----------------------------------------------------------------------------- growth
-def _gradient(weight: Tensor) -> Tensor:
-    import torch
+def _grow_by(score: str) -> Rule:
+    def grow(sel: Selection) -> list[Tensor]:
+        from . import criteria
 
-    return weight.grad if weight.grad is not None else torch.zeros_like(weight)
+        return criteria.choose(_scores(sel, score), sel.among, sel.n, lowest=False, n_among=sel.n_among)
+
+    grow.__doc__ = f"The candidates of highest {score} score."
+    return grow
+
+
+def _register_score_growth() -> None:
+    """Every score that can rank inactive positions is a growth rule of the same name."""
+    from .scores import SCORES
+
+    dense = {"grad": "update", "optimizer": "step", None: None}
+    for name, score in SCORES.items():
+        if score.grows:
+            growth_rule(name, dense_gradient=dense[score.needs])(_grow_by(name))  # type: ignore[arg-type]
+
+
+_register_score_growth()
 
 
 def _momentum(optimizer: torch.optim.Optimizer | None, weight: Tensor) -> Tensor:
-    from . import criteria
+    from . import scores
 
-    score = criteria.momentum_scores(optimizer, weight) if optimizer is not None else None
-    return score if score is not None else _gradient(weight)
-
-
-@growth_rule("gradient", dense_gradient="update")
-def _grow_gradient(sel: Selection) -> list[Tensor]:
-    from . import criteria
-
-    scores = [_gradient(w) for w in sel.weights]
-    return criteria.grow_by_score_layers(scores, sel.among, sel.n, sel.n_among)
-
-
-@growth_rule("momentum", dense_gradient="step")
-def _grow_momentum(sel: Selection) -> list[Tensor]:
-    from . import criteria
-
-    scores = [_momentum(sel.optimizer, w) for w in sel.weights]
-    return criteria.grow_by_score_layers(scores, sel.among, sel.n, sel.n_among)
-
-
-@growth_rule("random", dense_gradient=None)
-def _grow_random(sel: Selection) -> list[Tensor]:
-    from . import criteria
-
-    return [criteria.grow_random(c, n) for c, n in zip(sel.among, sel.n)]
+    return scores.score_of("momentum", weight, optimizer)
 
 
 @growth_rule("momentum_neuron", dense_gradient="step")
@@ -177,7 +165,7 @@ def _grow_momentum_neuron(sel: Selection) -> list[Tensor]:
 
     grown = []
     for weight, free, n in zip(sel.weights, sel.among, sel.n):
-        score = _momentum(sel.optimizer, weight).detach().abs().flatten(1)
+        score = _momentum(sel.optimizer, weight).flatten(1)
         free_rows = free.flatten(1)
         share = dict(enumerate(score.mean(1).tolist()))
         per_neuron = allocate(n, share, dict(enumerate(free_rows.sum(1).tolist())))
@@ -268,3 +256,15 @@ SPARSE_INITS = tuple(INIT_RULES)
 PRUNE_INITS = tuple(name for name, rule in INIT_RULES.items() if rule.prune_scope is not None)
 #: sparse-init modes that need a gradient of the dense model before the mask exists
 GRADIENT_INITS = tuple(name for name, rule in INIT_RULES.items() if rule.needs_gradient)
+
+
+def needs_init_gradient(config: Any) -> bool:
+    """Whether the initial mask needs a gradient of the dense model: a regrowing init, or a one-shot
+    prune by a score that reads the gradient (saliency)."""
+    from .scores import SCORES
+
+    rule = INIT_RULES.get(config.sparse_init)
+    if rule is None or rule.prune_scope is None:
+        return False
+    score = SCORES.get(getattr(config, "prune_score", "magnitude"))
+    return rule.needs_gradient or (score is not None and score.needs == "grad")
