@@ -11,7 +11,8 @@ from torch import nn
 
 from .data import dataset_info
 from .models import build_model
-from .sparse.masking import GRADIENT_INITS, Masking
+from .sparse.masking import Masking
+from .sparse.rules import needs_init_gradient
 from .spec import RunSpec, check_schedule_size
 from .train import SparsityError, empty_layers_problem
 
@@ -25,7 +26,7 @@ def build_plan(spec: RunSpec) -> dict[str, Any]:
     # The masks need no optimizer state before training; a real torch optimizer would import
     # torch._dynamo on construction (seconds of start-up for a command that trains nothing).
     optimizer = cast(torch.optim.Optimizer, SimpleNamespace(state={}, param_groups=[]))  # the masks read only these
-    if spec.sparsity.sparse_init in GRADIENT_INITS:  # one synthetic batch stands in for data
+    if needs_init_gradient(spec.sparsity):  # one synthetic batch stands in for data
         x = torch.randn(2, *info.input_shape)
         nn.functional.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
     steps_per_epoch = math.ceil(info.train_size / spec.data.batch_size)
