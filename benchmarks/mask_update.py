@@ -1,4 +1,4 @@
-"""One GraNet mask update on CIFAR ResNet-50: ours vs the reference algorithm.
+"""One GraNet mask update on CIFAR ResNet-50 (or `--model`): ours vs the reference algorithm.
 
 One update event = global magnitude prune to the cubic schedule's density, then
 per-layer drop-and-grow with gradient growth. Ours is `Masking.step()` at a step
@@ -12,7 +12,7 @@ Both start from the same masks, weights, gradients and momentum. Weights and
 gradients are built without ties (distinct float32 magnitudes, random signs),
 so both must give exactly the same masks; the script asserts it.
 
-    .venv/bin/python benchmarks/mask_update.py [--device auto|cpu|cuda] [--repeats N]
+    .venv/bin/python benchmarks/mask_update.py [--device auto|cpu|cuda] [--repeats N] [--model NAME]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_overhead import build_resnet50, describe_device, pick_device, sgd, sync  # noqa: E402
+from step_overhead import add_model_arg, build_bench_model, describe_device, pick_device, sgd, sync  # noqa: E402
 
 from granet_cli.sparse.masking import Masking  # noqa: E402
 from granet_cli.sparse.methods import SparseConfig  # noqa: E402
@@ -118,7 +118,7 @@ def distinct_values(n: int, generator: torch.Generator) -> torch.Tensor:
 def granet_event_setup(args, device: torch.device):
     """A GraNet run just before a step where both pruning and drop-and-grow are due."""
     torch.manual_seed(args.seed)
-    model = build_resnet50().to(device)
+    model = build_bench_model(args.model).to(device)
     optimizer = sgd(model)
     config = SparseConfig(
         method="granet",
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--repeats", type=int, default=5, help="timed updates of each (median reported)")
     p.add_argument("--seed", type=int, default=0)
+    add_model_arg(p)
     p.add_argument("--steps-per-epoch", type=int, default=391, help="CIFAR, batch 128")
     p.add_argument("--epochs", type=int, default=160)
     p.add_argument("--final-prune-epoch", type=int, default=110)
@@ -192,7 +193,9 @@ def main(argv: list[str] | None = None) -> float:
         record = masking.step()
         sync(device)
         times_ours.append(time.perf_counter() - begin)
-        assert record is not None and record["grown"] == record["dropped"] > 0
+        # no redistribution: every weight that really left (dropped, not reselected) is replaced
+        assert record is not None and record["dropped"] > 0, record
+        assert record["grown"] == record["dropped"] - record["reselected"], record
         return {name: m.clone() for name, m in masking.masks().items()}
 
     def reference() -> dict[str, torch.Tensor]:
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> float:
         times_ref.append(time.perf_counter() - begin)
         return {name: m.bool() for name, m in ref.masks.items()}
 
-    print(f"mask_update: one GraNet update on CIFAR ResNet-50, {describe_device(device)}, torch {torch.__version__}")
+    print(f"mask_update: one GraNet update on CIFAR {args.model}, {describe_device(device)}, torch {torch.__version__}")
     print(
         f"  step {t}: density {masking.density():.4f} -> {density:.4f} (global prune), "
         f"then drop-and-grow {rate:.3f} of each layer's active weights; {masking.total:,} weights, "

@@ -2,13 +2,13 @@
 
 Per-weight state: the boolean masks (module buffers `weight_mask`), the ITOP `fired`
 masks, and any other tensor `Masking` holds, in bytes per sparsifiable weight of
-CIFAR ResNet-50 (the reference implementation keeps float32 masks: 4 bytes).
+CIFAR ResNet-50 or `--model` (the reference implementation keeps float32 masks: 4 bytes).
 
 Peak RSS: a dense and a sparse (granet masking at density 0.1) training step of
-ResNet-50, batch 32, each in a fresh subprocess (`ru_maxrss`), so peaks don't mix;
+ResNet-50, batch 32, each in a fresh subprocess (`ru_maxrss`, run side by side), so peaks don't mix;
 a third process also runs a mask-update step (prune + drop-and-grow) for reference.
 
-    .venv/bin/python benchmarks/memory.py [--device auto|cpu|cuda] [--steps N]
+    .venv/bin/python benchmarks/memory.py [--device auto|cpu|cuda] [--steps N] [--model NAME]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_overhead import NEVER, build_resnet50, pick_device, sgd, sync, train_step  # noqa: E402
+from step_overhead import NEVER, add_model_arg, build_bench_model, pick_device, sgd, sync, train_step  # noqa: E402
 
 from granet_cli.sparse.masking import Masking  # noqa: E402
 from granet_cli.sparse.methods import SparseConfig  # noqa: E402
@@ -55,10 +55,10 @@ def make_masking(model, optimizer, x, update_at: int | None = None) -> Masking:
     return Masking(model, optimizer, config, steps_per_epoch=update_at, epochs=2, sample_input=x[:1])
 
 
-def child(mode: str, steps: int, device: torch.device) -> dict:
+def child(mode: str, steps: int, device: torch.device, model_name: str) -> dict:
     """One process, one kind of training step: dense | sparse | update (sparse + mask update)."""
     torch.manual_seed(0)
-    model = build_resnet50().to(device)
+    model = build_bench_model(model_name).to(device)
     optimizer = sgd(model)
     x = torch.randn(32, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (32,), device=device)
@@ -75,9 +75,9 @@ def child(mode: str, steps: int, device: torch.device) -> dict:
     return out
 
 
-def state_per_weight() -> dict[str, float]:
+def state_per_weight(model_name: str) -> dict[str, float]:
     """Bytes per sparsifiable weight of the masks, the fired masks, and anything else Masking holds."""
-    model = build_resnet50()
+    model = build_bench_model(model_name)
     x = torch.randn(1, 3, 32, 32)
     masking = make_masking(model, sgd(model), x)
     n = masking.total
@@ -97,24 +97,33 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--steps", type=int, default=2, help="training steps per process (the first allocates state)")
+    add_model_arg(p)
     p.add_argument("--child", choices=("dense", "sparse", "update"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = pick_device(args.device)
     if args.child:
-        print(json.dumps(child(args.child, args.steps, device)))
+        print(json.dumps(child(args.child, args.steps, device, args.model)))
         return {}
 
-    per_weight = state_per_weight()
-    print(f"memory: CIFAR ResNet-50, {per_weight['weights']:,} sparsifiable weights, torch {torch.__version__}")
+    per_weight = state_per_weight(args.model)
+    print(f"memory: CIFAR {args.model}, {per_weight['weights']:,} sparsifiable weights, torch {torch.__version__}")
     print(f"  masks (bool buffers)   {per_weight['masks']:.2f} bytes/weight  (reference float32 masks: 4.00)")
     print(f"  ITOP fired masks       {per_weight['fired']:.2f} bytes/weight")
     print(f"  other Masking tensors  {per_weight['other']:.2f} bytes/weight")
     print(f"  sparse-core state      {per_weight['total']:.2f} bytes/weight in all")
-    peaks = {}
+    # one fresh process per mode, all at once: each peak is its own process's high-water mark
+    procs = {}
     for mode in ("dense", "sparse", "update"):
-        cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--device", device.type]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        peaks[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps)]
+        cmd += ["--device", device.type, "--model", args.model]
+        procs[mode] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks = {}
+    for mode, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.stderr.write(out + err)
+            raise SystemExit(f"memory: the {mode} child process failed (exit {proc.returncode})")
+        peaks[mode] = json.loads(out.strip().splitlines()[-1])
     label = {
         "dense": "dense step",
         "sparse": "sparse step (granet, density 0.1)",

@@ -1,14 +1,15 @@
 """Step overhead of GraNet masking: a sparse training step over a dense one.
 
-CIFAR ResNet-50, batch 32, synthetic data. The dense and the masked model are
+CIFAR ResNet-50 (`--model` picks another registered model, e.g. `resnet32` for the quick run),
+batch 32, synthetic data. The dense and the masked model are
 built from the same initial weights and stepped alternately (ABBA order) in one
 process, after a warm-up, so machine noise hits both alike. Only non-update
 steps are timed: update_frequency is huge, so `masking.step()` just applies the
 masks (weights and momentum) and counts FLOPs.
 
-    .venv/bin/python benchmarks/step_overhead.py [--device auto|cpu|cuda] [--steps N]
+    .venv/bin/python benchmarks/step_overhead.py [--device auto|cpu|cuda] [--steps N] [--model NAME]
 
-The helpers at the top (`build_resnet50`, `pick_device`, `sync`) are shared by
+The helpers at the top (`build_bench_model`, `add_model_arg`, `pick_device`, `sync`) are shared by
 the other benchmarks of this folder.
 """
 
@@ -35,23 +36,31 @@ NEVER = 10**9  # an update frequency / epoch length no benchmark ever reaches
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def build_resnet50(num_classes: int = 10) -> torch.nn.Module:
-    """`build_model(ModelSpec(name="resnet50"), 10, (3, 32, 32))`.
+def build_bench_model(name: str = "resnet50", num_classes: int = 10) -> torch.nn.Module:
+    """`build_model(name, num_classes, (3, 32, 32))`: CIFAR ResNet-50 by default.
 
-    Falls back to loading models/resnet_cifar.py by path where pydantic (needed by
-    the spec layer, not by the model) is missing, e.g. on a bare GPU machine.
+    Falls back to loading models/resnet_cifar.py by path where the package cannot be imported
+    (e.g. a bare GPU machine without pydantic); only resnet50 is available then.
     """
     try:
         from granet_cli.models import build_model
-        from granet_cli.spec import ModelSpec
-
-        return build_model(ModelSpec(name="resnet50"), num_classes, (3, 32, 32))
     except ImportError:
+        if name != "resnet50":
+            raise
         path = ROOT / "granet_cli" / "models" / "resnet_cifar.py"
         spec = importlib.util.spec_from_file_location("_resnet_cifar", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module.resnet50(num_classes, (3, 32, 32))
+    return build_model(name, num_classes, (3, 32, 32))
+
+
+def add_model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="resnet50",
+        help="registered model, CIFAR input (default resnet50; the quick run uses resnet32)",
+    )
 
 
 def pick_device(name: str) -> torch.device:
@@ -97,6 +106,7 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps of each (default: 2 CPU, 20 CUDA)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    add_model_arg(p)
     args = p.parse_args(argv)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> float:
     warmup = args.warmup if args.warmup is not None else (20 if cuda else 2)
 
     torch.manual_seed(args.seed)
-    base = build_resnet50()
+    base = build_bench_model(args.model)
     dense, sparse = copy.deepcopy(base).to(device), copy.deepcopy(base).to(device)
     del base
     x = torch.randn(args.batch, 3, 32, 32, device=device)
@@ -128,7 +138,9 @@ def main(argv: list[str] | None = None) -> float:
         sync(device)
         return time.perf_counter() - start
 
-    print(f"step_overhead: CIFAR ResNet-50, batch {args.batch}, {describe_device(device)}, torch {torch.__version__}")
+    print(
+        f"step_overhead: CIFAR {args.model}, batch {args.batch}, {describe_device(device)}, torch {torch.__version__}"
+    )
     print(
         f"  masking: granet, density {masking.density():.3f} over {masking.total:,} weights "
         f"in {len(masking.layers)} layers; {warmup} warm-up + {steps} measured steps each, alternating"
