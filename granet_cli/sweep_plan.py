@@ -504,6 +504,8 @@ class TrialOutcome:
     fresh_attempt: bool = False  # a Tune retry that has not reported yet
     last_epoch: int = 0  # last epoch reported by the current attempt
     node_ip: str | None = None  # where the current attempt runs
+    node_id: str | None = None  # the Ray node id of that node
+    waiting_since: float | None = None  # a retry not started yet: since when (time.monotonic())
 
 
 @dataclass

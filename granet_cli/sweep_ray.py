@@ -57,6 +57,10 @@ _CLUSTER_LOGS = (
 
 #: result keys of the trainable's reports (JSON strings, decoded by the driver)
 EPOCH_KEY, UPDATES_KEY, FINAL_KEY = "granet_epoch", "granet_mask_updates", "granet_final"
+#: the Ray node id a trial runs on, with each epoch's report
+NODE_KEY = "granet_node"
+#: a retry that has not started after this many seconds is said to wait for resources
+WAIT_NOTE_S = 5.0
 #: the rows a checkpoint holds, sent once by a trial that continues from it
 REPLAY_KEY = "granet_replay"
 #: beside checkpoint.pt in every Tune checkpoint: which point, run and epoch it is
@@ -126,6 +130,7 @@ def find_checkpoints(storage: str, experiment: str) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- the trial
 def _trainable(config: dict) -> None:
     """One Ray Tune trial: `train.run` of one point in a node-local folder, a Tune checkpoint every epoch."""
+    import ray
     from ray import tune
 
     from . import train
@@ -134,6 +139,7 @@ def _trainable(config: dict) -> None:
     from .preflight import one_line, own_errors
 
     point = config["point"]
+    node_id = ray.get_runtime_context().get_node_id()  # said in words if this node is lost
     spec = RunSpec.model_validate_json(point["spec_json"])
     checkpoint = tune.get_checkpoint()  # set when Tune retries this trial
     if checkpoint is None and point.get("resume_from"):  # left in storage by an earlier invocation
@@ -176,6 +182,7 @@ def _trainable(config: dict) -> None:
                     UPDATES_KEY: json.dumps(updates),
                     "epoch": row["epoch"],
                     "test_acc": row["test_acc"],
+                    NODE_KEY: node_id,
                 },
                 checkpoint=tune.Checkpoint.from_directory(str(work)),
             )
@@ -257,14 +264,55 @@ def failure_reason(trial: Any, t: TrialOutcome) -> str:
     text = " ".join((str(err) if err is not None else _latest_failure(trial)).split())
     during = f"during epoch {t.last_epoch + 1}"
     if isinstance(err, RayActorError) or "The actor died" in text or "ActorDiedError" in text:
-        node = _node_name(text) or t.node_ip or getattr(trial, "node_ip", None) or "?"
+        node = _node_name(text) or _node_label(t.node_id) or t.node_ip or getattr(trial, "node_ip", None) or "?"
         if getattr(err, "preempted", False):
             return f"node {node} preempted {during}"
         if re.search(r"node (has )?died|node .*dead|raylet .*died|node was (terminated|killed)", text, re.I):
             return f"node {node} lost {during}"
-        return f"the trial's process on node {node} died {during} ({text[:160] or 'no detail'})"
+        if t.node_id and _node_gone(t.node_id):  # Ray's health checks have not noticed yet (~30 s by default)
+            return f"node {node} lost {during} (its raylet does not answer)"
+        return f"the trial's process on node {node} died {during} ({_first_sentence(text)})"
     where = f" on node {t.node_ip}" if t.node_ip else ""
     return f"{_error_line(trial)} ({during}{where})"
+
+
+def _first_sentence(text: str, limit: int = 300) -> str:
+    """The error's first sentence, whole words only (Ray's actor errors run to many lines)."""
+    text = text.split(". ")[0].strip() or "no detail"
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _node_info(node_id: str | None) -> dict | None:
+    if not node_id:
+        return None
+    try:
+        import ray
+
+        return next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)
+    except Exception:  # noqa: BLE001 - no GCS to ask: the node is named by its ip
+        return None
+
+
+def _node_label(node_id: str | None) -> str | None:
+    """`127.0.0.1 (da8e80d7)`: the node's address and the start of its id."""
+    n = _node_info(node_id)
+    return f"{n.get('NodeManagerAddress', '?')} ({node_id[:8]})" if n and node_id else None
+
+
+def _node_gone(node_id: str) -> bool:
+    """The node is dead to Ray, or its raylet refuses (or does not take) a connection: with Ray's
+    default health checks the GCS marks a node dead only ~30 s after it went, long after the
+    trial's actor failed, so the raylet's port is asked directly (one connect, 2 s at most)."""
+    import socket
+
+    n = _node_info(node_id)
+    if n is None or not n.get("Alive", False):
+        return n is not None
+    try:
+        with socket.create_connection((n["NodeManagerAddress"], int(n["NodeManagerPort"])), timeout=2):
+            return False
+    except (OSError, KeyError, ValueError):
+        return True
 
 
 def _node_name(error_text: str) -> str | None:
@@ -395,7 +443,11 @@ def _stop_ray(local: LocalRay | None, outcome: SweepOutcome | None, runs_dir: Pa
 
     ray.shutdown()
     troubled = outcome is not None and (outcome.retries > 0 or outcome.count("failed") > 0)
-    kept = local.close(Path(runs_dir) / "ray-logs" if troubled else None) if local is not None else None
+    if local is None:  # joined a cluster: its nodes keep their logs
+        if troubled and outcome is not None:
+            outcome.ray_logs = _CLUSTER_LOGS
+        return
+    kept = local.close(Path(runs_dir) / "ray-logs" if troubled else None)
     if kept is not None and outcome is not None:
         outcome.ray_logs = f"Ray's logs of this sweep: {kept}"
 
@@ -517,6 +569,8 @@ class _StoreCallbackHooks:
         if t is None or t.status != "running":
             return
         t.node_ip = result.get("node_ip") or t.node_ip
+        t.node_id = result.get(NODE_KEY) or t.node_id
+        t.waiting_since = None
         if REPLAY_KEY in result:  # a continued trial: its checkpoint's rows replace the run's rows
             replay = json.loads(result[REPLAY_KEY])
             self._recorder(t).replay(replay["epochs"], replay["updates"])
@@ -556,13 +610,27 @@ class _StoreCallbackHooks:
             self._start(t)
         reason = failure_reason(trial, t)
         t.attempts += 1
-        t.fresh_attempt, t.last_epoch = True, 0
+        t.fresh_attempt, t.last_epoch, t.waiting_since = True, 0, time.monotonic()
         if self.outcome is not None:
             self.outcome.retries += 1
         self._start_attempt(t)
         n = getattr(trial, "num_failures", t.attempts - 1)
         count = f"{n}/{self.max_failures}" if n else "(a preemption does not count against --max-failures)"
         self.display.note(f"[yellow]![/yellow] {t.point.label}: {reason}; retrying {count}")
+
+    def on_step_end(self, iteration, trials, **info):
+        """A retry that has not started after WAIT_NOTE_S waits for a node with room for it: say so, once."""
+        for trial in trials:
+            t = self._outcome(trial)
+            if t is None or t.waiting_since is None or time.monotonic() - t.waiting_since < WAIT_NOTE_S:
+                continue
+            t.waiting_since = None
+            if trial.status == "PENDING":
+                need = getattr(trial.placement_group_factory, "required_resources", {}) or {}
+                room = f"{need.get('CPU', 0):g} CPU + {need.get('GPU', 0):g} GPU"
+                self.display.note(
+                    f"[yellow]..[/yellow] {t.point.label}: attempt {t.attempts} waits for a node with {room} free"
+                )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         t = self._outcome(trial)

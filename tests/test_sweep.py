@@ -171,6 +171,25 @@ def test_driver_callback_writes_run_rows_and_diverged(tmp_path):
 
 
 # ----------------------------------------------------------------------------- Ray Tune sweeps
+def test_a_retry_that_waits_for_room_is_said_once(tmp_path):
+    """The callback alone: a retried trial still pending after a few seconds waits for a node with
+    room for it (a lost node's trial, while the others are busy): said once, with what it needs."""
+    from rich.console import Console
+
+    plan = plan_sweep(None, SMALL_OVERRIDES, methods="granet", densities="0.1")
+    t = TrialOutcome(plan.points[0], "r-1", status="running", attempts=2, waiting_since=time.monotonic() - 60)
+    text = io.StringIO()
+    display = _Display(Console(file=text, width=200), plan, 1, None)
+    with Store(tmp_path / "r.duckdb") as store:
+        cb = _make_callback(store, plan, {t.run_id: t}, display)
+        need = SimpleNamespace(required_resources={"CPU": 2.0, "GPU": 0.5})
+        trial = SimpleNamespace(config={"point": {"run_id": t.run_id}}, status="PENDING", placement_group_factory=need)
+        cb.on_step_end(0, [trial])
+        cb.on_step_end(1, [trial])
+    said = re.findall(r"granet d=0\.1 seed=0: attempt 2 waits for a node with 2 CPU \+ 0\.5 GPU free", text.getvalue())
+    assert len(said) == 1, text.getvalue()
+
+
 def test_sweep_2x2_completes_tagged_and_rerun_runs_nothing(tmp_path):
     db = tmp_path / "r.duckdb"
     args = ["--methods", "granet,rigl", "--densities", "0.1,0.2", *SMALL]
