@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,42 +28,11 @@ from . import pruning, rules, scores
 from .criteria import count, counts
 from .density import kept_count, layer_densities
 from .flops import FlopsMeter, layer_macs
+from .layers import SparseLayer, sparsifiable_layers
 from .methods import SparseConfig
 from .observers import FlopsObserver, ITOPTracker, MaskObserver
 from .rules import Selection, allocate
 from .schedule import CubicSchedule, cosine_drop_fraction
-
-
-@dataclass
-class SparseLayer:
-    name: str  # "<module path>.weight"
-    module: nn.Module
-    weight: Tensor  # the module's nn.Parameter
-
-    @property
-    def mask(self) -> Tensor:
-        return cast(Tensor, self.module.weight_mask)
-
-
-def sparsifiable_layers(
-    model: nn.Module, dense_first_layer: bool = False, dense_classifier: bool = False
-) -> list[SparseLayer]:
-    """Every Conv2d / Linear weight (4-D and 2-D); biases and norm layers stay dense.
-
-    The first such layer is the "first layer"; the last Linear is the classifier.
-    """
-    found = [
-        SparseLayer(f"{n}.weight" if n else "weight", m, m.weight)
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    linears = [layer for layer in found if isinstance(layer.module, nn.Linear)]
-    excluded = set()
-    if dense_first_layer and found:
-        excluded.add(found[0].name)
-    if dense_classifier and linears:
-        excluded.add(linears[-1].name)
-    return [layer for layer in found if layer.name not in excluded]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from .criteria import count, counts
 from .density import kept_count
 
 if TYPE_CHECKING:
-    from .masking import SparseLayer
+    from .layers import SparseLayer
 
 
 def random_masks(layers: Sequence[SparseLayer], densities: Mapping[str, float]) -> None:
