@@ -1160,11 +1160,13 @@ def _env() -> Environment:
 
 
 def md_cell(value: Any) -> str:
-    """Text safe inside a GitHub Markdown table cell (one line, pipes escaped)."""
+    """Text safe inside a GitHub Markdown table cell (one line, pipes escaped; brackets escaped, so a
+    spec value such as `[x](javascript:...)` is shown as text, never as a live link)."""
     if value is None:
         return DASH
     text = " ".join(str(value).split())
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("[", "\\[").replace("]", "\\]")
 
 
 def _one_line(text: Any, limit: int = 300) -> str:

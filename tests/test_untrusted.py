@@ -647,3 +647,48 @@ def test_second_sweep_with_the_same_name_is_refused(cli, tmp_path, monkeypatch):
         )
     _check_one_error_line(res, 2, ["same", "already running"])
     assert not (tmp_path / "r.duckdb").exists()
+
+
+# ----------------------------------------------------------------------------- smaller ones
+def test_markdown_cells_never_hold_a_live_link():
+    from granet_cli.report import md_cell
+
+    cell = md_cell("[click](javascript:alert(1)) <a href=x>")
+    assert "](" not in cell.replace("\\]", "") and "<a" not in cell
+    assert cell.replace("\\", "").startswith("[click](javascript:alert(1))")  # shown as text
+
+
+def test_fetch_without_network_leaves_nothing(cli, tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.cifar as tvc
+    import torchvision.datasets.utils as tvu
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tvu, "download_url", offline)
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    monkeypatch.setattr(tvc, "download_and_extract_archive", offline, raising=False)
+    monkeypatch.chdir(tmp_path)
+    _check_one_error_line(cli("data", "fetch", "cifar10", "--root", "data", "-q"), 2, ["CIFAR-10", "no network"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_into_a_read_only_folder_is_one_line(cli, template, tmp_path, monkeypatch):
+    if os.geteuid() == 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip("cannot mount a read-only tmpfs")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+    try:
+        monkeypatch.chdir(template)
+        res = cli("export", f"runs/{_hash(TRAINED)}", "--db", "r.duckdb", "--out", str(ro / "m.pt"))
+        _check_one_error_line(res, 2, ["--out", "m.pt"])
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(ro)], check=False)

@@ -108,10 +108,22 @@ def download(name: str, root: str | Path, *, quiet: bool = False) -> Path:
     Raises DataError with one line on a network failure or a checksum mismatch."""
     cls, title, folder = _CIFAR[name][0], _CIFAR[name][1], _CIFAR[name][2]
     root = Path(root).expanduser()
+    created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"--root {root}: cannot create the folder ({e.strerror or e})") from None
+    try:
+        return _download(cls, title, folder, name, root, quiet)
+    except DataError:
+        # a failed fetch (no network) leaves no lock file, and no empty folder it created itself
+        (root / f".granet-fetch-{name}.lock").unlink(missing_ok=True)
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise
+
+
+def _download(cls, title: str, folder: str, name: str, root: Path, quiet: bool) -> Path:
     sink = io.StringIO()
     quiet_ctx = (contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink)) if quiet else ()
     try:
