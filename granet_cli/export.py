@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import pickle
 import statistics
 import time
 import warnings
@@ -296,6 +297,8 @@ class Loaded:
 
 def load_weights(path: Path) -> dict[str, Tensor]:
     """An exported weights file: safetensors by its suffix, else torch.load(weights_only=True)."""
+    from .train import safe_torch_load, weights_only_reason
+
     try:
         if path.suffix == ".safetensors":
             if not safetensors_available():
@@ -306,9 +309,14 @@ def load_weights(path: Path) -> dict[str, Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = safe_torch_load(path)
     except ExportError:
         raise
+    except pickle.UnpicklingError as e:
+        raise ExportError(
+            f"{path}: refused, it does not load with torch.load(weights_only=True) ({weights_only_reason(e)}); "
+            "granet never unpickles code from a model file"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is one line
         raise ExportError(f"{path}: not a readable model file ({type(e).__name__}: {_one_line(e, 150)})") from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):

@@ -339,15 +339,32 @@ def setup(spec: RunSpec, threads: int | None = None) -> Session:
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "granet-checkpoint", 2
 
 
+def safe_torch_load(path: Path, map_location: Any = "cpu") -> Any:
+    """torch.load(weights_only=True), without the warnings torch prints about foreign pickles."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def weights_only_reason(e: BaseException) -> str:
+    """What torch's weights-only unpickler refused, without its advice to unpickle in full."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    return _one_line(text, 100)
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """A granet checkpoint, read with torch.load(weights_only=True): it can hold no code to run.
 
     Anything else (a foreign or older file that needs full unpickling, a truncated file, another
     format) is a CheckpointError naming the file; there is never a fallback to full unpickling."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = safe_torch_load(path, map_location)
     except pickle.UnpicklingError as e:
-        why = _one_line(str(e).split("Please file an issue")[0].split("WeightsUnpickler error:")[-1], 120)
+        why = weights_only_reason(e)
         raise CheckpointError(
             f"{path}: refused, it does not load with torch.load(weights_only=True) ({why}); granet never "
             "unpickles code from a checkpoint (an older granet's or a foreign file)"
