@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .data.base import DataConfig
+from .registry import DATASETS, MODELS
 from .safe_io import kind_of
 from .sparse.methods import PRESET_FIELDS as CORE_PRESET_FIELDS
 from .sparse.methods import SparseConfig, canonical_method, fill_preset
@@ -70,20 +71,8 @@ YAML_BYTES_MAX = 2**20  # a spec file, and one --set value
 YAML_VALUES_MAX = 100_000  # values a YAML document expands to, aliases counted at every use
 ECHO_MAX = 80  # characters of a bad value an error message repeats
 MASK_UPDATES_MAX = 100_000  # optim.epochs x steps per epoch / sparsity.update_frequency
-#: models of granet_cli.models (kept here, torch-free, so validation stays cheap;
-#: tests/test_bad_input.py checks it against the registry)
-MODEL_NAMES = (
-    "mlp",
-    "lenet5",
-    "resnet18",
-    "resnet32",
-    "resnet50",
-    "vgg16",
-    "vgg19",
-    "wrn28_10",
-    "wrn16_8",
-    "resnet50_imagenet",
-)
+#: models of granet_cli.models, read from their @register_model decorators without importing torch
+MODEL_NAMES = MODELS.names()
 SWEEP_NAME_MAX = 100
 _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -113,6 +102,13 @@ class ModelSpec(_Strict):
 
 class _DataRules(_Strict):
     """What DataSpec checks beyond types and bounds; its fields come from `data.base.DataConfig`."""
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v not in DATASETS.names():
+            raise ValueError(f"unknown dataset {_echo(repr(v))}; choose from {', '.join(DATASETS.names())}")
+        return v
 
     @field_validator("batch_size", "test_batch_size", check_fields=False)
     @classmethod

@@ -283,18 +283,6 @@ def test_float_fields_still_take_ints_and_exponents(cli):
     )
 
 
-def test_spec_name_lists_match_the_registries():
-    from typing import get_args
-
-    from granet_cli.data import DATASET_NAMES
-    from granet_cli.models import MODEL_NAMES
-    from granet_cli.spec import MODEL_NAMES as SPEC_MODEL_NAMES
-    from granet_cli.spec import DataSpec
-
-    assert set(SPEC_MODEL_NAMES) == set(MODEL_NAMES)
-    assert set(get_args(DataSpec.model_fields["name"].annotation)) == set(DATASET_NAMES)
-
-
 def test_unwritable_runs_dir_is_refused_before_anything_is_written(cli, tmp_path, monkeypatch):
     """A read-only folder: chmod for a normal user; root ignores modes, so a read-only tmpfs."""
     ro = tmp_path / "ro"

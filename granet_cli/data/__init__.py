@@ -8,10 +8,11 @@ fixed seed.
 
 from __future__ import annotations
 
-import importlib
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..registry import DATASETS
 from .base import DataConfig, DataError, DatasetInfo
 
 if TYPE_CHECKING:
@@ -19,16 +20,10 @@ if TYPE_CHECKING:
 
 # torch is imported by the builders, not here: the spec layer reads DataConfig without loading it
 
-#: name -> module of this package; imported on first use, so the digits quickstart never
-#: loads torchvision (seconds of start-up) and CIFAR/ImageNet never load scikit-learn
-_REGISTRY = {
-    "digits": "digits",
-    "cifar10": "cifar",
-    "cifar100": "cifar",
-    "imagenet": "imagenet",
-    "synthetic": "synthetic",
-}
-DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+#: every `@register_dataset` of this package (read from the source: `granet_cli.registry`); a
+#: dataset's module is imported on first use, so the digits quickstart never loads torchvision
+#: (seconds of start-up) and CIFAR/ImageNet never load scikit-learn
+DATASET_NAMES: tuple[str, ...] = DATASETS.names()
 
 
 @dataclass
@@ -40,10 +35,9 @@ class Loaders:
 
 
 def _module(spec: DataConfig):
-    name = _REGISTRY.get(spec.name)
-    if name is None:
+    if spec.name not in DATASET_NAMES:
         raise DataError(f"data.name: unknown dataset {spec.name!r}; choose from {', '.join(DATASET_NAMES)}")
-    return importlib.import_module(f"{__name__}.{name}")
+    return sys.modules[DATASETS.get(spec.name).__module__]
 
 
 def dataset_info(name: str, **settings: Any) -> DatasetInfo:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 
 class DataError(ValueError):
@@ -34,7 +34,7 @@ class DataConfig:
     `spec.DataSpec` is generated from these (types, defaults, bounds, help). Plain values, so the
     data builders take keyword arguments, timm-style, and never the Pydantic spec."""
 
-    name: Literal["digits", "cifar10", "cifar100", "imagenet", "synthetic"] = "digits"
+    name: str = _setting("digits", "a dataset registered in granet_cli/data (digits, cifar10, cifar100, ...)")
     root: str | None = _setting(None, "local dataset folder (cifar*/imagenet); never downloaded")
     batch_size: int = _setting(128, gt=0)
     test_batch_size: int = _setting(512, gt=0)
@@ -67,4 +67,4 @@ class DataConfig:
         unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
         if unknown:
             raise TypeError(f"unknown data setting(s) {', '.join(unknown)}")
-        return cls(name=name, **settings)  # type: ignore[arg-type]  # a name outside the Literal: the registry says so
+        return cls(name=name, **settings)

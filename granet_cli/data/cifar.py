@@ -12,6 +12,7 @@ from pathlib import Path
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
+from ..registry import register_dataset
 from .base import DataError, DatasetInfo
 
 # name -> (torchvision class, title, folder, num_classes, mean, std); stats as the GraNet reference
@@ -28,6 +29,7 @@ _CIFAR = {
 }
 
 
+@register_dataset("cifar10", "cifar100")
 def info(spec) -> DatasetInfo:
     n_classes = _CIFAR[spec.name][3]
     return DatasetInfo(spec.name, n_classes, (3, 32, 32), 50000, 10000)

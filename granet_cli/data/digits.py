@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from ..registry import register_dataset
 from .base import DataError, DatasetInfo
 
 NUM_CLASSES = 10
@@ -48,6 +49,7 @@ def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return images[train], images[test], target[train], target[test]
 
 
+@register_dataset("digits")
 def info(spec) -> DatasetInfo:
     x_tr, x_te, _, _ = _split()
     return DatasetInfo("digits", NUM_CLASSES, INPUT_SHAPE, len(x_tr), len(x_te))

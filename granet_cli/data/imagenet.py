@@ -7,12 +7,14 @@ from pathlib import Path
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
+from ..registry import register_dataset
 from .base import DataError, DatasetInfo
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"
 
 
+@register_dataset("imagenet")
 def info(spec) -> DatasetInfo:
     return DatasetInfo("imagenet", 1000, (3, 224, 224), 1281167, 50000)
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from ..registry import register_dataset
 from .base import DatasetInfo
 
 DATA_SEED = 20210517  # fixed: the data never depends on the run seed
@@ -21,6 +22,7 @@ LATENT_DIM = 16
 NOISE = 0.5
 
 
+@register_dataset("synthetic")
 def info(spec) -> DatasetInfo:
     return DatasetInfo("synthetic", spec.num_classes, tuple(spec.input_shape), spec.train_size, spec.test_size)
 

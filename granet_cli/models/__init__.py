@@ -1,7 +1,9 @@
-"""Model registry: `build_model(name, num_classes, input_shape, fan_in_init=False)`.
+"""Models by name: `build_model(name, num_classes, input_shape, fan_in_init=False)`.
 
-Every model takes [N, C, H, W] input of `input_shape` and returns logits
-[N, num_classes]; its last `nn.Linear` is the classifier.
+Every model takes [N, C, H, W] input of `input_shape` and returns logits [N, num_classes]; its
+last `nn.Linear` is the classifier. A model is one file here with `@register_model("name")` on its
+builder `fn(num_classes, input_shape) -> nn.Module` (see `granet_cli.registry`); its module is
+imported when it is first built.
 """
 
 from __future__ import annotations
@@ -10,23 +12,11 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from . import imagenet, lenet, mlp, resnet32, resnet_cifar, vgg, wrn
+from ..registry import MODELS
 
 Builder = Callable[[int, tuple[int, ...]], nn.Module]
 
-_REGISTRY: dict[str, Builder] = {
-    "mlp": mlp.mlp,
-    "lenet5": lenet.lenet5,
-    "resnet18": resnet_cifar.resnet18,
-    "resnet32": resnet32.resnet32,
-    "resnet50": resnet_cifar.resnet50,
-    "vgg16": vgg.vgg16,
-    "vgg19": vgg.vgg19,
-    "wrn28_10": wrn.wrn28_10,
-    "wrn16_8": wrn.wrn16_8,
-    "resnet50_imagenet": imagenet.resnet50_imagenet,
-}
-MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+MODEL_NAMES: tuple[str, ...] = MODELS.names()
 
 
 class ModelError(ValueError):
@@ -45,9 +35,9 @@ def fan_in_init_(model: nn.Module) -> nn.Module:
 
 def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], *, fan_in_init: bool = False) -> nn.Module:
     """A registered model by name (timm-style plain arguments: no spec object needed)."""
-    builder = _REGISTRY.get(name)
-    if builder is None:
+    if name not in MODEL_NAMES:
         raise ModelError(f"model.name: unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    builder: Builder = MODELS.get(name)
     shape = tuple(int(d) for d in input_shape)
     if name != "mlp" and len(shape) != 3:
         raise ModelError(f"model.name: {name} needs a (C, H, W) input shape, got {shape}")

@@ -2,7 +2,10 @@
 
 import torch.nn as nn
 
+from ..registry import register_model
 
+
+@register_model("resnet50_imagenet")
 def resnet50_imagenet(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     import torchvision  # only here: importing it costs seconds the CIFAR and digits models never need
 

@@ -7,6 +7,8 @@ Both 5x5 convs are 'same'-padded so the net works from 8x8 digits up to
 import torch
 import torch.nn as nn
 
+from ..registry import register_model
+
 
 class LeNet5(nn.Module):
     def __init__(self, num_classes: int, input_shape: tuple[int, ...]):
@@ -35,5 +37,6 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
+@register_model("lenet5")
 def lenet5(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return LeNet5(num_classes, input_shape)

@@ -4,7 +4,10 @@ import math
 
 import torch.nn as nn
 
+from ..registry import register_model
 
+
+@register_model("mlp")
 def mlp(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),

@@ -6,6 +6,7 @@ Shortcuts that change shape are 1x1 conv + BN projections (as in the GraNet/GraS
 
 import torch.nn as nn
 
+from ..registry import register_model
 from .resnet_cifar import BasicBlock
 
 
@@ -35,5 +36,6 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
 
 
+@register_model("resnet32")
 def resnet32(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return CifarResNet(32, num_classes, input_shape[0])

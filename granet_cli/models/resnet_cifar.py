@@ -7,6 +7,8 @@ global average pooling, one Linear classifier (bias-free, as the reference).
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..registry import register_model
+
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
     if stride == 1 and in_planes == out_planes:
@@ -77,9 +79,11 @@ class ResNet(nn.Module):
         return self.classifier(self.avgpool(out).flatten(1))
 
 
+@register_model("resnet18")
 def resnet18(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, input_shape[0])
 
 
+@register_model("resnet50")
 def resnet50(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, input_shape[0])

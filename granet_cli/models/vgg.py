@@ -7,6 +7,8 @@ Pools use ceil_mode so inputs smaller than 32x32 (e.g. 8x8 digits) still fit.
 
 import torch.nn as nn
 
+from ..registry import register_model
+
 CFG: dict[int, list[int | str]] = {
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
     19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
@@ -42,9 +44,11 @@ class VGG(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
+@register_model("vgg16")
 def vgg16(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return VGG(16, num_classes, input_shape[0])
 
 
+@register_model("vgg19")
 def vgg19(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return VGG(19, num_classes, input_shape[0])

@@ -3,6 +3,8 @@
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..registry import register_model
+
 
 class WideBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int):
@@ -49,9 +51,11 @@ class WideResNet(nn.Module):
         return self.fc(self.pool(out).flatten(1))
 
 
+@register_model("wrn28_10")
 def wrn28_10(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return WideResNet(28, 10, num_classes, input_shape[0])
 
 
+@register_model("wrn16_8")
 def wrn16_8(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return WideResNet(16, 8, num_classes, input_shape[0])
