@@ -477,13 +477,11 @@ def _train_one(run_spec: RunSpec, run_dir: Path, nproc: int, resume: bool, on_st
 
 
 def _setup_errors() -> tuple[type[Exception], ...]:
-    """What stops a run before or while it is set up because of its input: exit 2, one line."""
-    from . import train
-    from .data import DataError
-    from .distributed import DistributedSetupError
-    from .models import ModelError
+    """What stops a run because of its input (granet's own errors, the ones a sweep never retries):
+    exit 2, one line."""
+    from .preflight import own_errors
 
-    return (DataError, ModelError, train.ResumeError, train.DeviceError, train.SparsityError, DistributedSetupError)
+    return own_errors()
 
 
 def _stop_run(e: BaseException, recorder, run_dir: Path, hint: str) -> NoReturn:
@@ -1295,7 +1293,7 @@ def db_merge(
     db_path = _db_path(db)
     try:
         for src in sources:
-            if src.resolve() == db_path.resolve():
+            if src.resolve() == db_path.resolve() or (src.exists() and db_path.exists() and src.samefile(db_path)):
                 fail(f"results db {src}: is the destination --db itself")
             with Store(src, read_only=True) as check:
                 check.sweeps()  # a source with invalid grid_json is refused before --db is created

@@ -364,6 +364,14 @@ def _inspect(con: duckdb.DuckDBPyConnection) -> tuple[int | None, dict[str, set[
     return (1 if has_v1 else 0), cols
 
 
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths are one file (a symlink or a hard link of it too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether process ``pid`` of this machine still runs (conservative: unsure means alive)."""
     if pid == os.getpid():
@@ -966,7 +974,7 @@ class Store:
         attempts as 1).  A run_id or sweep_id already here is kept as it is, so merging the same
         file twice adds nothing."""
         src_path = Path(source)
-        if not self._memory and os.path.abspath(src_path) == self._target:
+        if not self._memory and (os.path.realpath(src_path) == self._target or _same_file(src_path, self._target)):
             raise StoreError(f"results db {self.path}: cannot merge a db into itself")
         with Store(src_path, read_only=True, lock_timeout=self.lock_timeout) as src:
             runs, sweeps = src.runs(), src.sweeps()

@@ -384,6 +384,13 @@ CASES: list[Case] = [
         ["badgrid.duckdb", "grid_json"],
         [_bad_grid_json],
     ),
+    Case(
+        "merge-hard-link-of-destination",
+        ["db", "merge", "hard.duckdb", "--db", "r.duckdb"],
+        2,
+        ["hard.duckdb", "destination"],
+        [_sql_db_link],
+    ),
     # smaller ones
     Case(
         "set-old-and-new-name",
