@@ -34,8 +34,10 @@ def test_quickstart_completes_with_rows_and_target_density(cli, tmp_path):
     assert abs(epochs[-1][1] - 0.1) <= 0.001
     layers = rows(db, "select numel, final_density from layers where run_id = ?", run_id)
     assert abs(sum(n * d for n, d in layers) / sum(n for n, _ in layers) - density) < 1e-9
-    updates = rows(db, "select dropped, grown from mask_updates where run_id = ?", run_id)
-    assert updates and all(d == g for d, g in updates)
+    updates = rows(db, "select dropped, grown, reselected from mask_updates where run_id = ?", run_id)
+    # every dropped weight is either replaced by a new connection or re-selected (it kept its value)
+    assert updates and all(d == g + r for d, g, r in updates)
+    assert sum(r for _d, _g, r in updates) > 0
     assert "final test accuracy" in result.stdout
 
 
