@@ -30,7 +30,7 @@ from .models import build_model
 from .sparse.density import kept_count
 from .sparse.masking import Masking, sparsifiable_layers
 from .sparse.rules import needs_init_gradient
-from .spec import RunSpec
+from .spec import RunSpec, check_schedule_size
 from .text import one_line as _one_line
 
 CHECKPOINT = "checkpoint.pt"
@@ -294,6 +294,10 @@ def setup(spec: RunSpec, threads: int | None = None) -> Session:
     loaders = build_loaders(**spec.data.model_dump(), seed=spec.seed, rank=rank, world_size=world)
     info = loaders.info
     steps_per_epoch = len(loaders.train)
+    try:  # as `plan` does: a schedule of millions of mask updates is refused before the model exists
+        check_schedule_size(spec, steps_per_epoch)
+    except ValueError as e:
+        raise SparsityError(str(e)) from None
     model = build_model(
         spec.model.name, info.num_classes, tuple(info.input_shape), fan_in_init=spec.model.fan_in_init
     ).to(device)

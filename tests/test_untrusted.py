@@ -699,3 +699,27 @@ def test_export_into_a_read_only_folder_is_one_line(cli, template, tmp_path, mon
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_run_refuses_a_schedule_of_millions_of_mask_updates(cli, tmp_path):
+    """The bound `plan` applies holds for `run` too, before the model is built; nothing is written."""
+    from granet_cli.spec import MASK_UPDATES_MAX
+
+    db = tmp_path / "r.duckdb"
+    res = cli(
+        "run",
+        QUICKSTART,
+        "--set",
+        "optim.epochs=20000",
+        "--set",
+        "sparsity.update_frequency=1",
+        "--db",
+        db,
+        "--runs-dir",
+        tmp_path / "runs",
+        "-q",
+    )
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{MASK_UPDATES_MAX:,}" in lines[0] and "Traceback" not in res.output
+    assert not db.exists()
