@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from granet_cli.cli import app
 from granet_cli.spec import load_run_spec
 
-from .conftest import QUICKSTART, rows
+from ..conftest import QUICKSTART, rows
 
 
 def wide(*args, **env):

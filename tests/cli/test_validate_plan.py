@@ -5,7 +5,7 @@ import math
 
 from granet_cli.sparse.density import erk_densities
 
-from .conftest import QUICKSTART, ROOT
+from ..conftest import QUICKSTART, ROOT
 
 
 def test_validate_prints_normalised_spec(cli):

@@ -1,0 +1,5 @@
+"""`python -m granet_cli.cli`: the same as the `granet` console script."""
+
+from . import app
+
+app()

@@ -1,0 +1,81 @@
+"""granet report: comparison tables and plots from the results database, as Markdown, HTML or JSON."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import DbOpt, app, fail, out, resolve_db
+
+
+class ReportFormat(StrEnum):
+    md = "md"
+    html = "html"
+    both = "both"
+
+
+class Metric(StrEnum):
+    final_test_acc = "final_test_acc"
+    selected_test_acc = "selected_test_acc"
+    best_test_acc = "best_test_acc"
+
+
+@app.command()
+def report(
+    db: DbOpt = None,
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="Only this sweep (name or id); default: every completed run.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the report files.")] = Path("reports"),
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="Markdown, HTML or both.")] = ReportFormat.both,
+    metric: Annotated[
+        Metric,
+        typer.Option(
+            "--metric",
+            help=(
+                "The accuracy the tables compare: final_test_acc (last epoch), selected_test_acc (test accuracy at "
+                "the epoch of best validation accuracy once the target density is reached: the reference's model "
+                "selection, needs data.val_fraction > 0), best_test_acc (best over epochs: optimistic, it selects "
+                "on the test set)."
+            ),
+        ),
+    ] = Metric.final_test_acc,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Report file name (default: the sweep's name, else granet-report).")
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help=(
+                "Print the tables (rows, cells with mean, std, 95 % CI, n; GraNet's Welch comparisons; differences to "
+                "dense; published numbers; budget) as one JSON object on stdout for scripts, and write no files."
+            ),
+        ),
+    ] = False,
+) -> None:
+    """Comparison tables (mean ± 95 % CI over seeds, Welch's t-tests) and plots from the results database, as Markdown and HTML."""
+    from ..report import ReportError, build_report, report_json
+
+    if fmt not in ("md", "html", "both"):
+        fail(f"--format: expected md, html or both, got {fmt!r}")
+    if as_json:
+        try:
+            data = report_json(resolve_db(db), sweep=sweep, metric=metric)
+        except ReportError as e:
+            fail(str(e))
+        typer.echo(json.dumps(data, indent=2, allow_nan=False, default=str))
+        return
+    try:
+        result = build_report(resolve_db(db), sweep=sweep, out_dir=out_dir, fmt=fmt, metric=metric, name=name)
+    except ReportError as e:
+        fail(str(e))
+    for table in result.main_tables:
+        out.print(table.to_rich())
+    for path in (result.md_path, result.html_path):
+        if path is not None:
+            out.print(f"wrote {path}", highlight=False)
