@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from .columns import FINAL_METRICS
 from .spec import RunSpec
+from .store.columns import FINAL_METRICS
 
-#: the final metrics a run's row holds (defined in granet_cli/columns.py)
+#: the final metrics a run's row holds (defined in granet_cli/store/columns.py)
 FINAL_KEYS = FINAL_METRICS
 
 

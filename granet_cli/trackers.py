@@ -2,7 +2,7 @@
 
 Optional: needs the `tensorboard` package (``pip install 'granet-cli[trackers]'``); torch's own
 ``torch.utils.tensorboard.SummaryWriter`` writes the event files. The sweeps' W&B and MLflow
-trackers (Ray Tune's logger callbacks) are in `sweep_trackers.py`.
+trackers (Ray Tune's logger callbacks) are in `sweep/trackers.py`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .columns import EPOCH_TAGS as _COLUMN_TAGS
+from .store.columns import EPOCH_TAGS as _COLUMN_TAGS
 
 
 class TrackerError(RuntimeError):
     """A tracker cannot be used (package missing, folder not writable): one line."""
 
 
-#: epochs row key -> tracker tag (defined with the columns, in granet_cli/columns.py)
+#: epochs row key -> tracker tag (defined with the columns, in granet_cli/store/columns.py)
 EPOCH_TAGS = _COLUMN_TAGS
 
 

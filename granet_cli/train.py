@@ -24,13 +24,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .columns import metric_row
 from .data import build_loaders
 from .models import build_model
 from .sparse.density import kept_count
 from .sparse.masking import Masking, sparsifiable_layers
 from .sparse.rules import needs_init_gradient
 from .spec import RunSpec, check_schedule_size
+from .store.columns import metric_row
 from .text import one_line as _one_line
 
 CHECKPOINT = "checkpoint.pt"

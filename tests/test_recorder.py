@@ -8,11 +8,10 @@ import signal
 
 import pytest
 
-from granet_cli import columns
 from granet_cli.interrupts import SignalGuard, Terminated
 from granet_cli.recorder import RunRecorder
 from granet_cli.spec import load_run_spec
-from granet_cli.store import Store
+from granet_cli.store import Store, columns
 
 from .conftest import QUICKSTART, rows
 
@@ -139,7 +138,7 @@ def test_trainer_rows_must_match_the_columns():
 
 ADD_A_METRIC = r"""
 import sys
-from granet_cli import columns
+from granet_cli.store import columns
 current = int(sys.argv[2])
 # the one line a new metric needs: an epochs column of a new schema version, with its tracker tag
 columns.TABLES["epochs"] += (columns.Column("grad_norm", "DOUBLE", since=current + 1, tag="train/grad_norm"),)

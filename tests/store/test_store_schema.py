@@ -15,11 +15,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from granet_cli import columns as columns_def
 from granet_cli import store as store_mod
 from granet_cli.store import EPOCH_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION, Store, StoreError
+from granet_cli.store import columns as columns_def
 
-from .conftest import QUICKSTART, rows
+from ..conftest import QUICKSTART, rows
 
 T0 = datetime(2024, 5, 1, 12, 0, 0)
 

@@ -17,7 +17,7 @@ from granet_cli.records import FINAL_KEYS, record_for, store_final
 from granet_cli.spec import load_run_spec as load_spec
 from granet_cli.store import RUN_STATUSES, RunStatus, Store, StoreError
 
-from .conftest import QUICKSTART, rows
+from ..conftest import QUICKSTART, rows
 
 START = (
     "import sys; from granet_cli.store import Store; "

@@ -14,7 +14,7 @@ import pytest
 
 from granet_cli.store import Store, StoreError, default_db_path
 
-from .conftest import rows
+from ..conftest import rows
 
 T0 = datetime(2024, 5, 1, 12, 0, 0)
 

@@ -16,7 +16,7 @@ import pytest
 
 from granet_cli.store import Store, StoreError
 
-from .conftest import rows
+from ..conftest import rows
 
 SIZE_MB = 8  # an empty v2 db takes ~1.8 MB (DuckDB's 256 KiB blocks), leave room for a run
 

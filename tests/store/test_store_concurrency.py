@@ -14,7 +14,7 @@ import pytest
 
 from granet_cli.store import SCHEMA_VERSION, Store, StoreError
 
-from .conftest import QUICKSTART, ROOT, rows
+from ..conftest import QUICKSTART, ROOT, rows
 from .test_store import run_dict as store_run_dict
 
 GRANET = Path(sys.executable).parent / "granet"

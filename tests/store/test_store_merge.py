@@ -9,7 +9,7 @@ import duckdb
 
 from granet_cli.store import Store
 
-from .conftest import rows
+from ..conftest import rows
 from .test_store_schema import make_legacy_db, sha
 
 T0 = datetime(2024, 5, 1, 12, 0, 0)

@@ -127,5 +127,5 @@ def metric_row(kind: str, values: dict[str, Any]) -> dict[str, Any]:
     missing = [k for k in expected if k not in values]
     extra = [k for k in values if k not in expected]
     if missing or extra:
-        raise RowError(f"{kind} row: missing {missing}, unknown {extra} (granet_cli/columns.py defines them)")
+        raise RowError(f"{kind} row: missing {missing}, unknown {extra} (granet_cli/store/columns.py defines them)")
     return {k: values[k] for k in expected}
