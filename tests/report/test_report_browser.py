@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import QUICKSTART, ROOT, rows
+from ..conftest import QUICKSTART, ROOT, rows
 
 BROWSERS = ("chromium", "chromium-headless-shell", "chromium-browser")
 FLAGS = (

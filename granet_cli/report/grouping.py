@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sparse.methods import PRESET_FIELDS
+from ..sparse.methods import PRESET_FIELDS
 
 #: never part of a row's identity: cosmetic, the repetition index, or the table's column
 IGNORED = ("name", "seed", "sparsity.final_density")

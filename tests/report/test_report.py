@@ -20,7 +20,7 @@ import pytest
 from granet_cli.report import ReportError, build_report, summary_tables
 from granet_cli.store import Store
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 DASH = "–"
 T0 = datetime(2024, 5, 1, 12, 0, 0)
@@ -634,7 +634,7 @@ def test_json_with_a_bad_db_is_one_error_line(cli, tmp_path: Path):
 
 
 def test_rank_column_rules():
-    from granet_cli.stats import rank_column
+    from granet_cli.report.stats import rank_column
 
     hi, mid, lo = [0.90, 0.91, 0.92], [0.80, 0.81, 0.82], [0.70, 0.71, 0.72]
     assert rank_column([mid, hi, lo]).best == 1 and rank_column([mid, hi, lo]).tied == ()
@@ -652,7 +652,7 @@ def test_rank_column_rules():
 
 
 def test_zoom_limits_frame_the_data():
-    from granet_cli.plots import zoom_limits
+    from granet_cli.report.plots import zoom_limits
 
     lo, hi = zoom_limits([88.0, 91.5, 93.0, 90.2])
     assert 86.0 < lo < 88.0 and 93.0 < hi < 95.0  # not 0-100

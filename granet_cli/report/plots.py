@@ -1,6 +1,6 @@
 """Report figures (matplotlib, no pyplot / no GUI backend), returned as SVG text.
 
-Each ``*_plot`` function takes plain Python data prepared by ``report.py`` and
+Each ``*_plot`` function takes plain Python data prepared by ``figures.py`` and
 returns a :class:`Plot`: ``svg`` is the figure as standalone SVG text, or None
 when there is nothing to draw, in which case ``note`` says why.  Figures are
 built on a bare :class:`matplotlib.figure.Figure` (Agg canvas), so nothing here

@@ -1,0 +1,220 @@
+"""The analysis tables computed from a main table: differences to dense, GraNet against each other
+method (Welch's t-tests on the per-seed values) and the budget (densities, FLOPs, ITOP, wall time).
+
+Apart from tables.py because they only read a finished :class:`~.tables.Table` and return
+:class:`~.tables.TextTable` s of ready-made text plus the same numbers for ``--json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import stats as S
+from .grouping import METHOD_FIELDS, RowGroup
+from .tables import DASH, Cell, Table, TableRow, TextTable, Unit, density_key, finite, fmt_density, fmt_p
+
+#: the budget table's columns: runs column, header, unit
+BUDGET_COLUMNS = (
+    ("final_density", "final density", Unit(1.0, 4)),
+    ("nonzero_density", "nonzero weights", Unit(1.0, 4)),
+    ("overall_density", "overall density", Unit(1.0, 4)),
+    ("train_flops_frac", "train FLOPs", Unit(1.0, 3, "x")),
+    ("inference_flops_frac", "infer. FLOPs", Unit(1.0, 3, "x")),
+    ("itop_rate", "ITOP", Unit(1.0, 3)),
+    ("wall_seconds", "wall s", Unit(1.0, 1)),
+)
+
+
+def _pp(x: float) -> str:
+    """A difference of accuracies (fractions) in percentage points, signed."""
+    return f"{x * 100:+.2f}"
+
+
+def _versus(a: Cell, b: Cell) -> tuple[str, float, S.Welch | None]:
+    """Cell a against cell b: the difference of means, Welch's test on the seeds, and the cell text."""
+    w = S.welch(a.values, b.values)
+    diff = a.mean - b.mean
+    return (f"{_pp(diff)} ({fmt_p(w.p)})" if w else f"{_pp(diff)} (n<2)"), diff, w
+
+
+def _recipe_key(g: RowGroup | None) -> dict[str, Any]:
+    """A row's configuration minus everything sparsity decides: what a dense baseline must share."""
+    if g is None:
+        return {}
+    return {k: v for k, v in g.fields.items() if k not in METHOD_FIELDS and not k.startswith("sparsity.")}
+
+
+def _dense_for(row: TableRow, dense_rows: list[TableRow]) -> TableRow | None:
+    """The dense baseline of ``row``: the dense row trained with the same recipe (model, data,
+    optimiser, epochs, ...), else None (never a dense row of another recipe)."""
+    match = [d for d in dense_rows if _recipe_key(d.group) == _recipe_key(row.group)]
+    return match[0] if len(match) == 1 else None
+
+
+def dense_diff_table(main: Table) -> TextTable | None:
+    """Per sparse cell: mean - dense mean (percentage points) and Welch's p against the dense runs."""
+    dense_rows = [r for r in main.rows if r.baseline and r.cells and r.cells[0] is not None]
+    if not dense_rows:
+        return None
+    rows: list[list[str]] = []
+    strong: set[tuple[int, int]] = set()
+    data: list[dict[str, Any]] = []
+    for r in (r for r in main.rows if not r.baseline):
+        d_row = _dense_for(r, dense_rows)
+        if d_row is None:
+            continue
+        dense = d_row.cells[0]
+        assert dense is not None  # dense_rows all have a first cell
+        texts = []
+        for j, (d, c) in enumerate(zip(main.densities, r.cells)):
+            if c is None:
+                texts.append(DASH)
+                continue
+            text, diff, w = _versus(c, dense)
+            texts.append(text)
+            if w and w.significant:
+                strong.add((len(rows), j + 1))
+            data.append(
+                {
+                    "row": r.label,
+                    "dense_row": d_row.label,
+                    "density": d,
+                    "diff": diff,
+                    "t": w.t if w else None,
+                    "df": w.df if w else None,
+                    "p": w.p if w else None,
+                    "n": c.n,
+                    "n_dense": dense.n,
+                }
+            )
+        rows.append([r.label, *texts])
+    if not rows:
+        return None
+    notes = [
+        (
+            "Mean of the cell minus the mean of the dense baseline trained with the same recipe, in percentage "
+            "points, and the two-sided p-value of Welch's t-test on the per-seed values; bold: p < 0.05; (n<2): "
+            "one side has a single seed, no test."
+        )
+    ]
+    return TextTable(
+        "dense_diff",
+        "Difference to dense (percentage points)",
+        ["method", *(fmt_density(d) for d in main.densities)],
+        rows,
+        notes,
+        strong,
+        [False] + [True] * len(main.densities),
+        data,
+    )
+
+
+def comparison_table(main: Table, reference: str = "granet") -> TextTable | None:
+    """GraNet (each ``reference`` row) against every other sparse row at each density:
+    difference of means and Welch's t-test p-value."""
+    refs = [r for r in main.rows if r.method == reference and not r.baseline]
+    others = [r for r in main.rows if not r.baseline]
+    if not refs or len(others) < 2:
+        return None
+    rows: list[list[str]] = []
+    strong: set[tuple[int, int]] = set()
+    data: list[dict[str, Any]] = []
+    for g in refs:
+        for o in others:
+            if o is g:
+                continue
+            texts = []
+            for j, (d, a, b) in enumerate(zip(main.densities, g.cells, o.cells)):
+                if a is None or b is None:
+                    texts.append(DASH)
+                    continue
+                text, diff, w = _versus(a, b)
+                texts.append(text)
+                if w and w.significant:
+                    strong.add((len(rows), j + 1))
+                data.append(
+                    {
+                        reference: g.label,
+                        "other": o.label,
+                        "density": d,
+                        "diff": diff,
+                        "t": w.t if w else None,
+                        "df": w.df if w else None,
+                        "p": w.p if w else None,
+                        f"n_{reference}": a.n,
+                        "n_other": b.n,
+                    }
+                )
+            rows.append([f"{g.label} vs {o.label}", *texts])
+    notes = [
+        (
+            f"{reference} minus the other row: difference of means in percentage points, and the two-sided "
+            "p-value of Welch's t-test (unequal variances) on the per-seed values; bold: p < 0.05; (n<2): one side "
+            "has a single seed, no test."
+        )
+    ]
+    return TextTable(
+        "comparisons",
+        f"{reference} vs each other method (Welch's t-test)",
+        ["comparison", *(fmt_density(d) for d in main.densities)],
+        rows,
+        notes,
+        strong,
+        [False] + [True] * len(main.densities),
+        data,
+    )
+
+
+def budget_table(main: Table) -> tuple[TextTable | None, list[str]]:
+    """One compact table of what each cell cost and achieved: target density, achieved final and
+    overall density, training and inference FLOPs, ITOP rate, wall time (means over seeds)."""
+    entries = []  # (row label, target density, runs)
+    for r in main.rows:
+        if r.group is None:
+            continue
+        if r.baseline:
+            entries.append((r.label, 1.0, list(r.group.runs)))
+            continue
+        for d in main.densities:
+            runs = [x for x in r.group.runs if density_key(x["target_density"]) == d]
+            if runs:
+                entries.append((r.label, d, runs))
+    cols = [(c, h, u) for c, h, u in BUDGET_COLUMNS if any(finite(x.get(c)) for _l, _d, runs in entries for x in runs)]
+    missing = [h for c, h, _u in BUDGET_COLUMNS if (c, h) not in {(c2, h2) for c2, h2, _ in cols}]
+    if not entries or not cols:
+        return None, missing
+    ns = [len(runs) for _l, _d, runs in entries]
+    table_n = max(set(ns), key=lambda n: (ns.count(n), n))
+    rows: list[list[str]] = []
+    data: list[dict[str, Any]] = []
+    for label, d, runs in entries:
+        means = {c: S.summary([x.get(c) for x in runs]) for c, _h, _u in cols}
+        lab = label if len(runs) == table_n else f"{label} (n={len(runs)})"
+        rows.append([lab, fmt_density(d), *(u.value(s.mean if (s := means[c]) else None) for c, _h, u in cols)])
+        data.append(
+            {
+                "row": label,
+                "density": d,
+                "n": len(runs),
+                **{c: (s.mean if (s := means[c]) else None) for c, _h, _u in cols},
+                **{f"{c}_std": (s.std if (s := means[c]) else None) for c, _h, _u in cols},
+            }
+        )
+    uniform = all(n == table_n for n in ns)
+    notes = [
+        f"Means over n = {table_n} seed{'s' if table_n != 1 else ''} per row"
+        + ("." if uniform else " unless the row says otherwise.")
+        + " final density: mask count of the sparsified layers; nonzero weights: the fraction of them that is "
+        "nonzero (a regrown weight whose gradient stayed zero, e.g. of a dead unit, is active but zero); "
+        "overall density: all conv/linear weights, layers kept dense included; FLOPs as fractions of dense training / inference; ITOP: fraction of weights ever active."
+    ]
+    return TextTable(
+        "budget",
+        "Budget: densities, FLOPs, ITOP, wall time",
+        ["method", "target density", *(h for _c, h, _u in cols)],
+        rows,
+        notes,
+        set(),
+        [False] + [True] * (len(cols) + 1),
+        data,
+    ), missing

@@ -1,0 +1,98 @@
+"""Published accuracies (granet_cli/data/published.csv) beside the measured cells whose recipe matches.
+
+Its own module because it reads a data file shipped with granet, not the results database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .tables import CI_NOTE, METRIC_SHORT, Table, TableRow, TextTable, density_key, fmt_density
+
+PUBLISHED_CSV = Path(__file__).parent.parent / "data" / "published.csv"
+PUBLISHED_FIELDS = ("paper", "table", "dataset", "model", "method", "density", "epochs", "number", "std", "source")
+
+
+def load_published(path: Path = PUBLISHED_CSV) -> list[dict[str, Any]]:
+    """The published accuracies shipped with granet (``#`` lines are comments).
+    ``density``/``number``/``std`` as floats (std may be None), ``epochs`` as int."""
+    import csv
+
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    except OSError:
+        return []
+    out = []
+    for row in csv.DictReader(lines):
+        out.append(
+            {
+                **{k: (row.get(k) or "").strip() for k in PUBLISHED_FIELDS},
+                "density": float(row["density"]),
+                "epochs": int(row["epochs"]),
+                "number": float(row["number"]),
+                "std": float(row["std"]) if (row.get("std") or "").strip() else None,
+            }
+        )
+    return out
+
+
+def _row_epochs(row: TableRow) -> int | None:
+    e = row.group.fields.get("optim.epochs") if row.group else None
+    return int(e) if isinstance(e, (int, float)) and not isinstance(e, bool) else None
+
+
+def published_table(main: Table, published: list[dict[str, Any]], metric: str) -> TextTable | None:
+    """Published numbers next to the measured cell with the gap, for each cell whose recipe matches
+    (dataset, model, method, density, epochs)."""
+    rows, data = [], []
+    for r in main.rows:
+        epochs = _row_epochs(r)
+        dens = [1.0] if r.baseline else main.densities
+        cells = [r.cells[0]] if r.baseline else r.cells
+        for d, c in zip(dens, cells):
+            if c is None:
+                continue
+            for p in published:
+                if (p["dataset"], p["model"], p["method"]) != (main.dataset, main.model, r.method):
+                    continue
+                if density_key(p["density"]) != density_key(d) or p["epochs"] != epochs:
+                    continue
+                gap = c.mean * 100 - p["number"]
+                pub = f"{p['number']:.2f}" + (f" ± {p['std']:.2f}" if p["std"] is not None else "")
+                rows.append([r.label, fmt_density(d), c.text, pub, f"{gap:+.2f}", f"{p['paper']}, {p['table']}"])
+                data.append(
+                    {
+                        "row": r.label,
+                        "density": d,
+                        "measured_mean": c.mean,
+                        "measured_ci95": c.ci95,
+                        "measured_n": c.n,
+                        "published": p["number"],
+                        "published_std": p["std"],
+                        "gap_pp": gap,
+                        "paper": p["paper"],
+                        "table": p["table"],
+                        "source": p["source"],
+                        "epochs": p["epochs"],
+                    }
+                )
+    if not rows:
+        return None
+    notes = [
+        (
+            f"Published top-1 test accuracies (granet_cli/data/published.csv) beside the measured "
+            f"{METRIC_SHORT.get(metric, metric)} (%, {CI_NOTE}) where the recipe matches: dataset, model, method, "
+            "target density and epochs; gap = measured − published, in percentage points."
+        )
+    ]
+    return TextTable(
+        "published",
+        "Published numbers beside yours",
+        ["method", "density", "measured", "published", "gap", "source"],
+        rows,
+        notes,
+        set(),
+        [False, True, True, True, True, False],
+        data,
+    )
