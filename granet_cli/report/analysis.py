@@ -14,7 +14,8 @@ from . import plots as P
 from .comparisons import budget_table, comparison_table, dense_diff_table
 from .figures import group_plots
 from .published import published_table
-from .tables import Table, TextTable, finite, main_table, method_sort_key, short_line, slug
+from .stats import finite
+from .tables import Table, TextTable, main_table, method_sort_key, short_line, slug
 
 
 @dataclass

@@ -11,7 +11,8 @@ from typing import Any
 
 from . import stats as S
 from .grouping import METHOD_FIELDS, RowGroup
-from .tables import DASH, Cell, Table, TableRow, TextTable, Unit, density_key, finite, fmt_density, fmt_p
+from .stats import finite
+from .tables import DASH, Cell, Table, TableRow, TextTable, Unit, density_key, fmt_density, fmt_p
 
 #: the budget table's columns: runs column, header, unit
 BUDGET_COLUMNS = (

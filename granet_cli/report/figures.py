@@ -14,7 +14,8 @@ from typing import Any
 
 from . import plots as P
 from . import stats as S
-from .tables import METRICS, Table, density_key, finite, fmt_density
+from .stats import finite
+from .tables import METRICS, Table, density_key, fmt_density
 
 #: at most this many density panels in the epochs plot (else min / median / max)
 MAX_EPOCH_PANELS = 6

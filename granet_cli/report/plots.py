@@ -26,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from .stats import finite
+
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
 
@@ -98,14 +100,10 @@ def _to_svg(fig: Figure) -> str:
     return buf.getvalue()
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def zoom_limits(values, *, pad_frac: float = 0.12, min_pad: float = 0.25) -> tuple[float, float] | None:
     """y-limits that frame ``values`` (means, means ± error bars, reference lines) with a margin:
     accuracy axes show the range the data spans, not 0-100."""
-    vals = [v for v in values if _finite(v)]
+    vals = [v for v in values if finite(v)]
     if not vals:
         return None
     lo, hi = min(vals), max(vals)
@@ -133,7 +131,7 @@ def accuracy_vs_density_plot(
     display units, e.g. percent).  ``dense``: (mean, std) of the dense baseline,
     drawn as a horizontal line with a ±std band.
     """
-    pts = {m: [(d, mu, sd) for d, mu, sd in v if _finite(d) and d > 0 and _finite(mu)] for m, v in series.items()}
+    pts = {m: [(d, mu, sd) for d, mu, sd in v if finite(d) and d > 0 and finite(mu)] for m, v in series.items()}
     pts = {m: sorted(v) for m, v in pts.items() if v}
     if not pts and dense is None:
         return Plot(key, title, None, "no completed runs with an accuracy to plot")
@@ -147,7 +145,7 @@ def accuracy_vs_density_plot(
             ax.errorbar(
                 [p[0] * dodge for p in v],
                 [p[1] for p in v],
-                yerr=[p[2] if _finite(p[2]) else 0 for p in v],
+                yerr=[p[2] if finite(p[2]) else 0 for p in v],
                 marker="o",
                 ms=4,
                 capsize=3,
@@ -155,8 +153,8 @@ def accuracy_vs_density_plot(
                 label=m,
                 color=method_color(m, order),
             )
-        if dense is not None and _finite(dense[0]):
-            mu, sd = dense[0], dense[1] if _finite(dense[1]) else 0.0
+        if dense is not None and finite(dense[0]):
+            mu, sd = dense[0], dense[1] if finite(dense[1]) else 0.0
             ax.axhline(mu, color="black", ls="--", lw=1, label="dense")
             if sd > 0:
                 ax.axhspan(mu - sd, mu + sd, color="black", alpha=0.08, lw=0)
@@ -166,11 +164,11 @@ def accuracy_vs_density_plot(
             ax.set_xticks(xs)
             ax.set_xticklabels([f"{x:g}" for x in xs])
             ax.minorticks_off()
-        ys = [p[1] + s * (p[2] if _finite(p[2]) else 0.0) for v in pts.values() for p in v for s in (-1, 1)]
-        if dense is not None and _finite(dense[0]):
+        ys = [p[1] + s * (p[2] if finite(p[2]) else 0.0) for v in pts.values() for p in v for s in (-1, 1)]
+        if dense is not None and finite(dense[0]):
             ys += [
-                dense[0] - (dense[1] if _finite(dense[1]) else 0.0),
-                dense[0] + (dense[1] if _finite(dense[1]) else 0.0),
+                dense[0] - (dense[1] if finite(dense[1]) else 0.0),
+                dense[0] + (dense[1] if finite(dense[1]) else 0.0),
             ]
         _zoom(ax, ys)
         ax.set_xlabel("target density")
@@ -211,7 +209,7 @@ def curves_plot(
                 ys = [p[1] for p in v]
                 c = method_color(m, order)
                 ax.plot(xs, ys, lw=1.4, label=m, color=c)
-                sds = [p[2] if _finite(p[2]) else 0.0 for p in v]
+                sds = [p[2] if finite(p[2]) else 0.0 for p in v]
                 if any(s > 0 for s in sds):
                     ax.fill_between(
                         xs,
@@ -225,7 +223,7 @@ def curves_plot(
                 xs_all = [p[0] for v in series.values() for p in v]
                 cut = min(xs_all) + zoom_after * (max(xs_all) - min(xs_all))
                 late = [p for v in series.values() for p in v if p[0] >= cut] or [p for v in series.values() for p in v]
-                _zoom(ax, [p[1] + s * (p[2] if _finite(p[2]) else 0.0) for p in late for s in (-1, 1)])
+                _zoom(ax, [p[1] + s * (p[2] if finite(p[2]) else 0.0) for p in late for s in (-1, 1)])
             ax.set_title(ptitle, fontsize=9)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
@@ -252,8 +250,7 @@ def density_steps_plot(
     legend entry (the line label, e.g. ``granet d=0.1``).  Log-y when densities span > 10x.
     """
     lines = {
-        m: [(lab, sorted(p for p in pts if _finite(p[0]) and _finite(p[1]))) for lab, pts in v]
-        for m, v in series.items()
+        m: [(lab, sorted(p for p in pts if finite(p[0]) and finite(p[1]))) for lab, pts in v] for m, v in series.items()
     }
     lines = {m: [(lab, pts) for lab, pts in v if pts] for m, v in lines.items()}
     lines = {m: v for m, v in lines.items() if v}
@@ -299,7 +296,7 @@ def density_steps_plot(
 
 
 def accuracy_vs_flops_plot(
-    series: Mapping[str, Sequence[Mapping[str, Any]]],  # values: float or None, checked with _finite
+    series: Mapping[str, Sequence[Mapping[str, Any]]],  # values: float or None, checked with finite
     *,
     dense: tuple[float, float] | None = None,
     ylabel: str = "test accuracy (%)",
@@ -312,8 +309,8 @@ def accuracy_vs_flops_plot(
     ``series``: table row -> [{"density", "train", "infer", "mean", "err"}, ...] (one point per
     target density; ``err`` the error-bar half-width, may be None).  ``dense``: (mean, err) of
     the dense baseline, drawn at x = 1 and as a dashed reference line."""
-    pts = {m: sorted((p for p in v if _finite(p.get("mean"))), key=lambda p: p["density"]) for m, v in series.items()}
-    pts = {m: v for m, v in pts.items() if any(_finite(p.get("train")) or _finite(p.get("infer")) for p in v)}
+    pts = {m: sorted((p for p in v if finite(p.get("mean"))), key=lambda p: p["density"]) for m, v in series.items()}
+    pts = {m: v for m, v in pts.items() if any(finite(p.get("train")) or finite(p.get("infer")) for p in v)}
     if not pts:
         return Plot(key, title, None, "no completed runs with FLOPs and an accuracy to plot")
     with matplotlib.rc_context(_RC):
@@ -326,10 +323,10 @@ def accuracy_vs_flops_plot(
         ):
             xs_all = []
             for m, v in pts.items():
-                q = sorted((p for p in v if _finite(p.get(xkey)) and p[xkey] > 0), key=lambda p: p[xkey])
+                q = sorted((p for p in v if finite(p.get(xkey)) and p[xkey] > 0), key=lambda p: p[xkey])
                 if not q:
                     continue
-                errs = [p["err"] if _finite(p.get("err")) else 0.0 for p in q]
+                errs = [p["err"] if finite(p.get("err")) else 0.0 for p in q]
                 ax.errorbar(
                     [p[xkey] for p in q],
                     [p["mean"] for p in q],
@@ -352,8 +349,8 @@ def accuracy_vs_flops_plot(
                     )
                 xs_all += [p[xkey] for p in q]
                 ys += [p["mean"] + s * e for p, e in zip(q, errs) for s in (-1, 1)]
-            if dense is not None and _finite(dense[0]):
-                mu, err = dense[0], dense[1] if _finite(dense[1]) else 0.0
+            if dense is not None and finite(dense[0]):
+                mu, err = dense[0], dense[1] if finite(dense[1]) else 0.0
                 ax.axhline(mu, color="black", ls="--", lw=1, label="dense")
                 ax.errorbar([1.0], [mu], yerr=[err], marker="*", ms=8, color="black", capsize=3, lw=0)
                 xs_all.append(1.0)

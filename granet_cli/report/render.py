@@ -17,7 +17,8 @@ from markupsafe import Markup
 from ..safe_io import publish
 from . import plots as P
 from .analysis import GroupReport
-from .tables import DASH, finite, fmt_density
+from .stats import finite
+from .tables import DASH, fmt_density
 
 FORMATS = ("md", "html", "both")
 TEMPLATES_DIR = Path(__file__).parent.parent / "templates"

@@ -27,7 +27,8 @@ ALPHA = 0.05
 CONFIDENCE = 0.95
 
 
-def _finite(x: object) -> TypeGuard[float]:
+def finite(x: object) -> TypeGuard[float]:
+    """A real number that is neither NaN nor infinite (booleans are not numbers here)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -55,7 +56,7 @@ def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
 
 
 def summary(values: Sequence[float | None]) -> Summary | None:
-    vals = [float(v) for v in values if _finite(v)]
+    vals = [float(v) for v in values if finite(v)]
     if not vals:
         return None
     n = len(vals)
@@ -81,8 +82,8 @@ class Welch:
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Welch | None:
-    a = [float(v) for v in a if _finite(v)]
-    b = [float(v) for v in b if _finite(v)]
+    a = [float(v) for v in a if finite(v)]
+    b = [float(v) for v in b if finite(v)]
     if len(a) < 2 or len(b) < 2:
         return None
     va, vb = statistics.variance(a), statistics.variance(b)
@@ -114,7 +115,7 @@ def rank_column(values: Sequence[Sequence[float] | None], higher_is_better: bool
     not significant are *tied*.  A cell with fewer than two seeds cannot be tested: it is never
     marked, and no other cell can be significantly better than it.  Fewer than two non-empty
     cells: nothing is marked (there is nothing to compare)."""
-    cells = [(i, [float(x) for x in v if _finite(x)]) for i, v in enumerate(values) if v]
+    cells = [(i, [float(x) for x in v if finite(x)]) for i, v in enumerate(values) if v]
     cells = [(i, v) for i, v in cells if v]
     if len(cells) < 2:
         return ColumnRank(None, ())

@@ -19,13 +19,13 @@ highest mean are marked ≈ (stats.rank_column).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard, cast
+from typing import Any, cast
 
 from . import stats as S
 from .grouping import RowGroup, group_rows
+from .stats import finite
 
 METHOD_ORDER = ("dense", "granet", "granet_uniform", "rigl", "set", "gmp", "gmp_uniform", "static")
 METRICS = {
@@ -207,11 +207,6 @@ class TextTable:
         return j < len(self.numeric) and self.numeric[j]
 
 
-def finite(x: Any) -> TypeGuard[float]:
-    """A real number that is neither NaN nor infinite (booleans are not numbers here)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def fmt_density(d: float) -> str:
     return f"{d:g}"
 
@@ -295,6 +290,56 @@ def _make_cell(runs: list[dict], column: str) -> Cell | None:
     return Cell(s.mean, s.std, s.n, ci95=s.ci95, values=vals, runs=runs)
 
 
+def _table_rows(groups: list[RowGroup], densities: list[float], column: str) -> tuple[list[TableRow], dict[str, str]]:
+    """A row per group (the dense baseline's one Cell repeated in every column) and run_id -> row label."""
+    rows: list[TableRow] = []
+    run_labels: dict[str, str] = {}
+    for g in groups:
+        label = g.label.replace("dense", BASELINE_LABEL, 1) if g.method == "dense" else g.label
+        run_labels.update({r["run_id"]: label for r in g.runs})
+        if g.method == "dense":
+            cell = _make_cell(g.runs, column)
+            # the same baseline Cell object in every column
+            rows.append(TableRow(g.method, label, [cell for _ in densities], baseline=True, group=g))
+            continue
+        cells = [_make_cell([r for r in g.runs if density_key(r["target_density"]) == d], column) for d in densities]
+        rows.append(TableRow(g.method, label, cells, group=g))
+    return rows, run_labels
+
+
+def _cell_notes(rows: list[TableRow], all_cells: list[Cell], table_n: int | None) -> list[str]:
+    """What a cell is and the n most cells share, then the dense baseline's value."""
+    note_lines: list[str] = []
+    if all_cells:
+        uniform = all(c.n == table_n for c in all_cells)
+        note_lines.append(
+            f"Each cell: {CI_NOTE}; n = {table_n} distinct seed{'s' if table_n != 1 else ''} per cell"
+            + ("." if uniform else " unless the cell says otherwise.")
+        )
+    for r in rows:
+        if r.baseline:
+            cell = r.cells[0] if r.cells else None
+            name = "Dense baseline" if r.label == BASELINE_LABEL else r.label
+            note_lines.append(f"{name} (density 1.0): {cell.text if cell else DASH}.")
+    return note_lines
+
+
+def _mark_best(rows: list[TableRow], n_columns: int, higher_is_better: bool) -> None:
+    """Per density column, mark the sparse cell that is significantly best, else those tied for best."""
+    for j in range(n_columns):
+        sparse = [r for r in rows if not r.baseline]
+        col_cells = [r.cells[j] for r in sparse]
+        rank = S.rank_column([c.values if c else None for c in col_cells], higher_is_better=higher_is_better)
+        if rank.best is not None:
+            best_cell = col_cells[rank.best]
+            assert best_cell is not None  # rank_column marks only non-empty cells
+            best_cell.best = True
+        for i in rank.tied:
+            tied_cell = col_cells[i]
+            assert tied_cell is not None  # rank_column marks only non-empty cells
+            tied_cell.tied = True
+
+
 def build_table(
     runs: list[dict],
     column: str,
@@ -318,47 +363,14 @@ def build_table(
     model = runs[0]["model"] if runs else ""
     densities = _sparse_densities(runs)
     groups = sorted(group_rows(runs, density_key), key=lambda g: (method_sort_key(g.method), g.label))
-    rows: list[TableRow] = []
-    run_labels: dict[str, str] = {}
-    for g in groups:
-        label = g.label.replace("dense", BASELINE_LABEL, 1) if g.method == "dense" else g.label
-        run_labels.update({r["run_id"]: label for r in g.runs})
-        if g.method == "dense":
-            cell = _make_cell(g.runs, column)
-            # the same baseline Cell object in every column
-            rows.append(TableRow(g.method, label, [cell for _ in densities], baseline=True, group=g))
-            continue
-        cells = [_make_cell([r for r in g.runs if density_key(r["target_density"]) == d], column) for d in densities]
-        rows.append(TableRow(g.method, label, cells, group=g))
+    rows, run_labels = _table_rows(groups, densities, column)
     all_cells = [c for r in rows for c in r.cells if c is not None]
     table_n = _modal_n(all_cells)
     for c in all_cells:
         c.text = unit.cell(c, table_n)
-    note_lines: list[str] = []
-    if all_cells:
-        uniform = all(c.n == table_n for c in all_cells)
-        note_lines.append(
-            f"Each cell: {CI_NOTE}; n = {table_n} distinct seed{'s' if table_n != 1 else ''} per cell"
-            + ("." if uniform else " unless the cell says otherwise.")
-        )
-    for r in rows:
-        if r.baseline:
-            cell = r.cells[0] if r.cells else None
-            name = "Dense baseline" if r.label == BASELINE_LABEL else r.label
-            note_lines.append(f"{name} (density 1.0): {cell.text if cell else DASH}.")
+    note_lines = _cell_notes(rows, all_cells, table_n)
     if mark_best:
-        for j in range(len(densities)):
-            sparse = [r for r in rows if not r.baseline]
-            col_cells = [r.cells[j] for r in sparse]
-            rank = S.rank_column([c.values if c else None for c in col_cells], higher_is_better=higher_is_better)
-            if rank.best is not None:
-                best_cell = col_cells[rank.best]
-                assert best_cell is not None  # rank_column marks only non-empty cells
-                best_cell.best = True
-            for i in rank.tied:
-                tied_cell = col_cells[i]
-                assert tied_cell is not None  # rank_column marks only non-empty cells
-                tied_cell.tied = True
+        _mark_best(rows, len(densities), higher_is_better)
         note_lines.append(
             "Bold: significantly best in its density column (Welch's t-test, p < 0.05 against every "
             "other sparse row); ≈: tied for best (the highest mean and every row not significantly "
