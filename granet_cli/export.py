@@ -77,7 +77,7 @@ def _run_by_id(store, ref: str) -> dict[str, Any]:
     return store.run(matches[0])
 
 
-#: beside checkpoint.pt in every Ray Tune checkpoint of a sweep trial (sweep_ray.MARKER)
+#: beside checkpoint.pt in every Ray Tune checkpoint of a sweep trial (sweep.trainable.MARKER)
 TUNE_MARKER = "granet_checkpoint.json"
 
 

@@ -15,11 +15,11 @@ def own_errors() -> tuple[type[Exception], ...]:
     """granet's own errors: raised by the input (spec, data, sizes), so the same on every attempt."""
     from pydantic import ValidationError
 
-    from . import train
-    from .data import DataError
-    from .distributed import DistributedSetupError
-    from .models import ModelError
-    from .spec import SpecError
+    from .. import train
+    from ..data import DataError
+    from ..distributed import DistributedSetupError
+    from ..models import ModelError
+    from ..spec import SpecError
 
     return (
         DataError,
@@ -39,8 +39,8 @@ def one_line(e: BaseException) -> str:
 
 def problem(spec_json: str, threads: int | None = None) -> str | None:
     """The one-line problem that stops this spec at set-up, else None (the run path's own checks)."""
-    from . import train
-    from .spec import RunSpec
+    from .. import train
+    from ..spec import RunSpec
 
     try:
         train.setup(RunSpec.model_validate_json(spec_json), threads=threads)

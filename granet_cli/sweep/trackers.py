@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .grouping import flatten
-from .trackers import EPOCH_TAGS, TrackerError
+from ..report.grouping import flatten
+from ..trackers import EPOCH_TAGS, TrackerError
 
 WANDB_INSTALL = "pip install wandb, or pip install 'granet-cli[wandb]'"
 MLFLOW_INSTALL = "pip install mlflow-skinny, or pip install 'granet-cli[mlflow]'"
@@ -101,7 +101,7 @@ def tracker_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """A Tune result of granet's trainable as tracker metrics: one dict per epoch (the `epochs`
     row's values under the TensorBoard tags, plus "epoch"), and the run's final metrics as
     final/<name> (final/test_acc, final/best_test_acc, final/density, ...) with the last epoch."""
-    from .sweep_ray import EPOCH_KEY, FINAL_KEY, REPLAY_KEY
+    from .trainable import EPOCH_KEY, FINAL_KEY, REPLAY_KEY
 
     rows: list[dict[str, Any]] = []
     epochs = list(json.loads(result[REPLAY_KEY])["epochs"]) if REPLAY_KEY in result else []

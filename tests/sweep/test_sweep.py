@@ -27,16 +27,17 @@ from granet_cli.store import Store
 from granet_cli.sweep import (
     EPOCH_KEY,
     FINAL_KEY,
+    MARKER,
     UPDATES_KEY,
+    Display,
     SweepOutcome,
     TrialOutcome,
-    _Display,
-    _make_callback,
+    experiment_name,
+    make_callback,
     plan_sweep,
 )
-from granet_cli.sweep_ray import MARKER, experiment_name
 
-from .conftest import ROOT, SMALL_SWEEP, granet_sweep, rows
+from ..conftest import ROOT, SMALL_SWEEP, granet_sweep, rows
 from .test_cluster import _alive, _comm, _descendants
 
 SMALL = SMALL_SWEEP
@@ -108,9 +109,9 @@ def test_driver_callback_writes_run_rows_and_diverged(tmp_path):
     by_run = {t.run_id: t for t in trials}
     from rich.console import Console
 
-    display = _Display(Console(file=io.StringIO()), plan, len(trials), None)
+    display = Display(Console(file=io.StringIO()), plan, len(trials), None)
     with Store(tmp_path / "r.duckdb") as store:
-        cb = _make_callback(store, plan, by_run, display)
+        cb = make_callback(store, plan, by_run, display)
         ray.cloudpickle.dumps(cb)  # Tune pickles its RunConfig, callbacks included
         fake = [SimpleNamespace(config={"point": {"run_id": t.run_id}}, error_file=None) for t in trials]
         row = {
@@ -179,9 +180,9 @@ def test_a_retry_that_waits_for_room_is_said_once(tmp_path):
     plan = plan_sweep(None, SMALL_OVERRIDES, methods="granet", densities="0.1")
     t = TrialOutcome(plan.points[0], "r-1", status="running", attempts=2, waiting_since=time.monotonic() - 60)
     text = io.StringIO()
-    display = _Display(Console(file=text, width=200), plan, 1, None)
+    display = Display(Console(file=text, width=200), plan, 1, None)
     with Store(tmp_path / "r.duckdb") as store:
-        cb = _make_callback(store, plan, {t.run_id: t}, display)
+        cb = make_callback(store, plan, {t.run_id: t}, display)
         need = SimpleNamespace(required_resources={"CPU": 2.0, "GPU": 0.5})
         trial = SimpleNamespace(config={"point": {"run_id": t.run_id}}, status="PENDING", placement_group_factory=need)
         cb.on_step_end(0, [trial])
@@ -358,6 +359,54 @@ def test_killed_sweep_resumes_only_missing_points(tmp_path):
     assert rows(db, "select step, dropped, grown from mask_updates where run_id = ? order by step", rid) == [
         (u["step"], u["dropped"], u["grown"]) for u in direct.mask_updates
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sigterm_to_a_sweep_driver_exits_143_and_leaves_its_run_interrupted(tmp_path):
+    """SIGTERM (`kill`, a scheduler's time limit) stops a sweep as it stops `granet run`: exit 143
+    (README "Errors and exit codes"; Ctrl-C is 130), the running trial recorded interrupted, and the
+    resume hint on stderr."""
+    db = tmp_path / "r.duckdb"
+    args = [
+        "--methods",
+        "granet",
+        "--densities",
+        "0.1",
+        "--set",
+        "optim.epochs=60",
+        "--set",
+        "sparsity.final_prune_epoch=10",
+    ]
+    cmd = [sys.executable, "-m", "granet_cli.cli", "sweep", *args, "--name", "term-me", "--db", str(db)]
+    cmd += ["--runs-dir", str(tmp_path / "runs")]
+    out_log, err_log = tmp_path / "out.log", tmp_path / "err.log"
+    with open(out_log, "w") as o, open(err_log, "w") as e:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=o, stderr=e, start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            try:  # the sweep holds the write lock: this reads a snapshot copy
+                with Store(db, read_only=True) as st:
+                    running = st.runs(status="running")
+                    if running and st.epochs([r["run_id"] for r in running]):
+                        break
+            except Exception:
+                continue
+        else:
+            pytest.fail("no trial trained an epoch: " + out_log.read_text() + err_log.read_text())
+        proc.send_signal(signal.SIGTERM)  # the driver alone, as `kill PID` does
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    out, err = out_log.read_text(), err_log.read_text()
+    assert proc.returncode == 143, out + err
+    assert "terminated (SIGTERM); resume (completed points are skipped) with: granet sweep" in err, err
+    assert "Traceback" not in out + err
+    assert rows(db, "select status from runs") == [("interrupted",)]
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .spec import (
+from ..spec import (
     RunSpec,
     SpecError,
     SpecLoader,
@@ -62,15 +62,17 @@ def default_spec_path() -> Path:
     return shipped if shipped.is_file() else DEFAULT_SPEC
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
+    """A grid value as it is shown: floats short (`0.001`, `1e-05`), lists comma-joined."""
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
-        return ",".join(_fmt(v) for v in value)
+        return ",".join(fmt_value(v) for v in value)
     return str(value)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """`text` safe as a file or folder name (trial and experiment names)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "x"
 
 
@@ -98,7 +100,7 @@ class Point:
 
     def _params_text(self, sep: str) -> list[str]:
         names = short_keys([k for k, _ in self.params])
-        return [f"{names[k]}{sep}{_fmt(v)}" for k, v in self.params]
+        return [f"{names[k]}{sep}{fmt_value(v)}" for k, v in self.params]
 
     @property
     def label(self) -> str:
@@ -107,7 +109,7 @@ class Point:
     @property
     def trial_name(self) -> str:
         """Short and filesystem-safe: `granet_d0.1_s0_lr0.05`; a long one is cut and made unique by its hash."""
-        name = _slug("_".join([f"{self.method}_d{self.density:g}_s{self.seed}", *self._params_text("")]))
+        name = slug("_".join([f"{self.method}_d{self.density:g}_s{self.seed}", *self._params_text("")]))
         if len(name) > TRIAL_NAME_MAX:
             name = name[: TRIAL_NAME_MAX - 9].rstrip("-_.") + "_" + self.spec_hash[:8]
         return name
@@ -203,11 +205,16 @@ def parse_grid_flags(flags: list[str] | None, problems: list[str]) -> dict[str, 
     import yaml
 
     grid: dict[str, list] = {}
+    given: dict[str, str] = {}  # field -> the name it was first given by
     for item in flags or []:
-        key, sep, values = item.partition("=")
-        key = canonical_key(key.strip())
+        raw, sep, values = item.partition("=")
+        key = canonical_key(raw.strip())
         if not sep or not key:
             problems.append(f"--grid {item}: expected KEY=V1,V2 (a spec field path, e.g. optim.lr=0.05,0.1)")
+            continue
+        first = given.setdefault(key, raw.strip())
+        if first != raw.strip():  # as --set: the reference's name and the current one of one field
+            problems.append(f"--grid {first} and {raw.strip()} are one setting (one is the reference's name): give one")
             continue
         parsed = []
         for v in _split_values(values):
@@ -304,7 +311,10 @@ def expand_grid(base: RunSpec, grid: SweepSpec) -> list[Point]:
                     params = tuple(zip(keys, combo))
                     overrides.update(params)
                     label = " ".join(
-                        [f"method={method} density={density:g} seed={seed}", *(f"{k}={_fmt(v)}" for k, v in params)]
+                        [
+                            f"method={method} density={density:g} seed={seed}",
+                            *(f"{k}={fmt_value(v)}" for k, v in params),
+                        ]
                     )
                     try:
                         spec = with_overrides(base, overrides)
@@ -361,7 +371,9 @@ def plan_sweep(
     if grid_flags:
         grid_value = merged.get("grid")
         base_grid = grid_value if isinstance(grid_value, dict) else {}
-        base_grid = {canonical_key(str(k).strip()): v for k, v in base_grid.items()}
+        # a flag replaces the file's axis by either name; the file's other keys stay as written, so
+        # that its own old-and-new-name pair is still refused by the sweep spec's validation
+        base_grid = {k: v for k, v in base_grid.items() if canonical_key(str(k).strip()) not in grid_flags}
         merged["grid"] = {**base_grid, **grid_flags}
     sweep = base = None
     try:
@@ -435,7 +447,7 @@ def read_state(db_path: Path, plan: SweepPlan, *, refuse_running: bool = True) -
     """Read-only (works while another process holds the db; never creates it): this sweep's runs
     by spec_hash. SweepError if the sweep's name belongs to a sweep with other points, or (with
     `refuse_running`) if a driver of this sweep still runs on this machine."""
-    from .store import Store
+    from ..store import Store
 
     if not Path(db_path).exists():
         return {}
@@ -472,7 +484,7 @@ def _driver_alive(row: dict) -> bool:
 def prior_state(db_path: Path, sweep_id: str | SweepPlan) -> dict[str, dict]:
     """This sweep's runs by spec_hash, read-only. Given the plan (not just its id) a name
     already used by another sweep is refused (SweepError)."""
-    from .store import Store
+    from ..store import Store
 
     if isinstance(sweep_id, SweepPlan):
         return read_state(db_path, sweep_id, refuse_running=False)
@@ -516,6 +528,7 @@ class SweepOutcome:
     interrupted_marked: int
     wall_seconds: float
     interrupted: bool = False
+    terminated: bool = False  # interrupted by SIGTERM (exit 143), not Ctrl+C (exit 130)
     resumed: int = 0  # trials continued from a checkpoint of an earlier invocation
     retries: int = 0  # Tune retries (lost nodes, crashed trials) in this invocation
     ray_logs: str | None = None  # where Ray's logs are, said when a trial failed or was retried

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import QUICKSTART, SMALL_SWEEP, granet_sweep, rows
+from ..conftest import QUICKSTART, SMALL_SWEEP, granet_sweep, rows
 
 SMALL = SMALL_SWEEP
 PROJECT = "granet-test"
@@ -238,7 +238,7 @@ def test_mlflow_experiment_needs_mlflow(cli, tmp_path):
 
 
 def test_mlflow_value_becomes_a_tracking_uri():
-    from granet_cli.sweep_trackers import local_mlflow_folder, mlflow_tracking_uri
+    from granet_cli.sweep.trackers import local_mlflow_folder, mlflow_tracking_uri
 
     assert mlflow_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert mlflow_tracking_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"

@@ -17,13 +17,13 @@ from granet_cli.sweep import (
     FINAL_KEY,
     REPLAY_KEY,
     UPDATES_KEY,
+    Display,
     TrialOutcome,
-    _Display,
-    _make_callback,
+    make_callback,
     plan_sweep,
 )
 
-from .conftest import SMALL_SWEEP, granet_sweep, rows, write_fake_cifar10
+from ..conftest import SMALL_SWEEP, granet_sweep, rows, write_fake_cifar10
 
 SMALL = SMALL_SWEEP
 
@@ -133,7 +133,7 @@ def test_a_retried_trial_replaces_its_rows_instead_of_appending(tmp_path):
     from rich.console import Console
 
     console = io.StringIO()
-    display = _Display(Console(file=console, width=200), plan, 1, None)
+    display = Display(Console(file=console, width=200), plan, 1, None)
 
     def epoch(e):
         return {
@@ -165,7 +165,7 @@ def test_a_retried_trial_replaces_its_rows_instead_of_appending(tmp_path):
         node_ip=None,
     )
     with Store(tmp_path / "r.duckdb") as store:
-        cb = _make_callback(store, plan, {t.run_id: t}, display, max_failures=2)
+        cb = make_callback(store, plan, {t.run_id: t}, display, max_failures=2)
         cb.on_trial_start(0, [], trial)
         for e in (1, 2, 3):  # the first attempt: epoch 3 reached the driver, its node then died
             cb.on_trial_result(

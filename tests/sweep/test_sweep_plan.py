@@ -5,14 +5,13 @@ the checkpoints an earlier invocation left in storage."""
 import json
 
 import pytest
+import yaml
 
 from granet_cli.spec import SpecError
 from granet_cli.store import Store
-from granet_cli.sweep import SweepError, plan_sweep
-from granet_cli.sweep_plan import resolve_paths
-from granet_cli.sweep_ray import MARKER, check_feasible, find_checkpoints
+from granet_cli.sweep import MARKER, SweepError, check_feasible, find_checkpoints, plan_sweep, resolve_paths
 
-from .conftest import QUICKSTART, ROOT, rows
+from ..conftest import QUICKSTART, ROOT, rows
 
 SMALL = ["optim.epochs=2", "sparsity.final_prune_epoch=1"]
 
@@ -131,6 +130,46 @@ def test_bad_grid_in_the_cli_exits_2_and_writes_nothing(cli, tmp_path):
     assert r.exit_code == 2 and "sweep.gpus_per_trial: above 1 a trial takes whole GPUs, got 1.5" in r.stderr
 
 
+BOTH_NAMES = "are one setting (one is the reference's name): give one"
+
+
+@pytest.mark.parametrize(
+    "flags, file_grid, expected",
+    [
+        (  # both names as --grid flags, either order
+            ["sparsity.prune_rate=0.3", "sparsity.drop_fraction=0.4"],
+            None,
+            f"--grid sparsity.prune_rate and sparsity.drop_fraction {BOTH_NAMES}",
+        ),
+        (
+            ["sparsity.drop_fraction=0.4", "sparsity.prune_rate=0.3"],
+            None,
+            f"--grid sparsity.drop_fraction and sparsity.prune_rate {BOTH_NAMES}",
+        ),
+        (  # both names in the file's grid: section, with an unrelated --grid flag beside it
+            ["optim.lr=0.05"],
+            {"sparsity.prune_rate": [0.3], "sparsity.drop_fraction": [0.4]},
+            "sweep.grid: sparsity.prune_rate: the same field as sparsity.drop_fraction",
+        ),
+    ],
+    ids=["flags", "flags-new-first", "file-and-other-flag"],
+)
+def test_old_and_new_name_of_one_field_in_a_grid_exit_2_and_write_nothing(cli, tmp_path, flags, file_grid, expected):
+    spec = QUICKSTART
+    if file_grid is not None:
+        data = yaml.safe_load(QUICKSTART.read_text())
+        data["sweep"] = {"grid": file_grid}
+        spec = tmp_path / "sweep.yaml"
+        spec.write_text(yaml.safe_dump(data))
+    db, runs = tmp_path / "r.duckdb", tmp_path / "runs"
+    grid = [a for f in flags for a in ("--grid", f)]
+    r = cli("sweep", spec, *grid, "--methods", "rigl", "--densities", "0.1", "--db", db, "--runs-dir", runs)
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], r.stderr
+    assert not db.exists() and not runs.exists()
+
+
 def test_a_name_reused_for_another_grid_is_refused_before_anything_runs(cli, tmp_path):
     db = tmp_path / "r.duckdb"
     first = plan_sweep(None, SMALL, methods="granet", densities="0.1", name="mine")
@@ -242,10 +281,10 @@ def test_interrupted_sweep_hint_is_a_complete_pasteable_command(cli, tmp_path):
     """The resume hint printed on Ctrl-C/SIGTERM, pasted into a shell, is the same sweep."""
     import shlex
 
-    from granet_cli.cli import _sweep_command
+    from granet_cli.cli.sweep import sweep_command
 
     db, runs = tmp_path / "with space" / "r.duckdb", tmp_path / "runs dir"
-    hint = _sweep_command(
+    hint = sweep_command(
         QUICKSTART,
         ["optim.epochs=2", "sparsity.final_prune_epoch=1"],
         db,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .sweep_plan import DONE_STATUSES, SweepOutcome, SweepPlan, TrialOutcome, _fmt, point_state, short_keys
+from .plan import DONE_STATUSES, SweepOutcome, SweepPlan, TrialOutcome, fmt_value, point_state, short_keys
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -14,7 +14,7 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f} %"
 
 
-class _Display:
+class Display:
     """Live terminal progress (rich): counts, best test accuracy so far, one line per finished,
     resumed or retried trial."""
 
@@ -45,7 +45,7 @@ class _Display:
             f"best test acc {best}"
         )
 
-    def __enter__(self) -> _Display:
+    def __enter__(self) -> Display:
         self.progress.start()
         return self
 
@@ -112,7 +112,7 @@ def dry_run_table(plan: SweepPlan, prior: dict[str, dict]):
             p.method,
             f"{p.density:g}",
             str(p.seed),
-            *(_fmt(values.get(k)) for k in extra),
+            *(fmt_value(values.get(k)) for k in extra),
             p.spec_hash,
             state,
             style=style,
@@ -141,7 +141,7 @@ def summary_table(outcome: SweepOutcome):
             t.point.method,
             f"{t.point.density:g}",
             str(t.point.seed),
-            *(_fmt(values.get(k)) for k in extra),
+            *(fmt_value(values.get(k)) for k in extra),
             status,
             _pct(t.final.get("final_test_acc")),
             "-" if fd is None else f"{fd:.4f}",

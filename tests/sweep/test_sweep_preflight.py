@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from granet_cli import preflight
-from granet_cli.sweep import plan_sweep
+from granet_cli.sweep import plan_sweep, preflight
 
-from .conftest import granet_sweep, rows
+from ..conftest import granet_sweep, rows
 
 
 def test_preflight_says_each_distinct_problem_once_and_names_its_points():

@@ -22,11 +22,10 @@ import pytest
 import torch
 
 from granet_cli import train
-from granet_cli.ray_local import session_pids
-from granet_cli.sweep import plan_sweep
-from granet_cli.sweep_ray import MARKER
+from granet_cli.sweep import MARKER, plan_sweep
+from granet_cli.sweep.local_ray import session_pids
 
-from .conftest import ROOT, SMALL_SWEEP, rows
+from ..conftest import ROOT, SMALL_SWEEP, rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -45,7 +45,7 @@ class LocalRay:
             return None
         try:
             dog = subprocess.Popen(
-                [sys.executable, "-m", "granet_cli.ray_local", str(session)],
+                [sys.executable, "-m", "granet_cli.sweep.local_ray", str(session)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -1,0 +1,129 @@
+"""One Ray Tune trial of a sweep, run on whichever node Tune places it: `train.run` of one point, and
+the keys of the reports it sends the driver.
+
+Kept apart from the driver's code: this is the code that runs on the workers (Tune ships the
+function by reference, `granet_cli.sweep.trainable.trainable`, so its path is part of a sweep).
+After every epoch the trial reports the epoch's row and a Tune checkpoint (the trainer's
+checkpoint.pt plus `MARKER`); a trial that continues from a checkpoint first sends the checkpoint's
+rows in one report (`REPLAY_KEY`), and granet's own errors end the trial with a final report
+instead of an exception, so Tune never retries them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..spec import RunSpec
+
+#: result keys of the trainable's reports (JSON strings, decoded by the driver)
+EPOCH_KEY, UPDATES_KEY, FINAL_KEY = "granet_epoch", "granet_mask_updates", "granet_final"
+#: the Ray node id a trial runs on, with each epoch's report
+NODE_KEY = "granet_node"
+#: the rows a checkpoint holds, sent once by a trial that continues from it
+REPLAY_KEY = "granet_replay"
+#: beside checkpoint.pt in every Tune checkpoint: which point, run and epoch it is
+MARKER = "granet_checkpoint.json"
+
+
+def trainable(config: dict) -> None:
+    """One Ray Tune trial: `train.run` of one point in a node-local folder, a Tune checkpoint every epoch."""
+    import ray
+    from ray import tune
+
+    from .. import train
+
+    point = config["point"]
+    node_id = ray.get_runtime_context().get_node_id()  # said in words if this node is lost
+    spec = RunSpec.model_validate_json(point["spec_json"])
+    checkpoint = tune.get_checkpoint()  # set when Tune retries this trial
+    if checkpoint is None and point.get("resume_from"):  # left in storage by an earlier invocation
+        checkpoint = tune.Checkpoint(point["resume_from"])
+    work = Path(tempfile.mkdtemp(prefix="granet-trial-"))
+    try:
+        replay_to = _restore(checkpoint, work, point["spec_hash"]) if checkpoint is not None else 0
+        replay: dict[str, list] = {"epochs": [], "updates": []}
+
+        def on_epoch(row: dict, updates: list[dict]) -> None:
+            if row["epoch"] <= replay_to:  # rows the checkpoint holds: sent once, together
+                replay["epochs"].append(row)
+                replay["updates"].extend(updates)
+                if row["epoch"] == replay_to:
+                    tune.report({REPLAY_KEY: json.dumps(replay), "epoch": replay_to})
+                return
+            # train.run has just written work/checkpoint.pt for this epoch
+            (work / MARKER).write_text(
+                json.dumps(
+                    {
+                        "spec_hash": point["spec_hash"],
+                        "run_id": point["run_id"],
+                        "sweep_id": point["sweep_id"],
+                        "epoch": row["epoch"],
+                        "step": row["step"],
+                    }
+                )
+            )
+            tune.report(
+                {
+                    EPOCH_KEY: json.dumps(row),
+                    UPDATES_KEY: json.dumps(updates),
+                    "epoch": row["epoch"],
+                    "test_acc": row["test_acc"],
+                    NODE_KEY: node_id,
+                },
+                checkpoint=tune.Checkpoint.from_directory(str(work)),
+            )
+
+        try:
+            result = train.run(spec, work, resume=replay_to > 0, on_epoch=on_epoch, threads=point["threads"])
+        except Exception as e:
+            # the checkpoint did not load: no epoch of it came back
+            not_loaded = checkpoint.path if replay_to and not replay["epochs"] and checkpoint is not None else None
+            error = _deterministic_error(e, not_loaded)
+            if error is None:  # a crash Tune retries (FailureConfig), from the trial's last checkpoint
+                raise
+            # deterministic (the input, or the same checkpoint on every attempt): the trial ends
+            # failed with its error, and Tune, which saw no exception, does not retry it
+            tune.report({FINAL_KEY: json.dumps({"status": "failed", "error": error})})
+            return
+        tune.report(
+            {
+                FINAL_KEY: json.dumps(
+                    {"status": result.status, "error": result.error, "final": result.final, "layers": result.layers}
+                ),
+                "final_test_acc": result.final.get("final_test_acc"),
+                "run_status": result.status,
+            }
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _restore(checkpoint, work: Path, spec_hash: str) -> int:
+    """The checkpoint copied into `work`; its epoch (RuntimeError if it is another point's)."""
+    checkpoint.to_directory(str(work))
+    meta = json.loads((work / MARKER).read_text())
+    if meta.get("spec_hash") != spec_hash:
+        raise RuntimeError(f"checkpoint {checkpoint.path} belongs to spec {meta.get('spec_hash')}, not {spec_hash}")
+    return int(meta["epoch"])
+
+
+def _deterministic_error(e: Exception, not_loaded: str | None) -> str | None:
+    """The line of an error that would recur on every attempt (granet's own, or a checkpoint
+    `not_loaded` that would fail the same way again), else None: a crash Tune may retry."""
+    from .. import train
+    from ..data import DataError
+    from ..models import ModelError
+    from .preflight import one_line, own_errors
+
+    set_up = (DataError, ModelError, train.DeviceError)  # not the checkpoint's fault
+    if not_loaded is not None and not isinstance(e, set_up):
+        return (
+            f"continuing from checkpoint {not_loaded} failed ({type(e).__name__}: {one_line(e)[:200]}); "
+            "delete that checkpoint folder to let the point start over"
+        )
+    if isinstance(e, own_errors()):
+        return f"{type(e).__name__}: {one_line(e)}"
+    return None
