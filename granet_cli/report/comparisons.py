@@ -31,11 +31,41 @@ def _pp(x: float) -> str:
     return f"{x * 100:+.2f}"
 
 
-def _versus(a: Cell, b: Cell) -> tuple[str, float, S.Welch | None]:
-    """Cell a against cell b: the difference of means, Welch's test on the seeds, and the cell text."""
-    w = S.welch(a.values, b.values)
-    diff = a.mean - b.mean
-    return (f"{_pp(diff)} ({fmt_p(w.p)})" if w else f"{_pp(diff)} (n<2)"), diff, w
+def _versus(a: Cell, b: Cell) -> tuple[float, S.Welch | None]:
+    """Cell a against cell b: the difference of means and Welch's test on the seeds."""
+    return a.mean - b.mean, S.welch(a.values, b.values)
+
+
+def _holm_cells(
+    tests: list[tuple[int, int, float, S.Welch | None]], rows: list[list[str]], higher_is_better: bool = True
+) -> tuple[set[tuple[int, int]], dict[tuple[int, int], str], dict[tuple[int, int], float]]:
+    """Fill each tested cell's text with its difference and Holm-adjusted p (the family: every test
+    of the table); bold where significant, toned by the direction of the difference."""
+    tested = [(i, j, w) for i, j, _d, w in tests if w is not None]
+    adjusted = dict(zip([(i, j) for i, j, _w in tested], S.holm([w.p for _i, _j, w in tested])))
+    strong: set[tuple[int, int]] = set()
+    tone: dict[tuple[int, int], str] = {}
+    for i, j, diff, w in tests:
+        if w is None:
+            rows[i][j] = f"{_pp(diff)} (n<2)"
+            continue
+        p = adjusted[(i, j)]
+        rows[i][j] = f"{_pp(diff)} ({fmt_p(p)})"
+        if p < S.ALPHA:
+            strong.add((i, j))
+            tone[(i, j)] = "better" if (diff > 0) == higher_is_better else "worse"
+    return strong, tone, adjusted
+
+
+HOLM_NOTE = (
+    "p-values are Holm-adjusted over the table's {n} test{s} (family-wise error 5 %); bold: adjusted p < 0.05, "
+    "▲ / green: significantly higher, ▼ / red: significantly lower; (n<2): one side has a single seed, no test."
+)
+
+
+def _holm_note(tests: list[tuple[int, int, float, S.Welch | None]]) -> str:
+    n = sum(1 for *_x, w in tests if w is not None)
+    return HOLM_NOTE.format(n=n, s="s" if n != 1 else "")
 
 
 def _recipe_key(g: RowGroup | None) -> dict[str, Any]:
@@ -58,7 +88,7 @@ def dense_diff_table(main: Table) -> TextTable | None:
     if not dense_rows:
         return None
     rows: list[list[str]] = []
-    strong: set[tuple[int, int]] = set()
+    tests: list[tuple[int, int, float, S.Welch | None]] = []
     data: list[dict[str, Any]] = []
     for r in (r for r in main.rows if not r.baseline):
         d_row = _dense_for(r, dense_rows)
@@ -71,10 +101,9 @@ def dense_diff_table(main: Table) -> TextTable | None:
             if c is None:
                 texts.append(DASH)
                 continue
-            text, diff, w = _versus(c, dense)
-            texts.append(text)
-            if w and w.significant:
-                strong.add((len(rows), j + 1))
+            diff, w = _versus(c, dense)
+            texts.append("")
+            tests.append((len(rows), j + 1, diff, w))
             data.append(
                 {
                     "row": r.label,
@@ -91,12 +120,11 @@ def dense_diff_table(main: Table) -> TextTable | None:
         rows.append([r.label, *texts])
     if not rows:
         return None
+    strong, tone, adjusted = _holm_cells(tests, rows)
+    _add_adjusted(data, tests, adjusted)
     notes = [
-        (
-            "Mean of the cell minus the mean of the dense baseline trained with the same recipe, in percentage "
-            "points, and the two-sided p-value of Welch's t-test on the per-seed values; bold: p < 0.05; (n<2): "
-            "one side has a single seed, no test."
-        )
+        "Mean of the cell minus the mean of the dense baseline trained with the same recipe, in percentage "
+        "points, and the two-sided p-value of Welch's t-test on the per-seed values. " + _holm_note(tests)
     ]
     return TextTable(
         "dense_diff",
@@ -107,7 +135,18 @@ def dense_diff_table(main: Table) -> TextTable | None:
         strong,
         [False] + [True] * len(main.densities),
         data,
+        tone,
     )
+
+
+def _add_adjusted(
+    data: list[dict[str, Any]],
+    tests: list[tuple[int, int, float, S.Welch | None]],
+    adjusted: dict[tuple[int, int], float],
+) -> None:
+    """`data` (one entry per test, in order) gains `p_holm` beside the raw `p`."""
+    for entry, (i, j, _d, _w) in zip(data, tests):
+        entry["p_holm"] = adjusted.get((i, j))
 
 
 def comparison_table(main: Table, reference: str = "granet") -> TextTable | None:
@@ -118,7 +157,7 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
     if not refs or len(others) < 2:
         return None
     rows: list[list[str]] = []
-    strong: set[tuple[int, int]] = set()
+    tests: list[tuple[int, int, float, S.Welch | None]] = []
     data: list[dict[str, Any]] = []
     for g in refs:
         for o in others:
@@ -129,10 +168,9 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
                 if a is None or b is None:
                     texts.append(DASH)
                     continue
-                text, diff, w = _versus(a, b)
-                texts.append(text)
-                if w and w.significant:
-                    strong.add((len(rows), j + 1))
+                diff, w = _versus(a, b)
+                texts.append("")
+                tests.append((len(rows), j + 1, diff, w))
                 data.append(
                     {
                         reference: g.label,
@@ -147,12 +185,11 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
                     }
                 )
             rows.append([f"{g.label} vs {o.label}", *texts])
+    strong, tone, adjusted = _holm_cells(tests, rows)
+    _add_adjusted(data, tests, adjusted)
     notes = [
-        (
-            f"{reference} minus the other row: difference of means in percentage points, and the two-sided "
-            "p-value of Welch's t-test (unequal variances) on the per-seed values; bold: p < 0.05; (n<2): one side "
-            "has a single seed, no test."
-        )
+        f"{reference} minus the other row: difference of means in percentage points, and the two-sided "
+        "p-value of Welch's t-test (unequal variances) on the per-seed values. " + _holm_note(tests)
     ]
     return TextTable(
         "comparisons",
@@ -163,6 +200,7 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
         strong,
         [False] + [True] * len(main.densities),
         data,
+        tone,
     )
 
 

@@ -8,11 +8,14 @@ Student-t distribution and ``scipy.stats.ttest_ind(equal_var=False)``.
     ``mean ± t_{0.975, n-1} * std / sqrt(n)``; no interval for n < 2.
 ``welch(a, b)``
     Welch's unequal-variance t-test of mean(a) - mean(b): difference, t, Welch-Satterthwaite
-    degrees of freedom and the two-sided p-value; None when either side has fewer than two values
-    or both sides have zero variance (the test is undefined there).
-``rank_column(cells)``
-    which cell of a table column is *significantly* best (p < ALPHA against every other cell,
-    with a higher mean) and which cells are statistically tied with the highest mean.
+    degrees of freedom and the two-sided p-value; None when either side has fewer than two values.
+    Both sides without variance: p = 0 when the means differ (the seeds leave no doubt), 1 when equal.
+``holm(pvalues)``
+    Holm's step-down adjustment of a family of p-values (every test of one table): controls the
+    family-wise error rate at ALPHA without assuming independence.
+``rank_columns(columns)``
+    per column of a table, which cell is *significantly* best (Holm-adjusted p < ALPHA against every
+    other cell, with a higher mean) and which cells are not significantly different from the best.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeGuard
 
 ALPHA = 0.05
@@ -88,8 +91,9 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch | None:
         return None
     va, vb = statistics.variance(a), statistics.variance(b)
     se2 = va / len(a) + vb / len(b)
-    if se2 <= 0:
-        return None
+    if se2 <= 0:  # no spread on either side: the seeds agree exactly, the difference is certain or nil
+        diff = statistics.fmean(a) - statistics.fmean(b)
+        return Welch(diff, math.copysign(math.inf, diff) if diff else 0.0, len(a) + len(b) - 2.0, 0.0 if diff else 1.0)
     from scipy.stats import ttest_ind
 
     res = ttest_ind(a, b, equal_var=False)
@@ -97,35 +101,72 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch | None:
     return Welch(statistics.fmean(a) - statistics.fmean(b), float(res.statistic), float(df), float(res.pvalue))
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the input's order: the i-th smallest is multiplied by (m - i + 1),
+    made monotone, capped at 1. A hypothesis is rejected at ALPHA when its adjusted p < ALPHA."""
+    m = len(pvalues)
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda k: pvalues[k])):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 @dataclass(frozen=True)
 class ColumnRank:
     """Indices into the ranked values: ``best`` (significantly best, or None) and ``tied``
-    (the highest mean and every cell not significantly below it; empty when ``best`` is set or
-    when no other cell could be tested against the highest)."""
+    (the highest mean and every cell not significantly different from it; empty when ``best`` is
+    set or when no other cell could be tested against the highest). ``p`` holds the Holm-adjusted
+    p-value of the highest cell against each other cell (by index)."""
 
     best: int | None
     tied: tuple[int, ...]
+    p: dict[int, float] = field(default_factory=dict)
 
 
-def rank_column(values: Sequence[Sequence[float] | None], higher_is_better: bool = True) -> ColumnRank:
-    """Rank the cells of one column (each a list of per-seed values, or None for an empty cell).
-
-    A cell is *best* when its mean is the highest and Welch's test gives p < ALPHA against every
-    other non-empty cell.  Otherwise the highest-mean cell and each cell whose difference to it is
-    not significant are *tied*.  A cell with fewer than two seeds cannot be tested: it is never
-    marked, and no other cell can be significantly better than it.  Fewer than two non-empty
-    cells: nothing is marked (there is nothing to compare)."""
+def _column_tests(values: Sequence[Sequence[float] | None], sign: float) -> tuple[int | None, dict[int, Welch | None]]:
+    """The highest-mean cell of a column and Welch's test of it against every other non-empty cell."""
     cells = [(i, [float(x) for x in v if finite(x)]) for i, v in enumerate(values) if v]
     cells = [(i, v) for i, v in cells if v]
     if len(cells) < 2:
-        return ColumnRank(None, ())
-    sign = 1.0 if higher_is_better else -1.0
+        return None, {}
     top_i, top_v = max(cells, key=lambda c: sign * statistics.fmean(c[1]))
     if len(top_v) < 2:
-        return ColumnRank(None, ())
-    tests = {i: welch(top_v, v) for i, v in cells if i != top_i}
-    if all(w is not None and w.significant and sign * w.diff > 0 for w in tests.values()):
-        return ColumnRank(top_i, ())
-    tied = [top_i] + [i for i, w in tests.items() if w is not None and not w.significant]
-    # a "tie" of the top cell alone (every other cell untestable) says nothing: no marks
-    return ColumnRank(None, tuple(sorted(tied)) if len(tied) > 1 else ())
+        return None, {}
+    return top_i, {i: welch(top_v, v) for i, v in cells if i != top_i}
+
+
+def rank_columns(
+    columns: Sequence[Sequence[Sequence[float] | None]], higher_is_better: bool = True
+) -> list[ColumnRank]:
+    """Rank the cells of every column of one table (each cell a list of per-seed values, or None).
+
+    A cell is *best* when its mean is the highest of its column and Welch's test against every other
+    non-empty cell of the column gives a Holm-adjusted p < ALPHA, the family being every test of the
+    table. Otherwise the highest-mean cell and each cell not significantly different from it are
+    *tied*. A cell with fewer than two seeds cannot be tested: it is never marked, and no other
+    cell can be significantly better than it. A column with fewer than two non-empty cells: nothing
+    is marked (there is nothing to compare)."""
+    sign = 1.0 if higher_is_better else -1.0
+    per_column = [_column_tests(col, sign) for col in columns]
+    family = [(c, i) for c, (_top, tests) in enumerate(per_column) for i, w in tests.items() if w is not None]
+    adjusted = dict(zip(family, holm([per_column[c][1][i].p for c, i in family])))  # type: ignore[union-attr]
+    ranks = []
+    for c, (top, tests) in enumerate(per_column):
+        if top is None:
+            ranks.append(ColumnRank(None, ()))
+            continue
+        p = {i: adjusted[(c, i)] for i, w in tests.items() if w is not None}
+        if all(w is not None and p[i] < ALPHA and sign * w.diff > 0 for i, w in tests.items()):
+            ranks.append(ColumnRank(top, (), p))
+            continue
+        tied = [top] + [i for i, w in tests.items() if w is not None and p[i] >= ALPHA]
+        # a "tie" of the top cell alone (every other cell untestable) says nothing: no marks
+        ranks.append(ColumnRank(None, tuple(sorted(tied)) if len(tied) > 1 else (), p))
+    return ranks
+
+
+def rank_column(values: Sequence[Sequence[float] | None], higher_is_better: bool = True) -> ColumnRank:
+    """`rank_columns` of a table with this one column (Holm over this column's tests)."""
+    return rank_columns([values], higher_is_better)[0]

@@ -12,9 +12,10 @@ alphabetically), one column per target density (ascending), each cell
 t-based 95 % interval, stats.summary; no interval when n == 1); the n most cells
 share is stated once in the table's notes and a cell says ``(n=k)`` only where it
 differs; ``–`` where there is no completed run.  In the main table a sparse cell
-is marked best only when it is significantly best in its column (Welch's t-test,
-p < 0.05 against every other sparse cell); otherwise the cells tied with the
-highest mean are marked ≈ (stats.rank_column).
+is marked best only when it is significantly best in its column (Welch's t-test
+against every other sparse cell, Holm-corrected over all the table's tests);
+otherwise the cells not significantly different from the highest mean are marked ≈
+(stats.rank_columns).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ METRIC_SHORT = {
 DASH = "–"
 BASELINE_LABEL = "dense (baseline)"
 CI_NOTE = "mean ± 95 % confidence interval over seeds (t-based, n−1 degrees of freedom)"
+#: fewer seeds per cell than this: the table says its tests have low power
+LOW_POWER_N = 5
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Cell:
     ``mean``/``std``/``ci95`` are in the column's own units (accuracies as fractions);
     ``ci95`` is the half-width of the t-based 95 % interval (None when n < 2); ``values``
     the per-seed values; ``text`` the formatted value (no marks).  ``best``: significantly
-    best in its column; ``tied``: tied for best (see stats.rank_column)."""
+    best in its column; ``tied``: not significantly different from the best (see stats.rank_columns)."""
 
     mean: float
     std: float
@@ -130,7 +133,7 @@ class Table:
         return {(i, j) for i, r in enumerate(self.rows) for j, c in enumerate(r.cells) if c and c.best}
 
     def tied_cells(self) -> set[tuple[int, int]]:
-        """(row index, column index) of the cells tied for best."""
+        """(row index, column index) of the cells not significantly different from the best."""
         return {(i, j) for i, r in enumerate(self.rows) for j, c in enumerate(r.cells) if c and c.tied}
 
     def to_rich(self):
@@ -199,9 +202,18 @@ class TextTable:
     strong: set[tuple[int, int]] = field(default_factory=set)
     numeric: list[bool] = field(default_factory=list)
     data: list[dict[str, Any]] = field(default_factory=list)
+    #: (row, column) -> "better" or "worse": the direction of a significant difference (colour, arrow)
+    tone: dict[tuple[int, int], str] = field(default_factory=dict)
 
     def is_strong(self, i: int, j: int) -> bool:
         return (i, j) in self.strong
+
+    def tone_of(self, i: int, j: int) -> str:
+        return self.tone.get((i, j), "")
+
+    def arrow(self, i: int, j: int) -> str:
+        """A text mark of the direction for Markdown and terminals, where colour may be lost."""
+        return {"better": " ▲", "worse": " ▼"}.get(self.tone_of(i, j), "")
 
     def is_numeric(self, j: int) -> bool:
         return j < len(self.numeric) and self.numeric[j]
@@ -324,20 +336,40 @@ def _cell_notes(rows: list[TableRow], all_cells: list[Cell], table_n: int | None
     return note_lines
 
 
-def _mark_best(rows: list[TableRow], n_columns: int, higher_is_better: bool) -> None:
-    """Per density column, mark the sparse cell that is significantly best, else those tied for best."""
-    for j in range(n_columns):
-        sparse = [r for r in rows if not r.baseline]
-        col_cells = [r.cells[j] for r in sparse]
-        rank = S.rank_column([c.values if c else None for c in col_cells], higher_is_better=higher_is_better)
+def _mark_best(rows: list[TableRow], n_columns: int, higher_is_better: bool) -> int:
+    """Per density column, mark the sparse cell that is significantly best, else those not significantly
+    different from the best; Holm over every test of the table. Returns the number of tests."""
+    sparse = [r for r in rows if not r.baseline]
+    columns = [[r.cells[j] for r in sparse] for j in range(n_columns)]
+    ranks = S.rank_columns([[c.values if c else None for c in col] for col in columns], higher_is_better)
+    for col, rank in zip(columns, ranks):
         if rank.best is not None:
-            best_cell = col_cells[rank.best]
-            assert best_cell is not None  # rank_column marks only non-empty cells
+            best_cell = col[rank.best]
+            assert best_cell is not None  # rank_columns marks only non-empty cells
             best_cell.best = True
         for i in rank.tied:
-            tied_cell = col_cells[i]
-            assert tied_cell is not None  # rank_column marks only non-empty cells
+            tied_cell = col[i]
+            assert tied_cell is not None  # rank_columns marks only non-empty cells
             tied_cell.tied = True
+    return sum(len(rank.p) for rank in ranks)
+
+
+def marks_note(n_tests: int, table_n: int | None) -> str:
+    """What bold and ≈ mean, with the correction and the power the table's n gives."""
+    note = (
+        "Bold: significantly best in its density column (Welch's t-test against every other sparse row, "
+        f"p < 0.05 after Holm's correction over the table's {n_tests} test{'s' if n_tests != 1 else ''}); "
+        "≈: not significantly different from the best"
+        + (f" (n = {table_n})" if table_n else "")
+        + ", which is not evidence that they are equal; a cell with one seed cannot be tested and is "
+        "never marked."
+    )
+    if table_n is not None and table_n < LOW_POWER_N:
+        note += (
+            f" Low power: with n = {table_n} < {LOW_POWER_N} seeds per cell only large differences can be "
+            "significant; run more seeds before reading a missing mark as no difference."
+        )
+    return note
 
 
 def build_table(
@@ -370,12 +402,8 @@ def build_table(
         c.text = unit.cell(c, table_n)
     note_lines = _cell_notes(rows, all_cells, table_n)
     if mark_best:
-        _mark_best(rows, len(densities), higher_is_better)
-        note_lines.append(
-            "Bold: significantly best in its density column (Welch's t-test, p < 0.05 against every "
-            "other sparse row); ≈: tied for best (the highest mean and every row not significantly "
-            "below it); a cell with one seed cannot be tested and is never marked."
-        )
+        n_tests = _mark_best(rows, len(densities), higher_is_better)
+        note_lines.append(marks_note(n_tests, table_n))
     if not any(r.method == "dense" for r in rows):
         note_lines.insert(0, "No completed dense baseline run.")
     return Table(

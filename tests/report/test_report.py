@@ -6,6 +6,7 @@ p-value is the two-sided tail of Student's t at that t and df."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -29,7 +30,7 @@ T0 = datetime(2024, 5, 1, 12, 0, 0)
 ACC = {
     ("granet", 0.02): [0.801, 0.812, 0.795],
     ("granet", 0.1): [0.902, 0.915, 0.899],
-    ("rigl", 0.02): [0.781, 0.779, 0.790],
+    ("rigl", 0.02): [0.771, 0.769, 0.780],
     ("rigl", 0.1): [0.905, 0.921, 0.918],
     ("set", 0.02): [0.760, 0.772, 0.751],
     ("set", 0.1): [0.880, 0.884, 0.890],
@@ -198,20 +199,40 @@ SPARSE_METHODS = ["granet", "rigl", "set", "static"]
 DENSITIES = [0.02, 0.1]
 
 
+def holm_by_hand(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment written out: sort, multiply the k-th smallest by (m - k), keep it
+    monotone, cap at 1."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - k) * ps[i]))
+        out[i] = running
+    return out
+
+
 def expected_marks() -> dict[float, tuple[str | None, set[str]]]:
-    """density -> (significantly best method or None, methods tied for best), by hand: the highest
-    mean is best only if Welch's p < 0.05 against every other sparse cell (a one-seed cell cannot be
-    tested, so it blocks "best"); otherwise it and every testable cell with p >= 0.05 are tied."""
-    out = {}
+    """density -> (significantly best method or None, methods not significantly different from the
+    best), by hand: the highest mean is best only if Welch's p, Holm-adjusted over every test of the
+    table (all columns), is < 0.05 against every other sparse cell (a one-seed cell cannot be tested,
+    so it blocks "best"); otherwise it and every testable cell with adjusted p >= 0.05 are marked."""
+    tests = {}  # (density, other method) -> raw p of the top cell against it
+    tops, others_of = {}, {}
     for d in DENSITIES:
         cands = {m: ACC[(m, d)] for m in SPARSE_METHODS if (m, d) in ACC}
         top = max(cands, key=lambda m: statistics.mean(cands[m]))
-        others = {m: v for m, v in cands.items() if m != top}
-        ps = {m: welch_by_hand(cands[top], v)[3] for m, v in others.items() if len(v) > 1}
-        if len(ps) == len(others) and all(p < 0.05 for p in ps.values()):
-            out[d] = (top, set())
+        tops[d], others_of[d] = top, {m: v for m, v in cands.items() if m != top}
+        for m, v in others_of[d].items():
+            if len(v) > 1:
+                tests[(d, m)] = welch_by_hand(cands[top], v)[3]
+    keys = list(tests)
+    adjusted = dict(zip(keys, holm_by_hand([tests[k] for k in keys])))
+    out = {}
+    for d in DENSITIES:
+        ps = {m: adjusted[(d, m)] for m in others_of[d] if (d, m) in adjusted}
+        if len(ps) == len(others_of[d]) and all(p < 0.05 for p in ps.values()):
+            out[d] = (tops[d], set())
         else:
-            tied = {top} | {m for m, p in ps.items() if p >= 0.05}
+            tied = {tops[d]} | {m for m, p in ps.items() if p >= 0.05}
             out[d] = (None, tied if len(tied) > 1 else set())
     return out
 
@@ -605,9 +626,13 @@ def test_json_numbers_match_hand_computed_statistics(cli, tmp_path: Path):
             pytest.approx(p, rel=1e-7),
         )
     # spot values, so a wrong formula on both sides cannot agree by accident
-    assert comps[("rigl", 0.02)]["t"] == pytest.approx(3.2123229, rel=1e-6)
+    assert comps[("rigl", 0.02)]["t"] == pytest.approx(4.8738692, rel=1e-6)
     assert comps[("rigl", 0.02)]["df"] == pytest.approx(3.5226889, rel=1e-6)
-    assert comps[("rigl", 0.02)]["p"] == pytest.approx(0.0389615, rel=1e-4)
+    assert comps[("rigl", 0.02)]["p"] == pytest.approx(0.0112517, rel=1e-4)
+    # the p shown and used for marks is Holm-adjusted over the table's tests, recomputed by hand
+    tested = [c for c in comps.values() if c["p"] is not None]
+    for c, want in zip(tested, holm_by_hand([c["p"] for c in tested])):
+        assert c["p_holm"] == pytest.approx(want, rel=1e-12)
 
     dense = ACC[("dense", 1.0)]
     diffs = {(x["row"], x["density"]): x for x in g["dense_diff"]}
@@ -827,3 +852,52 @@ def test_terminal_table_fits_80_columns(tmp_path: Path, cli):
     result = cli("report", "--db", db, "--out", tmp_path / "o", "--format", "md")
     assert result.exit_code == 0, result.output
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
+
+
+def test_dense_difference_is_holm_corrected_and_toned_by_direction(report):
+    """Every difference-to-dense cell shows its Holm-adjusted p (family: the table's tests, recomputed
+    here); significant cells are bold with ▼ when below dense, ▲ when above, and red / green in HTML."""
+    res, _db, _tmp = report
+    md = res.md_path.read_text(encoding="utf-8")
+    header, rows = md_table(md_section(md, "### Difference to dense (percentage points)"))
+    dense = ACC[("dense", 1.0)]
+    keys = [(m, d) for m in SPARSE_METHODS for d in DENSITIES if (m, d) in ACC and len(ACC[(m, d)]) > 1]
+    adjusted = dict(zip(keys, holm_by_hand([welch_by_hand(ACC[k], dense)[3] for k in keys])))
+    seen_worse = 0
+    for r in rows:
+        method = r[0]
+        for d, raw in zip(DENSITIES, r[1:]):
+            if (method, d) not in adjusted:
+                continue
+            p = adjusted[(method, d)]
+            diff = statistics.mean(ACC[(method, d)]) - statistics.mean(dense)
+            text, bold = unbold(html.unescape(raw).removesuffix(" ▼").removesuffix(" ▲"))
+            shown = "p<0.001" if p < 0.001 else f"p={p:.3f}"
+            assert text == f"{diff * 100:+.2f} ({shown})", (method, d, raw)
+            assert bold == (p < 0.05), (method, d, raw)
+            if bold:
+                assert raw.endswith(" ▼" if diff < 0 else " ▲"), raw
+                seen_worse += diff < 0
+    assert seen_worse > 0  # the fixture has significantly worse cells: they are not shown as good news
+    page = res.html_path.read_text(encoding="utf-8")
+    assert '<td class="num worse"><strong>' in page and "td.worse strong { color: #a40e26; }" in page
+
+
+def test_marks_are_worded_as_evidence_and_flag_low_power(report):
+    res, _db, _tmp = report
+    section = md_section(res.md_path.read_text(encoding="utf-8"), "### Final test accuracy (%)")
+    assert "≈: not significantly different from the best (n = 3), which is not evidence that they are equal" in section
+    assert "Holm's correction over the table's" in section
+    assert "Low power: with n = 3 < 5 seeds per cell" in section
+    assert "tied for best" not in section
+
+
+def test_zero_variance_cells_that_differ_are_ranked():
+    """Seeds that agree exactly leave no doubt: equal values with different means are a difference."""
+    from granet_cli.report.stats import holm, rank_column
+
+    r = rank_column([[0.99] * 3, [0.90] * 3, [0.80] * 3])
+    assert r.best == 0 and r.tied == ()
+    assert rank_column([[0.9] * 3, [0.9] * 3]).tied == (0, 1)  # the same values: no difference
+    # a textbook Holm example: p = (0.01, 0.04, 0.03, 0.005) -> (0.03, 0.06, 0.06, 0.02)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
