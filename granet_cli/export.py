@@ -63,18 +63,32 @@ def _run_by_id(store, ref: str) -> dict[str, Any]:
     row = store.run(ref)
     if row is not None:
         return row
-    matches = [
-        r["run_id"] for r in store._query("SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id", [ref])
-    ]
+    matches = sorted((r for r in store.runs() if str(r["run_id"]).startswith(ref)), key=lambda r: str(r["run_id"]))
     if not matches:
         raise ExportError(
             f"{ref}: no such run in results db {store.path} (give a run id, a unique prefix of one, "
             f"or a run folder with checkpoint.pt)"
         )
     if len(matches) > 1:
-        shown = ", ".join(matches[:4]) + (", ..." if len(matches) > 4 else "")
-        raise ExportError(f"{ref}: prefix matches {len(matches)} runs ({shown}); give more of the run id")
-    return store.run(matches[0])
+        shown = ", ".join(_which(r) for r in matches[:4]) + (", ..." if len(matches) > 4 else "")
+        raise ExportError(f"{ref}: prefix matches {len(matches)} runs: {shown}; give more of the run id")
+    return matches[0]
+
+
+def _which(run: dict[str, Any]) -> str:
+    """A run id with what tells it apart from its neighbours: method, target density, seed, status."""
+    density = run.get("target_density")
+    what = " ".join(
+        str(x)
+        for x in (
+            run.get("method"),
+            f"{density:g}" if isinstance(density, (int, float)) else None,
+            f"seed {run['seed']}" if run.get("seed") is not None else None,
+            run.get("status"),
+        )
+        if x is not None
+    )
+    return f"{run['run_id']} ({what})"
 
 
 #: beside checkpoint.pt in every Ray Tune checkpoint of a sweep trial (sweep.trainable.MARKER)

@@ -241,3 +241,22 @@ def test_sweep_trial_checkpoints_are_found_in_tune_storage(done, cli, tmp_path):
         res = cli("eval", ref, "--db", db, "--json")
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["test_acc"] == db_acc
+
+
+def test_an_ambiguous_prefix_says_which_run_is_which(done, cli, tmp_path):
+    """A prefix matching two runs is refused with each run's method, target density, seed and status."""
+    import shutil
+    from datetime import datetime
+
+    from granet_cli.store import Store
+
+    db = tmp_path / "two.duckdb"
+    shutil.copy(done["db"], db)
+    run_id = done["run_id"]
+    twin = run_id[:4] + "zzzz-0000"
+    with Store(db) as st:
+        st.start_run(dict(run_id=twin, method="rigl", target_density=0.2, seed=5, started_at=datetime(2026, 1, 1)))
+    ((method, density, seed),) = rows(db, "select method, target_density, seed from runs where run_id = ?", run_id)
+    line = _one_error_line(cli("export", run_id[:4], "--db", db, "--runs-dir", done["runs"], "--out", tmp_path / "x"))
+    assert f"prefix matches 2 runs: {run_id} ({method} {density:g} seed {seed} completed)" in line
+    assert f"{twin} (rigl 0.2 seed 5 running)" in line
