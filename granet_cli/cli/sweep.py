@@ -259,8 +259,9 @@ def _dry_run_or_sweep(plan_, db_path: Path, again: str, dry_run: bool, **run_opt
 def _exit_for(result, again: str) -> None:
     """Exit 130 for a sweep stopped by Ctrl-C, 143 by SIGTERM (with the command that resumes it), 1 when
     a trial failed or every trial failed or diverged."""
-    if result.interrupted:
-        err.print(f"interrupted; resume (completed points are skipped) with: {again}", highlight=False, soft_wrap=True)
+    if result.interrupted:  # Ctrl+C or SIGTERM: said and exited as `granet run` does
+        what = "terminated (SIGTERM)" if result.terminated else "interrupted"
+        err.print(f"{what}; resume (completed points are skipped) with: {again}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_SIGTERM if result.terminated else EXIT_SIGINT)
     if result.count("failed"):
         raise typer.Exit(1)
