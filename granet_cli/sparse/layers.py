@@ -1,14 +1,15 @@
 """The weights a `Masking` sparsifies: every Conv2d / Linear weight, and where its mask lives.
 
-A module of its own so that the rules that act on layers (pruning, observers) and `Masking`, which
-holds them, all import it without importing each other.
+A module of its own so that the rules that act on layers (pruning, observers, the initial masks, the
+drop-and-grow update) and `Masking`, which holds them, all import it without importing each other.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, Protocol, cast
 
+import torch
 from torch import Tensor, nn
 
 
@@ -42,3 +43,21 @@ def sparsifiable_layers(
     if dense_classifier and linears:
         excluded.add(linears[-1].name)
     return [layer for layer in found if layer.name not in excluded]
+
+
+class MaskHolder(Protocol):
+    """What the update functions (`initial`, `updates`) read and call of a `Masking`: a protocol, so
+    they need not import the class that calls them."""
+
+    cfg: Any
+    layers: list[SparseLayer]
+    optimizer: torch.optim.Optimizer
+    classifier: str | None
+    init_rule: Any
+    prune_score: Any
+    growth_rule: Any
+    redistribution: Any
+
+    def zero_at(self, layer: SparseLayer, where: Tensor) -> None: ...
+
+    def sync_masks(self, extra: list[Tensor] | None = None) -> None: ...

@@ -15,39 +15,23 @@ weights and to the optimizer's state (momentum, Adam moments).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import pruning, rules, scores
-from .criteria import count, counts
-from .density import kept_count, layer_densities
+from . import pruning, rules, scores, updates
+from .criteria import counts
+from .density import kept_count
 from .flops import FlopsMeter, layer_macs
+from .initial import initial_masks
 from .layers import SparseLayer, sparsifiable_layers
 from .methods import SparseConfig
 from .observers import FlopsObserver, ITOPTracker, MaskObserver
-from .rules import Selection, allocate
 from .schedule import CubicSchedule, cosine_drop_fraction
-
-
-@dataclass(frozen=True)
-class DropAndGrow:
-    """What one drop-and-grow update did, summed over layers.
-
-    dropped     weights the drop criterion removed
-    grown       new connections: inactive before the update, now active (they start at zero)
-    reselected  dropped and grown again in the same update: they stay, keeping their values
-    The weights that really left are dropped - reselected; with no redistribution that is `grown`.
-    """
-
-    dropped: int
-    grown: int
-    reselected: int
+from .updates import DropAndGrow
 
 
 def _distributed() -> bool:
@@ -102,7 +86,7 @@ class Masking:
         for layer in self.layers:
             layer.module.register_buffer("weight_mask", torch.ones_like(layer.weight, dtype=torch.bool))
         self._init_masks(init_grads)
-        self._sync_masks()
+        self.sync_masks()
         self.apply_mask()
         self._observe(sample_input, observers)
         self._refresh()
@@ -167,7 +151,7 @@ class Masking:
         torch._foreach_mul_(tensors, masks)  # one call for all: this runs after every step
 
     @torch.no_grad()
-    def _zero_at(self, layer: SparseLayer, where: Tensor) -> None:
+    def zero_at(self, layer: SparseLayer, where: Tensor) -> None:
         layer.weight.masked_fill_(where, 0)
         for state in self._state_tensors(layer):
             state.masked_fill_(where, 0)
@@ -183,7 +167,7 @@ class Masking:
         for observer in self.observers:
             observer.on_masks_changed(self)
 
-    def _sync_masks(self, extra: list[Tensor] | None = None) -> None:
+    def sync_masks(self, extra: list[Tensor] | None = None) -> None:
         """Masks are decided on rank 0 and broadcast, so every rank holds the same ones."""
         if not _distributed():
             return
@@ -195,47 +179,7 @@ class Masking:
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def _init_masks(self, init_grads: dict[str, Tensor] | None) -> None:
-        """Carry out the `sparse_init` mode's `InitRule`: start, one-shot prune, regrow."""
-        cfg, rule = self.cfg, self.init_rule
-        if rule.start == "dense":
-            return  # masks start all ones
-        if rule.start != "nonzero":  # a layer-density distribution: ERK, ER, uniform
-            shapes = {layer.name: tuple(layer.weight.shape) for layer in self.layers}
-            assert cfg.init_density is not None  # SparseConfig.__post_init__ fills it from the method preset
-            pruning.random_masks(
-                self.layers, layer_densities(shapes, cfg.init_density, rule.start, cfg.erk_power_scale)
-            )
-        else:
-            for layer in self.layers:
-                layer.mask.copy_(layer.weight != 0)
-        if rule.prune_scope is None:
-            return
-        before = {layer.name: count(layer.mask) for layer in self.layers}
-        rated = {layer.name: self._init_score(layer, init_grads) for layer in self.layers}
-        pruning.ONE_SHOT_PRUNE[rule.prune_scope](self.layers, cfg.init_prune_fraction, before, self.classifier, rated)
-        del rated
-        for layer in self.layers:
-            self._zero_at(layer, ~layer.mask)
-        if rule.regrow:  # as many weights as were pruned, by gradient magnitude (reference semantics)
-            regrow = pruning.ONE_SHOT_REGROW[rule.prune_scope]
-            for layer in self.layers:
-                grad = self._init_grad(layer, init_grads)
-                layer.mask.bitwise_or_(regrow(layer, grad, before[layer.name] - count(layer.mask), self.classifier))
-
-    def _init_score(self, layer: SparseLayer, init_grads: dict[str, Tensor] | None) -> Tensor:
-        """The prune score of the dense init; a score that reads the gradient gets the dense one."""
-        grad = self._init_grad(layer, init_grads) if self.prune_score.needs == "grad" else None
-        state = dict(self.optimizer.state.get(layer.weight, {}))
-        return self.prune_score.fn(scores.ScoreInput(layer.weight.detach(), grad, state, self.cfg))
-
-    def _init_grad(self, layer: SparseLayer, init_grads: dict[str, Tensor] | None) -> Tensor:
-        grad = (init_grads or {}).get(layer.name, layer.weight.grad)
-        if grad is None:
-            raise ValueError(
-                f"sparse_init {self.cfg.sparse_init} (prune_score {self.cfg.prune_score}) needs a gradient of the dense model "
-                f"(pass init_grads or run a backward pass first); none for {layer.name}"
-            )
-        return grad
+        initial_masks(self, init_grads)
 
     # ------------------------------------------------------------------ training-time updates
     @property
@@ -302,7 +246,7 @@ class Masking:
             )
         else:
             pruned = pruning.prune_global(self.layers, round(density * self.total), rated)
-        self._sync_masks()
+        self.sync_masks()
         return pruned
 
     def planned_density(self, density: float) -> float:
@@ -317,49 +261,11 @@ class Masking:
         return kept / self.total
 
     def drop_and_grow(self, t: int) -> DropAndGrow:
-        """Drop a cosine-decayed fraction of each layer's active weights, regrow as many.
-
-        Candidates for growth are the positions inactive after the drop, so a dropped weight can be
-        re-selected: it keeps its value and optimizer state, as the reference's `truncate_weights`
-        does (it zeroes only what ends inactive; RigL's `reinit_when_same=False`). Only connections
-        inactive before this update are new: they start at zero with zero optimizer state.
-        """
+        """Drop a cosine-decayed fraction of each layer's active weights, regrow as many (see
+        `updates.drop_and_grow`: a re-selected weight keeps its value, new connections start at zero)."""
         cfg = self.cfg
         self.drop_fraction = cosine_drop_fraction(t, self.total_steps, cfg.drop_fraction, cfg.drop_fraction_min)
-        masks = [layer.mask for layer in self.layers]
-        weights = [layer.weight for layer in self.layers]
-        n_active = counts(masks)
-        n_drop = [min(n, math.ceil(self.drop_fraction * n)) for n in n_active]
-        drops = rules.drop(Selection(weights, masks, n_drop, n_active, self.optimizer, cfg), cfg.prune)
-        survivors = [m & ~d for m, d in zip(masks, drops)]
-        dropped = counts(drops)
-        share = self.redistribution(Selection(weights, masks, dropped, n_active, self.optimizer, cfg))
-        regrow = dropped if share is None else self._shared_regrowth(dropped, survivors, share)
-        grown_masks = self._grow([~s for s in survivors], regrow)
-        for layer, survivor, grow in zip(self.layers, survivors, grown_masks):
-            layer.mask.copy_(survivor | grow)
-        self._sync_masks(grown_masks + drops)
-        # grown positions were inactive before (new) or dropped just now (re-selected): drops are a
-        # subset of the active weights, so a grown position outside them was inactive
-        new = [grow & ~drop for grow, drop in zip(grown_masks, drops)]
-        for layer, fresh in zip(self.layers, new):
-            self._zero_at(layer, fresh)  # new connections start at zero, optimizer state too
-        n_new = counts(new)
-        return DropAndGrow(sum(dropped), sum(n_new), sum(counts(grown_masks)) - sum(n_new))
-
-    def _grow(self, candidates: list[Tensor], wanted: list[int]) -> list[Tensor]:
-        """Per layer, `wanted` (at most all) of the `candidates`, by the growth rule."""
-        n_candidates = counts(candidates)
-        ns = [min(n, c) for n, c in zip(wanted, n_candidates)]
-        weights = [layer.weight for layer in self.layers]
-        return self.growth_rule.select(Selection(weights, candidates, ns, n_candidates, self.optimizer, self.cfg))
-
-    def _shared_regrowth(self, dropped: list[int], survivors: list[Tensor], share: list[float]) -> list[int]:
-        """The total dropped, shared out over the layers by `share`, within each one's free room."""
-        names = [layer.name for layer in self.layers]
-        caps = {layer.name: layer.mask.numel() - count(s) for layer, s in zip(self.layers, survivors)}
-        allocated = allocate(sum(dropped), {name: float(w) for name, w in zip(names, share)}, caps)
-        return [allocated[name] for name in names]
+        return updates.drop_and_grow(self, self.drop_fraction)
 
     # ------------------------------------------------------------------ statistics
     def density(self) -> float:
