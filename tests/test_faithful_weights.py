@@ -25,6 +25,8 @@ from torch import nn
 from granet_cli.sparse.masking import Masking
 from granet_cli.sparse.methods import SparseConfig
 
+from .oracle import keep_largest, keep_smallest
+
 SPE, EPOCHS, DT = 5, 6, 2  # 30 steps, an update every 2
 T0_EPOCH, TF_EPOCH = 1, 4
 INIT_DENSITY, FINAL_DENSITY = 0.5, 0.2
@@ -69,23 +71,6 @@ def cosine_fraction(t: int, start: float = 0.5, end: float = 0.005) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * t / (SPE * EPOCHS))) / 2
 
 
-def keep_largest(values: torch.Tensor, among: torch.Tensor, k: int) -> torch.Tensor:
-    """The k entries of `among` with the largest values (ties: lower position first)."""
-    idx = torch.nonzero(among.reshape(-1)).squeeze(1)
-    order = torch.sort(values.reshape(-1)[idx], descending=True, stable=True).indices
-    out = torch.zeros(values.numel(), dtype=torch.bool)
-    out[idx[order[:k]]] = True
-    return out.view_as(values)
-
-
-def keep_smallest(values: torch.Tensor, among: torch.Tensor, k: int) -> torch.Tensor:
-    idx = torch.nonzero(among.reshape(-1)).squeeze(1)
-    order = torch.sort(values.reshape(-1)[idx], stable=True).indices
-    out = torch.zeros(values.numel(), dtype=torch.bool)
-    out[idx[order[:k]]] = True
-    return out.view_as(values)
-
-
 def oracle_prune(w: list[torch.Tensor], m: list[torch.Tensor], density: float) -> list[torch.Tensor]:
     """Global magnitude prune to exactly round(density * total) weights."""
     total = sum(x.numel() for x in w)
@@ -94,6 +79,21 @@ def oracle_prune(w: list[torch.Tensor], m: list[torch.Tensor], density: float) -
     keep = min(round(density * total), int(flat_m.sum()))
     kept = keep_largest(flat_w, flat_m, keep)
     return [part.view_as(x) for part, x in zip(kept.split([x.numel() for x in w]), w)]
+
+
+def masking_for(model, optimizer, method: str, **kw) -> Masking:
+    """The test schedule: events every DT steps from T0_EPOCH, pruning until TF_EPOCH."""
+    if method.startswith("granet"):
+        kw["init_density"] = INIT_DENSITY
+    cfg = SparseConfig(
+        method=method,
+        final_density=FINAL_DENSITY,
+        update_frequency=DT,
+        init_prune_epoch=T0_EPOCH,
+        final_prune_epoch=TF_EPOCH,
+        **kw,
+    )
+    return Masking(model, optimizer, cfg, steps_per_epoch=SPE, epochs=EPOCHS)
 
 
 class Oracle:
@@ -153,15 +153,7 @@ CASES = [
 def test_masks_weights_and_optimizer_state_equal_the_reference_oracle(method, growth, dead, opt):
     model = net(dead)
     optimizer = optimizer_for(model, opt)
-    cfg = SparseConfig(
-        method=method,
-        final_density=FINAL_DENSITY,
-        update_frequency=DT,
-        init_prune_epoch=T0_EPOCH,
-        final_prune_epoch=TF_EPOCH,
-        **({"init_density": INIT_DENSITY} if method == "granet" else {}),
-    )
-    masking = Masking(model, optimizer, cfg, steps_per_epoch=SPE, epochs=EPOCHS)
+    masking = masking_for(model, optimizer, method)
     oracle = Oracle(method, growth)
     g = torch.Generator().manual_seed(1)
     events = reselected_seen = 0
@@ -226,17 +218,7 @@ def test_kept_connections_keep_value_and_state_new_ones_start_at_zero(method, gr
     after keeps its value and optimizer state; a new connection is zero, and so is its state."""
     model = net(dead=True)
     optimizer = optimizer_for(model, opt)
-    cfg = SparseConfig(
-        method=method,
-        growth=growth,
-        redistribution=redistribution,
-        final_density=FINAL_DENSITY,
-        update_frequency=DT,
-        init_prune_epoch=T0_EPOCH,
-        final_prune_epoch=TF_EPOCH,
-        **({"init_density": INIT_DENSITY} if method.startswith("granet") else {}),
-    )
-    masking = Masking(model, optimizer, cfg, steps_per_epoch=SPE, epochs=EPOCHS)
+    masking = masking_for(model, optimizer, method, growth=growth, redistribution=redistribution)
     g = torch.Generator().manual_seed(2)
     kept_total = new_total = events = 0
     for t in range(1, SPE * EPOCHS + 1):

@@ -12,6 +12,8 @@ from granet_cli.sparse.masking import Masking
 from granet_cli.sparse.methods import SparseConfig
 from granet_cli.spec import SpecError, load_run_spec
 
+from .oracle import keep_largest
+
 
 def mlp():
     torch.manual_seed(0)
@@ -23,14 +25,6 @@ def trained_step(model, opt, g):
     x, y = torch.randn(32, 12, generator=g), torch.randint(0, 4, (32,), generator=g)
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
-
-
-def largest(values: torch.Tensor, among: torch.Tensor, k: int) -> torch.Tensor:
-    idx = torch.nonzero(among.reshape(-1)).squeeze(1)
-    order = torch.sort(values.reshape(-1)[idx], descending=True, stable=True).indices
-    out = torch.zeros(values.numel(), dtype=torch.bool)
-    out[idx[order[:k]]] = True
-    return out.view_as(values)
 
 
 def test_saliency_drives_gradual_pruning():
@@ -53,11 +47,11 @@ def test_saliency_drives_gradual_pruning():
             continue
         events += 1
         keep = round(record["target_density"] * w.numel())
-        want = largest((w * grad).abs(), before, min(keep, int(before.sum())))
+        want = keep_largest((w * grad).abs(), before, min(keep, int(before.sum())))
         got = torch.cat([layer.mask.reshape(-1) for layer in layers])
         assert torch.equal(got, want), f"step {t}"
         # and it is not magnitude pruning in disguise
-        assert not torch.equal(got, largest(w.abs(), before, int(got.sum())))
+        assert not torch.equal(got, keep_largest(w.abs(), before, int(got.sum())))
     assert events >= 4
 
 
@@ -75,7 +69,7 @@ def test_saliency_as_the_drop_criterion_of_drop_and_grow():
     f = masking.drop_fraction
     for layer, m0, s in zip(masking.layers, before, sal):
         n = math.ceil(f * int(m0.sum()))
-        survivors = largest(s, m0, int(m0.sum()) - n)  # keep all but the n smallest
+        survivors = keep_largest(s, m0, int(m0.sum()) - n)  # keep all but the n smallest
         assert torch.all(layer.mask[survivors])  # every survivor is still active
         left = m0 & ~layer.mask  # what really left: only weights the drop chose
         assert not torch.any(left & survivors)
@@ -130,5 +124,5 @@ def test_saliency_one_shot_prune_needs_and_uses_the_dense_gradient():
     masking = Masking(model, opt, cfg, steps_per_epoch=1, epochs=1, init_grads=grads)
     sal = torch.cat([(wi * grads[name]).abs().reshape(-1) for wi, name in zip(w, grads)])
     everything = torch.ones_like(sal, dtype=torch.bool)
-    want = largest(sal, everything, int(sal.numel() * 0.5))
+    want = keep_largest(sal, everything, int(sal.numel() * 0.5))
     assert torch.equal(torch.cat([layer.mask.reshape(-1) for layer in masking.layers]), want)

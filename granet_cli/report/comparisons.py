@@ -16,7 +16,7 @@ from .tables import DASH, Cell, Table, TableRow, TextTable, Unit, density_key, f
 
 #: the budget table's columns: runs column, header, unit
 BUDGET_COLUMNS = (
-    ("final_density", "final density", Unit(1.0, 4)),
+    ("achieved_density", "final density", Unit(1.0, 4)),
     ("nonzero_density", "nonzero weights", Unit(1.0, 4)),
     ("overall_density", "overall density", Unit(1.0, 4)),
     ("train_flops_frac", "train FLOPs", Unit(1.0, 3, "x")),
@@ -120,23 +120,30 @@ def dense_diff_table(main: Table) -> TextTable | None:
         rows.append([r.label, *texts])
     if not rows:
         return None
-    strong, tone, adjusted = _holm_cells(tests, rows)
-    _add_adjusted(data, tests, adjusted)
     notes = [
         "Mean of the cell minus the mean of the dense baseline trained with the same recipe, in percentage "
         "points, and the two-sided p-value of Welch's t-test on the per-seed values. " + _holm_note(tests)
     ]
-    return TextTable(
-        "dense_diff",
-        "Difference to dense (percentage points)",
-        ["method", *(fmt_density(d) for d in main.densities)],
-        rows,
-        notes,
-        strong,
-        [False] + [True] * len(main.densities),
-        data,
-        tone,
+    return _difference_table(
+        "dense_diff", "Difference to dense (percentage points)", "method", main, rows, notes, tests, data
     )
+
+
+def _difference_table(
+    key: str,
+    title: str,
+    first: str,
+    main: Table,
+    rows: list[list[str]],
+    notes: list[str],
+    tests: list[tuple[int, int, float, S.Welch | None]],
+    data: list[dict[str, Any]],
+) -> TextTable:
+    """A table of differences, one column per density: Holm-adjusted cells, bold and toned where significant."""
+    strong, tone, adjusted = _holm_cells(tests, rows)
+    _add_adjusted(data, tests, adjusted)
+    header = [first, *(fmt_density(d) for d in main.densities)]
+    return TextTable(key, title, header, rows, notes, strong, [False] + [True] * len(main.densities), data, tone)
 
 
 def _add_adjusted(
@@ -185,22 +192,19 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
                     }
                 )
             rows.append([f"{g.label} vs {o.label}", *texts])
-    strong, tone, adjusted = _holm_cells(tests, rows)
-    _add_adjusted(data, tests, adjusted)
     notes = [
         f"{reference} minus the other row: difference of means in percentage points, and the two-sided "
         "p-value of Welch's t-test (unequal variances) on the per-seed values. " + _holm_note(tests)
     ]
-    return TextTable(
+    return _difference_table(
         "comparisons",
         f"{reference} vs each other method (Welch's t-test)",
-        ["comparison", *(fmt_density(d) for d in main.densities)],
+        "comparison",
+        main,
         rows,
         notes,
-        strong,
-        [False] + [True] * len(main.densities),
+        tests,
         data,
-        tone,
     )
 
 
