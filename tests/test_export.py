@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from granet_cli.export import CSRLinear, CSRUnfoldConv2d
+from granet_cli.sparse_bench import CSRLinear, CSRUnfoldConv2d
 from granet_cli.spec import load_run_spec
 
 from .conftest import QUICKSTART, rows
@@ -91,7 +91,7 @@ def test_export_pt_loads_weights_only_and_eval_gives_the_db_accuracy(done, cli, 
     assert set(masks) == {"1.weight", "3.weight", "5.weight"}  # every Linear of the mlp
     layers = {
         name: (numel, dens)
-        for name, numel, dens in rows(db, "select name, numel, final_density from layers where run_id = ?", run_id)
+        for name, numel, dens in rows(db, "select name, numel, achieved_density from layers where run_id = ?", run_id)
     }
     active_total = 0
     for name, mask in masks.items():
@@ -103,10 +103,10 @@ def test_export_pt_loads_weights_only_and_eval_gives_the_db_accuracy(done, cli, 
         numel, dens = layers[name]
         assert weight.numel() == numel and active == round(dens * numel), name
         active_total += active
-    ((final_density, db_acc, spec_json),) = rows(
-        db, "select final_density, final_test_acc, spec_json from runs where run_id = ?", run_id
+    ((achieved_density, db_acc, spec_json),) = rows(
+        db, "select achieved_density, final_test_acc, spec_json from runs where run_id = ?", run_id
     )
-    assert active_total / sum(m.numel() for m in masks.values()) == pytest.approx(final_density, abs=1e-12)
+    assert active_total / sum(m.numel() for m in masks.values()) == pytest.approx(achieved_density, abs=1e-12)
 
     side = json.loads(out.with_name(out.name + ".json").read_text())
     assert side["spec"] == json.loads(spec_json)
@@ -176,9 +176,9 @@ def test_bench_reports_speedup_next_to_the_flops_fraction(done, cli, tmp_path):
     )
     assert result.exit_code == 0, result.output
     res = json.loads(result.stdout)
-    ((final_density,),) = rows(db, "select final_density from runs where run_id = ?", run_id)
+    ((achieved_density,),) = rows(db, "select achieved_density from runs where run_id = ?", run_id)
     # an mlp's per-sample MACs of a Linear are its weight count: the fraction is the overall density
-    assert res["flops_fraction"] == pytest.approx(final_density, abs=1e-9)
+    assert res["flops_fraction"] == pytest.approx(achieved_density, abs=1e-9)
     assert [layer["kind"] for layer in res["layers"]] == ["Linear"] * 3
     assert res["max_abs_diff"] < 1e-4 and res["dense_ms"] > 0 and res["sparse_ms"] > 0
     assert res["speedup"] == pytest.approx(res["dense_ms"] / res["sparse_ms"])

@@ -161,7 +161,8 @@ def bench_sparse(
     quiet: QuietOpt = False,
 ) -> None:
     """Time dense vs sparse (torch CSR) CPU inference, next to the theoretical FLOPs fraction."""
-    from ..export import ExportError, bench, load_any
+    from ..export import ExportError, load_any
+    from ..sparse_bench import bench
 
     try:
         loaded = load_any(model_ref, resolve_db(db), runs_dir)
@@ -176,7 +177,7 @@ def bench_sparse(
 
 
 def _print_bench(loaded, batch_size: int, repeats: int, threads: int | None, quiet: bool) -> None:
-    from ..export import CONV_NOTE, bench
+    from ..sparse_bench import CONV_NOTE, bench
 
     res = bench(loaded, batch_size=batch_size, repeats=repeats, threads=threads)
     if not quiet:

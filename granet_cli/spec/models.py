@@ -1,8 +1,9 @@
-"""Validated run and sweep specifications (Pydantic v2).
+"""The run spec's models (Pydantic v2): RunSpec and its sections, their validators, presets and hashes.
 
-A spec is the single source of truth for a run: YAML -> RunSpec -> train.run.
-Method presets fill every sparsity field the user did not set, so the
-normalised spec printed by `granet validate` is what actually runs.
+A spec is the single source of truth for a run: YAML -> RunSpec -> train.run. Method presets fill
+every sparsity field the user did not set, so the normalised spec printed by `granet validate` is
+what actually runs. SparsitySpec and DataSpec are generated from the core's `SparseConfig` and the
+data layer's `DataConfig`, so each field is defined once. Imports no torch (`granet validate` stays fast).
 """
 
 from __future__ import annotations
@@ -10,25 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
-import stat
 from dataclasses import MISSING
 from dataclasses import fields as dc_fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from .data.base import DataConfig
-from .registry import DATASETS, MODELS
-from .safe_io import kind_of
-from .sparse.methods import PRESET_FIELDS as CORE_PRESET_FIELDS
-from .sparse.methods import SparseConfig, canonical_method, fill_preset
-from .sparse.rules import GRADIENT_INITS, GROWTH_RULES, PRUNE_INITS, REDISTRIBUTION_RULES, SPARSE_INITS  # noqa: F401
-from .sparse.scores import SCORES
-from .sparse.scores import names as score_names
+from ..data.base import DataConfig
+from ..registry import DATASETS, MODELS
+from ..sparse.methods import PRESET_FIELDS as CORE_PRESET_FIELDS
+from ..sparse.methods import SparseConfig, canonical_method, fill_preset
+from ..sparse.rules import GROWTH_RULES, REDISTRIBUTION_RULES, SPARSE_INITS
+from ..sparse.scores import SCORES
+from ..sparse.scores import names as score_names
+from .errors import SpecError, echo, format_errors
 
 #: fields a method preset decides: when `sparsity.method` is overridden (by --set or a
 #: sweep grid), the base spec's values of these are dropped so the new preset applies
@@ -52,14 +48,6 @@ def _fields_of(config: type) -> dict[str, Any]:
     return out
 
 
-class SpecError(ValueError):
-    """A spec problem, one `path: message` line per problem."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
 #: what torch.manual_seed and the results db's INTEGER seed column both take
 SEED_MAX = 2**31 - 1
 #: documented upper bounds, checked before anything is allocated (README "Errors and exit codes")
@@ -67,61 +55,50 @@ EPOCHS_MAX = 100_000  # optim.epochs x optim.multiplier
 BATCH_MAX = 2**20  # data.batch_size, data.test_batch_size
 SAMPLES_MAX = 2**27  # data.train_size, data.test_size (synthetic data)
 SYNTHETIC_VALUES_MAX = 2**31  # (train_size + test_size) x prod(input_shape): float32 values generated
-YAML_BYTES_MAX = 2**20  # a spec file, and one --set value
-YAML_VALUES_MAX = 100_000  # values a YAML document expands to, aliases counted at every use
-ECHO_MAX = 80  # characters of a bad value an error message repeats
 MASK_UPDATES_MAX = 100_000  # optim.epochs x steps per epoch / sparsity.update_frequency
 #: models of granet_cli.models, read from their @register_model decorators without importing torch
 MODEL_NAMES = MODELS.names()
-SWEEP_NAME_MAX = 100
-_SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     # strict: no bool -> number coercion (optim.lr: true), no "0.1" strings; ints still pass as
     # floats. allow_inf_nan=False: inf/.inf/1e400/nan are refused in every float field.
     model_config = ConfigDict(extra="forbid", validate_assignment=False, strict=True, allow_inf_nan=False)
 
 
-def _echo(value: Any) -> str:
-    """At most ECHO_MAX characters of a bad value, for an error message."""
-    text = str(value)
-    return text if len(text) <= ECHO_MAX else text[: ECHO_MAX - 3] + "..."
-
-
-def _check_seed(v: int) -> int:
+def check_seed(v: int) -> int:
     if not 0 <= v <= SEED_MAX:
         raise ValueError(f"must be in [0, {SEED_MAX}] (2**31 - 1), got {v}")
     return v
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     name: str = Field("mlp", description="model registry name (granet_cli.models.MODEL_NAMES)")
     fan_in_init: bool = Field(False, description="kaiming fan-in init of conv/linear weights (ImageNet recipe)")
 
 
-class _DataRules(_Strict):
+class _DataRules(StrictModel):
     """What DataSpec checks beyond types and bounds; its fields come from `data.base.DataConfig`."""
 
     @field_validator("name", check_fields=False)
     @classmethod
     def _dataset(cls, v: str) -> str:
         if v not in DATASETS.names():
-            raise ValueError(f"unknown dataset {_echo(repr(v))}; choose from {', '.join(DATASETS.names())}")
+            raise ValueError(f"unknown dataset {echo(repr(v))}; choose from {', '.join(DATASETS.names())}")
         return v
 
     @field_validator("batch_size", "test_batch_size", check_fields=False)
     @classmethod
     def _batch_bound(cls, v: int) -> int:
         if v > BATCH_MAX:
-            raise ValueError(f"at most {BATCH_MAX} (2**20), got {_echo(v)}")
+            raise ValueError(f"at most {BATCH_MAX} (2**20), got {echo(v)}")
         return v
 
     @field_validator("train_size", "test_size", check_fields=False)
     @classmethod
     def _samples_bound(cls, v: int) -> int:
         if v > SAMPLES_MAX:
-            raise ValueError(f"at most {SAMPLES_MAX} (2**27), got {_echo(v)}")
+            raise ValueError(f"at most {SAMPLES_MAX} (2**27), got {echo(v)}")
         return v
 
     @model_validator(mode="after")
@@ -155,7 +132,7 @@ else:
     )
 
 
-class OptimSpec(_Strict):
+class OptimSpec(StrictModel):
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -212,7 +189,7 @@ def canonical_key(path: str) -> str:
     return path
 
 
-class _SparsityRules(_Strict):
+class _SparsityRules(StrictModel):
     """What SparsitySpec checks beyond types and bounds; its fields come from `SparseConfig`."""
 
     @model_validator(mode="before")
@@ -297,7 +274,7 @@ else:
     )
 
 
-class RunSpec(_Strict):
+class RunSpec(StrictModel):
     name: str | None = Field(None, description="free-form label shown in reports")
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -312,7 +289,7 @@ class RunSpec(_Strict):
     @field_validator("seed")
     @classmethod
     def _seed_range(cls, v: int) -> int:
-        return _check_seed(v)
+        return check_seed(v)
 
     @model_validator(mode="after")
     def _fill_presets_and_check(self) -> RunSpec:
@@ -368,7 +345,7 @@ class RunSpec(_Strict):
             )
         if self.model.name not in MODEL_NAMES:
             problems.append(
-                f"model.name: unknown model {_echo(repr(self.model.name))}; choose from {', '.join(MODEL_NAMES)}"
+                f"model.name: unknown model {echo(repr(self.model.name))}; choose from {', '.join(MODEL_NAMES)}"
             )
         elif self.data.name == "synthetic" and self.model.name != "mlp" and len(self.data.input_shape) != 3:
             problems.append(
@@ -433,217 +410,11 @@ def _hash(data: dict[str, Any], drop: tuple[str, ...]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
-    """One `field.path: message` line per pydantic error."""
-    lines: list[str] = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        for noise in ("Value error, ", "Assertion failed, "):
-            msg = msg.replace(noise, "")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        elif e["type"] == "literal_error":
-            msg = f"{msg}, got {_echo(repr(e.get('input')))}"
-        elif isinstance(e.get("input"), bool) and e["type"] in ("float_type", "int_type"):
-            msg = f"expected a number, not a boolean ({str(e['input']).lower()})"
-        elif (
-            e["type"] not in ("value_error", "assertion_error", "missing")
-            and "got" not in msg
-            and not isinstance(e.get("input"), dict)
-        ):
-            msg = f"{msg}, got {_echo(repr(e.get('input')))}"
-        if not path:  # model-level validator: the message already names its fields
-            lines.extend(f"{prefix}{line}" for line in msg.splitlines())
-        else:
-            lines.extend(f"{prefix}{path}: {line}" for line in msg.splitlines())
-    return lines
-
-
-def _parse_scalar(text: str, key: str) -> Any:
-    """`--set` values are YAML scalars: 0.1 -> float, true -> bool, [1,2] -> list (bounded like a spec file)."""
-    if len(text) > YAML_BYTES_MAX:
-        raise SpecError([f"--set {_echo(key)}: a value of {len(text):,} characters; at most {YAML_BYTES_MAX:,}"])
-    try:
-        return yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass
-    except YamlTooLarge as e:
-        raise SpecError([f"--set {_echo(key)}: {e}"]) from None
-    except yaml.YAMLError:
-        return text
-
-
-def _drop_preset_fields_if_method_changes(data: dict[str, Any], keys: set[str]) -> None:
-    sparsity = data.get("sparsity")
-    if "sparsity.method" in keys and isinstance(sparsity, dict):
-        for field in PRESET_FIELDS:
-            if f"sparsity.{field}" not in keys:
-                sparsity.pop(field, None)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply `key.path=value` overrides to a raw spec dict (before validation)."""
-    problems = []
-    if isinstance(data.get("sparsity"), dict):  # so that a `--set` by either name replaces the file's value
-        data["sparsity"] = with_current_names(data["sparsity"])
-    _drop_preset_fields_if_method_changes(
-        data, {canonical_key(item.split("=", 1)[0].strip()) for item in overrides or [] if "=" in item}
-    )
-    given: dict[str, str] = {}
-    for item in overrides or []:
-        raw = item.split("=", 1)[0].strip()
-        first = given.setdefault(canonical_key(raw), raw)
-        if "=" in item and first != raw:
-            problems.append(f"--set {first} and {raw} are one setting (one is the reference's name): give one")
-    for item in overrides or []:
-        if "=" not in item:
-            problems.append(f"--set {_echo(item)}: expected key.path=value")
-            continue
-        key, value = item.split("=", 1)
-        parts = [p for p in canonical_key(key.strip()).split(".") if p]
-        if not parts:
-            problems.append(f"--set {item}: empty key")
-            continue
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                problems.append(f"{key}: {part} is not a section")
-                break
-            node = child
-        else:
-            node[parts[-1]] = _parse_scalar(value, key.strip())
-    if problems:
-        raise SpecError(problems)
-    return data
-
-
-class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A key given twice in one YAML mapping (plain YAML keeps the last one silently)."""
-
-
-class YamlTooLarge(yaml.YAMLError):
-    """A YAML document that expands to too many values (an alias bomb) or refers to itself."""
-
-
-def _expanded_values(root: yaml.Node) -> int:
-    """How many values `root` stands for with every alias expanded where it is used (iterative,
-    memoised by node: a billion-laughs document is counted in microseconds, never built)."""
-    sizes: dict[int, int] = {}
-    open_: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        kids: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            kids = list(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            kids = [n for pair in node.value for n in pair]
-        if done:
-            open_.discard(id(node))
-            sizes[id(node)] = min(1 + sum(sizes[id(k)] for k in kids), YAML_VALUES_MAX + 1)
-            continue
-        if id(node) in sizes:
-            continue
-        if id(node) in open_:
-            raise YamlTooLarge("a YAML alias refers to a value that contains it (a recursive alias)")
-        open_.add(id(node))
-        stack.append((node, True))
-        stack.extend((k, False) for k in kids if id(k) not in sizes)
-    return sizes[id(root)]
-
-
-class SpecLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses duplicate keys and reads YAML 1.2 floats (`1e-3` is a number,
-    not the string PyYAML's YAML 1.1 makes of it, so strict float fields accept it). A document
-    that expands to more than YAML_VALUES_MAX values through aliases (an alias bomb: 400 bytes
-    that stand for a billion strings) is refused before anything is built from it."""
-
-    def compose_document(self) -> Any:
-        node = super().compose_document()
-        if node is not None and _expanded_values(node) > YAML_VALUES_MAX:
-            raise YamlTooLarge(
-                f"expands to more than {YAML_VALUES_MAX:,} values through aliases (an alias bomb?); refused"
-            )
-        return node
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.get(key)
-                except TypeError:  # unhashable key: SafeLoader reports it
-                    continue
-                if first is not None:
-                    raise DuplicateKeyError(
-                        None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark
-                    )
-                seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
-SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        mode = os.stat(p).st_mode
-    except OSError:
-        raise SpecError([f"{path}: spec file not found"]) from None
-    if not stat.S_ISREG(mode):  # a FIFO would block the read forever
-        raise SpecError([f"{path}: is {kind_of(mode)}, not a regular file (a spec is a YAML file)"])
-    try:
-        if p.stat().st_size > YAML_BYTES_MAX:
-            raise SpecError([f"{path}: a spec file of {p.stat().st_size:,} bytes; at most {YAML_BYTES_MAX:,}"])
-        raw = p.read_bytes()
-    except OSError as e:
-        raise SpecError([f"{path}: cannot read the spec file ({e.strerror or e})"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SpecError([f"{path}: not a text (UTF-8) YAML file (undecodable byte at offset {e.start})"]) from None
-    try:
-        data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass
-    except DuplicateKeyError as e:
-        assert e.problem_mark is not None  # SpecLoader always gives the duplicate key's mark
-        raise SpecError([f"{path}: line {e.problem_mark.line + 1}: {e.problem}"]) from None
-    except YamlTooLarge as e:
-        raise SpecError([f"{path}: {e}"]) from None
-    except RecursionError:
-        raise SpecError([f"{path}: nested too deeply to be a spec"]) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        if isinstance(e, yaml.reader.ReaderError):
-            where = f" (character {e.character!r} at offset {e.position} is not allowed)"
-        raise SpecError([f"{path}: not valid YAML{where}"]) from None
-    if data is None or data == {}:
-        raise SpecError(
-            [f"{path}: the spec file is empty (write the fields of the run, e.g. as in experiments/quickstart.yaml)"]
-        )
-    if not isinstance(data, dict):
-        raise SpecError([f"{path}: a spec is a YAML mapping, got {type(data).__name__}"])
-    return data
-
-
 def build_run_spec(data: dict[str, Any]) -> RunSpec:
     try:
         return RunSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError(format_errors(e)) from None
-
-
-def load_run_spec(path: str | Path | None, overrides: list[str] | None = None) -> RunSpec:
-    """YAML file (or the defaults when path is None) + `--set` overrides -> validated RunSpec."""
-    data = read_yaml(path) if path is not None else {}
-    data.pop("sweep", None)  # a sweep file's grid section is not part of the run
-    return build_run_spec(apply_overrides(data, overrides))
 
 
 def check_schedule_size(spec: RunSpec, steps_per_epoch: int) -> None:
@@ -659,6 +430,16 @@ def check_schedule_size(spec: RunSpec, steps_per_epoch: int) -> None:
         )
 
 
+def drop_preset_fields_if_method_changes(data: dict[str, Any], keys: set[str]) -> None:
+    """When `keys` (dotted paths being overridden) change `sparsity.method`, drop the raw spec's
+    preset-governed fields that are not overridden too, so the new method's preset applies."""
+    sparsity = data.get("sparsity")
+    if "sparsity.method" in keys and isinstance(sparsity, dict):
+        for field in PRESET_FIELDS:
+            if f"sparsity.{field}" not in keys:
+                sparsity.pop(field, None)
+
+
 def with_overrides(spec: RunSpec, overrides: dict[str, Any]) -> RunSpec:
     """A copy of `spec` with dotted-path overrides applied and re-validated from the user's own fields.
 
@@ -669,7 +450,7 @@ def with_overrides(spec: RunSpec, overrides: dict[str, Any]) -> RunSpec:
     data = spec.model_dump(mode="json", exclude_unset=True)
     data.setdefault("sparsity", {})
     overrides = {canonical_key(k): v for k, v in overrides.items()}
-    _drop_preset_fields_if_method_changes(data, set(overrides))
+    drop_preset_fields_if_method_changes(data, set(overrides))
     for key, value in overrides.items():
         node = data
         parts = key.split(".")
@@ -677,108 +458,3 @@ def with_overrides(spec: RunSpec, overrides: dict[str, Any]) -> RunSpec:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return build_run_spec(data)
-
-
-# ----------------------------------------------------------------------------- sweeps
-class SweepSpec(_Strict):
-    """The grid of `granet sweep`: methods x final densities x seeds over one base RunSpec.
-
-    In YAML it is the top-level `sweep:` section of a run spec; everything else in the
-    file is the base run. `dense` in `methods` means one dense run per seed.
-    """
-
-    name: str | None = Field(None, description="sweep name [default: sweep-<hash of base spec and grid>]")
-    methods: list[str] = Field(default_factory=lambda: ["granet", "rigl", "gmp"])
-    densities: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    cpus_per_trial: float | None = Field(None, gt=0, description="CPUs reserved per trial (torch threads) [default: 1]")
-    gpus_per_trial: float | None = Field(
-        None, ge=0, description="GPUs per trial [default: 1 when the cluster has GPUs]"
-    )
-    max_concurrent: int | None = Field(
-        None, gt=0, description="at most this many trials at once [default: as resources allow]"
-    )
-    grid: dict[str, list[Any]] = Field(
-        default_factory=dict,
-        description=(
-            "more grid axes: spec field path -> values, e.g. {optim.lr: [0.05, 0.1]} (x methods x densities x seeds)"
-        ),
-    )
-    max_failures: int = Field(2, ge=0, description="retries of a trial (lost node, crash) from its last checkpoint")
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        empty = [k for k, values in v.items() if not values]
-        if empty:
-            raise ValueError("\n".join(f"{k}: needs at least one value" for k in empty))
-        grid: dict[str, list[Any]] = {}
-        for k, values in v.items():
-            key = canonical_key(k.strip())
-            if key in grid:
-                raise ValueError(f"{k.strip()}: the same field as {key} (the reference's name); grid it once")
-            grid[key] = list(values)
-        return grid
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        v = v.strip()
-        if not v:
-            raise ValueError("must not be empty")
-        if len(v) > SWEEP_NAME_MAX:
-            raise ValueError(f"at most {SWEEP_NAME_MAX} characters, got {len(v)}")
-        if not _SWEEP_NAME.fullmatch(v):
-            shown = v if len(v) <= 40 else v[:37] + "..."
-            raise ValueError(f"use letters, digits, '.', '_' and '-' (starting with a letter or digit), got {shown!r}")
-        return v
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("needs at least one method")
-        out, problems = [], []
-        for m in v:
-            try:
-                m = canonical_method(str(m))
-            except ValueError as e:
-                problems.append(str(e))
-                continue
-            if m not in out:
-                out.append(m)
-        if problems:
-            raise ValueError("\n".join(problems))
-        return out
-
-    @field_validator("densities")
-    @classmethod
-    def _densities(cls, v: list[float]) -> list[float]:
-        if not v:
-            raise ValueError("needs at least one density")
-        bad = [d for d in v if not 0 < d <= 1]
-        if bad:
-            raise ValueError("\n".join(f"must be in (0, 1], got {d:g}" for d in bad))
-        return list(dict.fromkeys(float(d) for d in v))
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("needs at least one seed")
-        bad = [s for s in v if not 0 <= s <= SEED_MAX]
-        if bad:
-            raise ValueError("\n".join(f"must be in [0, {SEED_MAX}] (2**31 - 1), got {s}" for s in bad))
-        return list(dict.fromkeys(v))
-
-
-def build_sweep_spec(data: dict[str, Any]) -> SweepSpec:
-    """A `sweep:` mapping (already merged with CLI flags) -> validated SweepSpec; SpecError lines start `sweep.`."""
-    if not isinstance(data, dict):
-        raise SpecError([f"sweep: a mapping of methods/densities/seeds/name, got {type(data).__name__}"])
-    try:
-        return SweepSpec.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(format_errors(e, prefix="sweep.")) from None
