@@ -13,7 +13,7 @@ one registry of its own, `scores.SCORES`; the rules here only choose by a score:
   (None: every layer regrows what it dropped).
 - `INIT_RULES[spec.sparse_init]` is a table of what each initial-mask mode does.
 
-`spec.py` takes its lists of valid names from these registries, so importing this module must not
+`granet_cli.spec` takes its lists of valid names from these registries, so importing this module must not
 import torch (validation stays fast): the rules import `torch` / `criteria` when they run. A new
 growth rule that is not a plain score is one decorated function::
 

@@ -11,7 +11,7 @@ from this registry. ::
     def _my_score(inp: ScoreInput) -> Tensor:
         return (inp.weight * inp.grad).abs()
 
-Importing this module must not import torch (`spec.py` reads the names, and `granet validate` stays
+Importing this module must not import torch (`granet_cli.spec` reads the names, and `granet validate` stays
 fast): the scores import torch when they run.
 """
 
