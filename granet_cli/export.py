@@ -71,6 +71,13 @@ def _run_by_id(store, ref: str) -> dict[str, Any]:
     return matches[0]
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (PK..); older torch a pickle (protocol 2+ starts with 0x80)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def _which(run: dict[str, Any]) -> str:
     """A run id with what tells it apart from its neighbours: method, target density, seed, status."""
     density = run.get("target_density")
@@ -319,6 +326,8 @@ def load_weights(path: Path) -> dict[str, Tensor]:
 
             state = load_file(str(path))
         else:
+            if not _looks_like_torch_file(path):
+                raise ExportError(f"{path}: not a readable model file (neither a torch zip archive nor a pickle)")
             state = safe_torch_load(path)
     except ExportError:
         raise
