@@ -105,7 +105,7 @@ def export_table(
         if status is not None:
             where.append("status = ?" if table == "runs" else "run_id IN (SELECT run_id FROM runs WHERE status = ?)")
             params.append(status)
-        query = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
+        query = f"SELECT {store.star(table)} FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
         try:
             count = con.execute(f"SELECT count(*) FROM ({query})", params).fetchone()[0]
         except duckdb.Error as e:

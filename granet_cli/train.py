@@ -533,7 +533,7 @@ def final_metrics(s: Session, wall_seconds: float, samples: int, elapsed: float)
             "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
             "selected_test_acc": chosen["test_acc"] if chosen else None,
             "final_test_acc5": last.get("test_acc5"),
-            "final_density": m.density(),
+            "achieved_density": m.density(),
             "nonzero_density": m.nonzero_density(),
             "overall_density": overall_density(m, s.model),
             "itop_rate": m.itop_rate(),
@@ -606,7 +606,7 @@ def run(
     elapsed = time.perf_counter() - started
     final = final_metrics(s, s.wall_before + elapsed, samples, elapsed)
     layers = [
-        {"name": st["name"], "shape": str(st["shape"]), "numel": st["numel"], "final_density": st["density"]}
+        {"name": st["name"], "shape": str(st["shape"]), "numel": st["numel"], "achieved_density": st["density"]}
         for st in s.masking.layer_stats()
     ]
     return RunResult(status, final, layers, s.epochs_done, list(s.masking.history), error, _mask_digest(s.masking))

@@ -520,7 +520,7 @@ def test_markdown_report_escapes_the_sweep_name(tmp_path):
             }
         )
         st.add_epoch("r1", {"epoch": 1, "step": 10, "test_acc": 0.9, "density": 0.1})
-        st.finish_run("r1", {"final_test_acc": 0.9, "best_test_acc": 0.9, "final_density": 0.1}, [])
+        st.finish_run("r1", {"final_test_acc": 0.9, "best_test_acc": 0.9, "achieved_density": 0.1}, [])
     res = build_report(db, sweep="sw-evil", out_dir=tmp_path / "rep", fmt="md", name="evil")
     md = res.md_path.read_text()
     assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md

@@ -52,7 +52,7 @@ def test_one_shot_prune_at_the_last_step_is_in_the_checkpoint_and_the_accuracy(c
     for pid, name in zip(params, trainable):
         if name in masks and pid in state:
             assert torch.count_nonzero(state[pid]["momentum_buffer"][~masks[name]]) == 0
-    ((density, acc),) = rows(tmp_path / "r.duckdb", "select final_density, final_test_acc from runs")
+    ((density, acc),) = rows(tmp_path / "r.duckdb", "select achieved_density, final_test_acc from runs")
     assert density == pytest.approx(nonzero / total, abs=1e-12)
     # the recorded accuracy is the accuracy of these sparse weights, re-measured here
     loaders = build_loaders(**spec.data.model_dump(), seed=spec.seed)
@@ -81,7 +81,7 @@ def test_overall_density_counts_layers_kept_dense(cli, tmp_path):
     active = sum(int(m.sum()) for m in masks.values())
     nonzero_sparse = sum(int(torch.count_nonzero(w)) for k, w in weights.items() if k != first)
     ((final, nonzero, overall),) = rows(
-        tmp_path / "r.duckdb", "select final_density, nonzero_density, overall_density from runs"
+        tmp_path / "r.duckdb", "select achieved_density, nonzero_density, overall_density from runs"
     )
     # densities are mask counts; the nonzero fraction is counted in the weights, and can only be lower
     assert final == pytest.approx(active / sparse_total, abs=1e-12)

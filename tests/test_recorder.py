@@ -32,7 +32,7 @@ def epoch_row(epoch: int, acc: float) -> dict:
 
 
 def final(acc: float) -> dict:
-    return {k: None for k in columns.FINAL_METRICS} | {"final_test_acc": acc, "final_density": 0.1}
+    return {k: None for k in columns.FINAL_METRICS} | {"final_test_acc": acc, "achieved_density": 0.1}
 
 
 def test_recorder_writes_a_run_like_the_db_expects(tmp_path):
@@ -50,7 +50,7 @@ def test_recorder_writes_a_run_like_the_db_expects(tmp_path):
     rec.start()
     rec.epoch(epoch_row(1, 0.5), [{"step": 5, "target_density": 0.2, "dropped": 3, "grown": 3, "density": 0.2}])
     rec.epoch(epoch_row(2, 0.75))
-    rec.finish("completed", final(0.75), [{"name": "fc", "shape": [2, 2], "numel": 4, "final_density": 0.25}], None)
+    rec.finish("completed", final(0.75), [{"name": "fc", "shape": [2, 2], "numel": 4, "achieved_density": 0.25}], None)
     rec.close()
     assert opened == [1]
     assert rows(db, "SELECT status, final_test_acc, spec_hash, method, seed FROM runs") == [

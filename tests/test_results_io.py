@@ -62,8 +62,8 @@ def db(tmp_path):
             if acc is not None:
                 st.finish_run(
                     rid,
-                    {"final_test_acc": acc, "best_test_acc": acc, "final_density": 0.1},
-                    [{"name": "1.weight", "shape": [256, 64], "numel": 16384, "final_density": 0.1}],
+                    {"final_test_acc": acc, "best_test_acc": acc, "achieved_density": 0.1},
+                    [{"name": "1.weight", "shape": [256, 64], "numel": 16384, "achieved_density": 0.1}],
                 )
             else:
                 st.fail_run(rid, "failed", "boom, with a comma")

@@ -22,7 +22,7 @@ def test_quickstart_completes_with_rows_and_target_density(cli, tmp_path):
     assert result.exit_code == 0, result.output
     ((run_id, status, density, acc, best, flops_i, flops_t, itop),) = rows(
         db,
-        "select run_id, status, final_density, final_test_acc, best_test_acc, inference_flops_frac, "
+        "select run_id, status, achieved_density, final_test_acc, best_test_acc, inference_flops_frac, "
         "train_flops_frac, itop_rate from runs",
     )
     assert status == "completed"
@@ -32,7 +32,7 @@ def test_quickstart_completes_with_rows_and_target_density(cli, tmp_path):
     epochs = rows(db, "select epoch, density from epochs where run_id = ? order by epoch", run_id)
     assert [e for e, _ in epochs] == list(range(1, 31))
     assert abs(epochs[-1][1] - 0.1) <= 0.001
-    layers = rows(db, "select numel, final_density from layers where run_id = ?", run_id)
+    layers = rows(db, "select numel, achieved_density from layers where run_id = ?", run_id)
     assert abs(sum(n * d for n, d in layers) / sum(n for n, _ in layers) - density) < 1e-9
     updates = rows(db, "select dropped, grown, reselected from mask_updates where run_id = ?", run_id)
     # every dropped weight is either replaced by a new connection or re-selected (it kept its value)
@@ -45,7 +45,7 @@ def test_dense_quickstart_reaches_95_percent(cli, tmp_path):
     db = tmp_path / "d.duckdb"
     result = cli("run", QUICKSTART, "--set", "sparsity.method=dense", "--db", db, "--runs-dir", tmp_path / "runs", "-q")
     assert result.exit_code == 0, result.output
-    ((acc, density),) = rows(db, "select final_test_acc, final_density from runs")
+    ((acc, density),) = rows(db, "select final_test_acc, achieved_density from runs")
     assert acc >= 0.95 and density == 1.0
 
 
@@ -68,7 +68,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     replayed = []
     resumed = train.run(spec, tmp_path / "cut", resume=True, on_epoch=lambda r, u: replayed.append(r["epoch"]))
     assert replayed == [1, 2, 3, 4, 5]  # the 3 checkpointed epochs replayed, then 4 and 5 trained
-    for key in ("final_test_acc", "best_test_acc", "final_density", "itop_rate", "train_flops_frac"):
+    for key in ("final_test_acc", "best_test_acc", "achieved_density", "itop_rate", "train_flops_frac"):
         assert resumed.final[key] == full.final[key], key
     for a, b in zip(full.epochs, resumed.epochs):
         assert a["train_loss"] == b["train_loss"] and a["test_acc"] == b["test_acc"]
@@ -108,7 +108,7 @@ def test_cli_resume_after_kill(cli, tmp_path):
     result = cli("run", *args, "--resume")
     assert result.exit_code == 0, result.output
     ((run_count,),) = rows(db, "select count(*) from runs")
-    ((status, density),) = rows(db, "select status, final_density from runs")
+    ((status, density),) = rows(db, "select status, achieved_density from runs")
     epochs = [e for (e,) in rows(db, "select epoch from epochs order by epoch")]
     assert run_count == 1 and status == "completed" and abs(density - 0.1) <= 0.001
     assert epochs == list(range(1, 101))
@@ -194,7 +194,7 @@ def test_two_process_ddp_run_completes_with_identical_masks(cli, tmp_path):
         tmp_path / "runs",
     )
     assert result.exit_code == 0, result.output  # run_distributed refuses ranks whose masks differ
-    ((status, density),) = rows(db, "select status, final_density from runs")
+    ((status, density),) = rows(db, "select status, achieved_density from runs")
     assert status == "completed" and abs(density - 0.1) <= 0.001
     assert rows(db, "select count(*) from epochs") == [(6,)]
 

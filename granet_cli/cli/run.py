@@ -316,7 +316,7 @@ def print_summary(spec: RunSpec, run_id: str, result, db_path: Path) -> None:
         ),
         ("best test accuracy (optimistic)", pct(f["best_test_acc"])),
         *([("final top-5 accuracy", pct(f["final_test_acc5"]))] if f.get("final_test_acc5") is not None else []),
-        ("final density (sparsified layers)", f"{f['final_density']:.4f}"),
+        ("final density (sparsified layers)", f"{f['achieved_density']:.4f}"),
         *(
             [("nonzero weights (sparsified layers)", f"{f['nonzero_density']:.4f}")]
             if f.get("nonzero_density") is not None

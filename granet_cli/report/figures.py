@@ -283,8 +283,8 @@ def _plot_layer_density(inputs: _PlotInputs) -> P.Plot:
     main, layers, labels, by_run, order = inputs.main, inputs.layers, inputs.labels, inputs.by_run, inputs.order
     by_layer: dict[str, list[tuple[str, float]]] = {}
     for lay in layers:
-        if finite(lay.get("final_density")):
-            by_layer.setdefault(lay["run_id"], []).append((str(lay["name"]), float(lay["final_density"])))
+        if finite(lay.get("achieved_density")):
+            by_layer.setdefault(lay["run_id"], []).append((str(lay["name"]), float(lay["achieved_density"])))
     chosen = _lowest_seed(by_run, labels, set(by_layer))
     lpanels: dict[str, dict[str, list[tuple[str, float]]]] = {}
     for d in _pick_panels(main.densities):

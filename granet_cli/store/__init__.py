@@ -15,7 +15,7 @@ one transaction: a migration that fails leaves the file as it was.  Any other Du
 someone's own db with a ``runs`` table) is refused with a one-line error before anything is
 written: granet never adds tables to, or "repairs", a database that is not its own.  A
 *read-only* store never writes and reads every older granet schema, missing columns reading as
-NULL.
+NULL and renamed ones (columns.RENAMED) under today's name.
 
 Concurrency (locking.py, transactions.py, connection.py).  DuckDB lets one process at a time open
 a file for writing, so a writer ``Store`` holds nothing between calls: each call attaches the file,

@@ -43,7 +43,10 @@ TABLES: dict[str, tuple[Column, ...]] = {
         _c("status", _V),  # a store.RunStatus value
         _c("final_test_acc", _D, role="final"),
         _c("best_test_acc", _D, role="final"),
-        _c("final_density", _D, role="final"),
+        # fraction of the sparsified layers' weights the masks keep at the end (a mask count): the
+        # achieved density, beside target_density, the spec's sparsity.final_density (named
+        # final_density until schema v4: RENAMED)
+        _c("achieved_density", _D, role="final"),
         _c("itop_rate", _D, role="final"),
         _c("train_flops_frac", _D, role="final"),
         _c("inference_flops_frac", _D, role="final"),
@@ -61,7 +64,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
         _c("pid", _I, 2),
         _c("host", _V, 2),
         # fraction of the sparsified layers' weights that are nonzero at the end: at most
-        # final_density (a mask count); below it where a regrown weight's gradient stayed zero
+        # achieved_density (a mask count); below it where a regrown weight's gradient stayed zero
         _c("nonzero_density", _D, 3, role="final"),
     ),
     "epochs": (
@@ -81,7 +84,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
         _c("val_acc", _D, 2, tag="val/acc"),
         _c("overall_density", _D, 2, tag="sparsity/overall_density"),
     ),
-    "layers": (_c("run_id", _V), _c("name", _V), _c("shape", _V), _c("numel", _B), _c("final_density", _D)),
+    "layers": (_c("run_id", _V), _c("name", _V), _c("shape", _V), _c("numel", _B), _c("achieved_density", _D)),
     # one row per mask update (a pruning event, a drop-and-grow, or both at one step). dropped: weights
     # the drop criterion removed; grown: new connections, inactive before the update (they start at
     # zero); reselected: dropped and grown again in the same update (they keep value and optimizer
@@ -97,6 +100,12 @@ TABLES: dict[str, tuple[Column, ...]] = {
     ),
 }
 PRIMARY_KEYS = {"sweeps": ("sweep_id",), "runs": ("run_id",), "epochs": ("run_id", "epoch")}
+#: schema version -> table -> {old name: new name}: the columns that version renamed (TABLES holds
+#: the new names; a migration renames them in place, and reads of an older file select the old
+#: name under the new one). Renaming a column is one line here plus its new name in TABLES.
+RENAMED: dict[int, dict[str, dict[str, str]]] = {
+    4: {"runs": {"final_density": "achieved_density"}, "layers": {"final_density": "achieved_density"}},
+}
 
 
 def names(table: str, *, role: str | None = None, since: int | None = None) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from ..safe_io import PathError, check_regular
 from ..text import one_line
 from .errors import StoreError, is_lock_error, is_no_space
 from .locking import BACKOFF_FIRST, READ_LOCK_WAIT, backoff, lock_timeout_from_env
-from .schema import NotGranetDb, inspect_schema
+from .schema import SCHEMA_VERSION, NotGranetDb, inspect_schema
 
 DEFAULT_DB_PATH = Path("results") / "granet.duckdb"
 #: bytes before a DuckDB file's first block: the main header and two database headers
@@ -71,6 +71,7 @@ class Connection:
         self._ro: duckdb.DuckDBPyConnection | None = None  # read-only store: the connection it holds
         self._mem: duckdb.DuckDBPyConnection | None = None  # writer store: in-memory instance that attaches the file
         self._columns: dict[str, set[str]] = {}  # columns the file has (older files lack some)
+        self._version = SCHEMA_VERSION  # the file's schema version (a read-only store's may be older)
         self._lock = threading.RLock()  # one call at a time on the shared connection
         self._closed = False
         #: seconds this store has spent waiting for other processes' locks (diagnostics)
@@ -145,6 +146,7 @@ class Connection:
         try:
             self._check_complete(self._ro, self._target if self._tmpdir is None else str(self._snapshot_path()))
             version, self._columns = inspect_schema(self._ro)
+            self._version = SCHEMA_VERSION if version is None else version
         except NotGranetDb as e:
             raise self._not_granet(e, writing=False) from None
         except duckdb.Error as e:

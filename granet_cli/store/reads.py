@@ -1,7 +1,8 @@
 """What callers read from a results db: runs, their epochs, layers and mask updates, and sweeps.
 
 Rows come back as dicts keyed by the column lists of schema.py, in a fixed order; a column an
-older file lacks reads as NULL, so a report can read every granet db ever written.
+older file lacks reads as NULL, one it has under an older name (columns.RENAMED) reads under
+today's, so a report can read every granet db ever written without migrating it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,28 @@ import json
 
 from ..text import one_line
 from .errors import StoreError
-from .schema import EPOCH_COLUMNS, LAYER_COLUMNS, MASK_UPDATE_COLUMNS, RUN_COLUMNS, RunStatus
+from .schema import (
+    COLUMN_TYPES,
+    EPOCH_COLUMNS,
+    LAYER_COLUMNS,
+    MASK_UPDATE_COLUMNS,
+    RUN_COLUMNS,
+    RunStatus,
+    file_column,
+)
 from .transactions import Transactions
 
 
 class Reads(Transactions):
     """The store's queries (see Transactions._query: a writer store attaches read-only per call)."""
+
+    def star(self, table: str) -> str:
+        """``*`` of ``table`` under today's column names: an older file's renamed columns (a
+        read-only store does not migrate) are selected under their new name, in their place."""
+        have = self._columns.get(table, set())
+        renames = [(old, c) for c in COLUMN_TYPES[table] if (old := file_column(table, c, self._version)) != c]
+        renames = [(old, c) for old, c in renames if old in have]
+        return "*" + (f" RENAME ({', '.join(f'{old} AS {c}' for old, c in renames)})" if renames else "")
 
     def completed_hashes(self, sweep_id: str | None = None) -> set[str]:
         """spec_hash of every 'completed' run (of one sweep when sweep_id is given)."""

@@ -5,8 +5,11 @@ column lists reads and writes use, the SQL of each table), creates the schema in
 recognises a granet db by its tables (``granet_meta`` holds ``schema_version``; files from before
 that table are recognised by granet's columns: v1 without ``granet_meta``, v0 also without the
 top-5 / samples-per-second columns) and migrates an older one one numbered step at a time
-(``MIGRATIONS``; the caller runs all steps in one transaction). Nothing here opens a file: every
-function takes a connection, so the rules can be read, and tested, apart from the locking.
+(``MIGRATIONS``; the caller runs all steps in one transaction). A column a later version renamed
+(columns.RENAMED) keeps its old name in an older file: ``file_column`` says which name a file of
+a given version uses, so a read-only reader selects it under today's name. Nothing here opens a
+file: every function takes a connection, so the rules can be read, and tested, apart from the
+locking.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from ..text import one_line
 from . import columns
 from .columns import EPOCH_METRICS, FINAL_METRICS, START_KEYS
 
-#: the schema this granet writes (the newest `since` in columns.py); older granet dbs are migrated
-#: to it by a writer
-SCHEMA_VERSION = max(2, *(c.since for cols in columns.TABLES.values() for c in cols))
+#: the schema this granet writes (the newest `since` or rename in columns.py); older granet dbs are
+#: migrated to it by a writer
+SCHEMA_VERSION = max(2, *(c.since for cols in columns.TABLES.values() for c in cols), *columns.RENAMED)
 META_TABLE = "granet_meta"
 
 
@@ -36,11 +39,18 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     DIVERGED = "diverged"
     INTERRUPTED = "interrupted"
+    #: a `granet tune` trial its scheduler (ASHA) ended early: not a failure, and not a result
+    STOPPED = "stopped"
 
 
 RUN_STATUSES = tuple(s.value for s in RunStatus)
 #: statuses ``fail_run`` may set
-FAIL_STATUSES = (RunStatus.FAILED.value, RunStatus.DIVERGED.value, RunStatus.INTERRUPTED.value)
+FAIL_STATUSES = (
+    RunStatus.FAILED.value,
+    RunStatus.DIVERGED.value,
+    RunStatus.INTERRUPTED.value,
+    RunStatus.STOPPED.value,
+)
 
 # The columns themselves are defined once, in columns.py; these are the store's views.
 #: runs columns holding the final metrics of a run (finish_run / fail_run keys)
@@ -66,7 +76,7 @@ RUN_COLUMNS = (
 EPOCH_COLUMNS = EPOCH_METRICS
 LAYER_COLUMNS = tuple(c for c in columns.names("layers") if c != "run_id")
 MASK_UPDATE_COLUMNS = tuple(c for c in columns.names("mask_updates") if c != "run_id")
-#: table -> column -> SQL type, the current schema (v2), in creation order
+#: table -> column -> SQL type, the current schema, in creation order
 COLUMN_TYPES: dict[str, dict[str, str]] = {t: {c.name: c.sql for c in cols} for t, cols in columns.TABLES.items()}
 PRIMARY_KEYS = columns.PRIMARY_KEYS
 #: (table, column) -> SQL default, for the columns that have one
@@ -81,6 +91,15 @@ V0_COLUMNS = {
     t: tuple(c for c in cols if not any(c in a.get(t, ()) for a in ADDED_IN.values()))
     for t, cols in COLUMN_TYPES.items()
 }
+
+
+def file_column(table: str, col: str, version: int) -> str:
+    """The name today's column ``col`` of ``table`` has in a granet db of schema ``version``
+    (its old name there when a later version renamed it: columns.RENAMED)."""
+    for v in sorted(columns.RENAMED, reverse=True):
+        if v > version:
+            col = next((old for old, new in columns.RENAMED[v].get(table, {}).items() if new == col), col)
+    return col
 
 
 def column_def(table: str, col: str) -> str:
@@ -103,6 +122,20 @@ def add_columns(con: duckdb.DuckDBPyConnection, version: int) -> None:
             con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column_def(table, col)}")
 
 
+def rename_columns(con: duckdb.DuckDBPyConnection, version: int) -> None:
+    """Rename the columns schema ``version`` renamed (columns.RENAMED), in place: values, order and
+    types stay."""
+    for table, renames in columns.RENAMED.get(version, {}).items():
+        for old, new in renames.items():
+            con.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
+
+
+def upgrade(con: duckdb.DuckDBPyConnection, version: int) -> None:
+    """The step to schema ``version`` from the one before: its renames, then its new columns."""
+    rename_columns(con, version)
+    add_columns(con, version)
+
+
 def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
     con.execute(f"INSERT OR REPLACE INTO {META_TABLE} (key, value) VALUES (?, ?)", [key, value])
 
@@ -121,8 +154,8 @@ def migrate_v1_to_v2(con: duckdb.DuckDBPyConnection) -> None:
 
 #: version -> the step that takes a db from that version to the next; run in order, in one transaction
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {0: migrate_v0_to_v1, 1: migrate_v1_to_v2}
-for _v in range(2, SCHEMA_VERSION):  # later versions only add the columns columns.py gives them
-    MIGRATIONS[_v] = functools.partial(add_columns, version=_v + 1)
+for _v in range(2, SCHEMA_VERSION):  # later versions only rename and add what columns.py says
+    MIGRATIONS[_v] = functools.partial(upgrade, version=_v + 1)
 
 
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -165,7 +198,14 @@ def inspect_schema(con: duckdb.DuckDBPyConnection) -> tuple[int | None, dict[str
     missing = [t for t in TABLES if t not in cols]
     if missing:
         raise NotGranetDb(f"missing tables: {', '.join(missing)}")
-    absent = [f"{t}.{c}" for t in TABLES for c in V0_COLUMNS[t] if c not in cols[t]]
+    # today's name or one it had before a rename (the version, read below, says which; the tables
+    # must look like granet's before granet_meta is read)
+    absent = [
+        f"{t}.{c}"
+        for t in TABLES
+        for c in V0_COLUMNS[t]
+        if not {c, *(file_column(t, c, v) for v in range(SCHEMA_VERSION))} & cols[t]
+    ]
     if absent:
         raise NotGranetDb(f"missing columns: {', '.join(absent[:6])}{', ...' if len(absent) > 6 else ''}")
     if META_TABLE in cols:
@@ -178,7 +218,7 @@ def inspect_schema(con: duckdb.DuckDBPyConnection) -> tuple[int | None, dict[str
             version = -1
         if version < 0:
             raise NotGranetDb(f"{META_TABLE} has no valid schema_version ({one_line(repr(row[0]), 40)})")
-        return version, cols
-    # written before granet_meta existed: v1 if it has v1's columns, else v0
-    has_v1 = all(c in cols[t] for t, added in ADDED_IN[1].items() for c in added)
-    return (1 if has_v1 else 0), cols
+    else:  # written before granet_meta existed: v1 if it has v1's columns, else v0
+        has_v1 = all(file_column(t, c, 1) in cols[t] for t, added in ADDED_IN[1].items() for c in added)
+        version = 1 if has_v1 else 0
+    return version, cols

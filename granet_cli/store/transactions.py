@@ -25,7 +25,15 @@ from ..text import one_line
 from .connection import Connection
 from .errors import StoreError, is_lock_error
 from .locking import BACKOFF_FIRST, LOCK_TIMEOUT_ENV, READ_LOCK_WAIT
-from .schema import COLUMN_TYPES, SCHEMA_VERSION, NotGranetDb, create_schema, inspect_schema, migrate
+from .schema import (
+    COLUMN_TYPES,
+    SCHEMA_VERSION,
+    NotGranetDb,
+    create_schema,
+    file_column,
+    inspect_schema,
+    migrate,
+)
 
 #: alias under which a writer store attaches the file to its in-memory instance
 ALIAS = "granet_results"
@@ -81,6 +89,7 @@ class Transactions(Connection):
             elif version < SCHEMA_VERSION:
                 migrate(con, version)
             self._columns = inspect_schema(con)[1]
+            self._version = SCHEMA_VERSION
 
     def _empty_file_age(self) -> float | None:
         """Seconds since a 0-byte db file was last modified; None when it is missing or not empty."""
@@ -231,9 +240,18 @@ class Transactions(Connection):
             raise self._wrap(e) from None
 
     def _select(self, table: str, columns: tuple[str, ...]) -> str:
-        """SELECT list of ``columns``; a column an older file lacks reads as a typed NULL."""
+        """SELECT list of ``columns`` under today's names: a column an older file has under its old
+        name (a read-only store does not migrate) is selected AS today's; one it lacks reads as a
+        typed NULL."""
         have = self._columns.get(table, set())
-        return ", ".join(c if c in have else f"CAST(NULL AS {COLUMN_TYPES[table][c]}) AS {c}" for c in columns)
+
+        def one(c: str) -> str:
+            old = file_column(table, c, self._version)
+            if old != c and old in have:
+                return f"{old} AS {c}"
+            return c if c in have else f"CAST(NULL AS {COLUMN_TYPES[table][c]}) AS {c}"
+
+        return ", ".join(one(c) for c in columns)
 
     def _run_exists(self, con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
         return con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is not None

@@ -310,7 +310,7 @@ def _tuner(plan: SweepPlan, space: list[dict], resources: dict, storage: str, ex
 
 
 def _done_outcome(p, row: dict) -> TrialOutcome:
-    final = {k: row.get(k) for k in ("final_test_acc", "best_test_acc", "final_density", "wall_seconds")}
+    final = {k: row.get(k) for k in ("final_test_acc", "best_test_acc", "achieved_density", "wall_seconds")}
     return TrialOutcome(p, row["run_id"], row["status"], row.get("error"), final, ran=False)
 
 

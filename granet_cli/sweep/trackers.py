@@ -100,7 +100,7 @@ def run_name(point: dict[str, Any]) -> str:
 def tracker_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """A Tune result of granet's trainable as tracker metrics: one dict per epoch (the `epochs`
     row's values under the TensorBoard tags, plus "epoch"), and the run's final metrics as
-    final/<name> (final/test_acc, final/best_test_acc, final/density, ...) with the last epoch."""
+    final/<name> (final/test_acc, final/best_test_acc, final/achieved_density, ...) with the last epoch."""
     from .trainable import EPOCH_KEY, FINAL_KEY, REPLAY_KEY
 
     rows: list[dict[str, Any]] = []

@@ -131,7 +131,7 @@ def summary_table(outcome: SweepOutcome):
     styles = {"completed": "green", "failed": "red", "interrupted": "red", "diverged": "yellow"}
     for t in outcome.trials:
         status = t.status if t.status != "pending" else "not run"
-        fd = t.final.get("final_density")
+        fd = t.final.get("achieved_density")
         wall = t.final.get("wall_seconds")
         values = dict(t.point.params)
         ran = "now" if t.ran else "earlier" if t.run_id and t.status in DONE_STATUSES else "-"

@@ -120,13 +120,13 @@ def make_db(
                     dict(
                         final_test_acc=acc,
                         best_test_acc=acc + BEST_ACC_OFFSET,
-                        final_density=d,
+                        achieved_density=d,
                         itop_rate=min(1.0, 2 * d),
                         train_flops_frac=flops(method, d, seed),
                         inference_flops_frac=d,
                         wall_seconds=10.0 + seed,
                     ),
-                    [dict(name="fc.weight", shape=[10, 64], numel=640, final_density=d)],
+                    [dict(name="fc.weight", shape=[10, 64], numel=640, achieved_density=d)],
                 )
         for r, status, final in (
             (FAILED, "failed", dict(final_test_acc=FAILED["acc"], best_test_acc=FAILED["acc"])),
@@ -648,7 +648,7 @@ def test_json_numbers_match_hand_computed_statistics(cli, tmp_path: Path):
     assert x["n"] == 3 and x["train_flops_frac"] == pytest.approx(
         statistics.mean(flops("granet", 0.02, s) for s in range(3))
     )
-    assert x["wall_seconds"] == pytest.approx(11.0) and x["final_density"] == pytest.approx(0.02)
+    assert x["wall_seconds"] == pytest.approx(11.0) and x["achieved_density"] == pytest.approx(0.02)
     assert {r["status"] for r in data["not_completed"]} == {"failed", "diverged", "running"}
 
 

@@ -229,7 +229,7 @@ def test_real_runs_density_lines_start_at_their_initial_density(demo):
     finals = {
         (m, d): f
         for m, d, f in rows(
-            db, "select method, target_density, final_density from runs where seed = 0 and method != 'dense'"
+            db, "select method, target_density, achieved_density from runs where seed = 0 and method != 'dense'"
         )
     }
     for v in lines.values():

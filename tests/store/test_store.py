@@ -39,7 +39,7 @@ def run_dict(run_id: str, **kw) -> dict:
 FINAL = dict(
     final_test_acc=0.91,
     best_test_acc=0.93,
-    final_density=0.1,
+    achieved_density=0.1,
     itop_rate=0.42,
     train_flops_frac=0.15,
     inference_flops_frac=0.1,
@@ -75,7 +75,7 @@ def test_schema_created_with_parent_dirs(db: Path):
     for c in (
         "final_test_acc",
         "best_test_acc",
-        "final_density",
+        "achieved_density",
         "itop_rate",
         "train_flops_frac",
         "inference_flops_frac",
@@ -97,7 +97,7 @@ def test_schema_created_with_parent_dirs(db: Path):
         "status",
         "final_test_acc",
         "best_test_acc",
-        "final_density",
+        "achieved_density",  # final_density until schema v4 (renamed in place)
         "itop_rate",
         "train_flops_frac",
         "inference_flops_frac",
@@ -141,7 +141,7 @@ def test_schema_created_with_parent_dirs(db: Path):
         "overall_density",
     }
     assert cols["granet_meta"] == {"key": "VARCHAR", "value": "VARCHAR"}
-    assert set(cols["layers"]) == {"run_id", "name", "shape", "numel", "final_density"}
+    assert set(cols["layers"]) == {"run_id", "name", "shape", "numel", "achieved_density"}
     assert set(cols["mask_updates"]) == {
         "run_id",
         "step",
@@ -158,7 +158,7 @@ def test_schema_created_with_parent_dirs(db: Path):
     assert pk["sweeps"] == ["sweep_id"]
     assert pk["granet_meta"] == ["key"]
     meta = dict(rows(db, "SELECT key, value FROM granet_meta"))
-    assert meta["schema_version"] == "3" and meta["created_by"].startswith("granet ")
+    assert meta["schema_version"] == "4" and meta["created_by"].startswith("granet ")
     # reopening an existing db keeps the data (schema creation is idempotent)
     with Store(db) as st:
         st.start_run(run_dict("r1"))
@@ -168,8 +168,8 @@ def test_schema_created_with_parent_dirs(db: Path):
 
 def test_round_trip(db: Path):
     layers = [
-        dict(name="fc1.weight", shape=[64, 3, 3, 3], numel=1728, final_density=0.2),
-        dict(name="fc2.weight", shape="[10, 64]", numel=640, final_density=0.05),
+        dict(name="fc1.weight", shape=[64, 3, 3, 3], numel=1728, achieved_density=0.2),
+        dict(name="fc2.weight", shape="[10, 64]", numel=640, achieved_density=0.05),
     ]
     with Store(db) as st:
         st.add_sweep("sw1", "my sweep", {"sparsity.final_density": [0.1, 0.2]})
@@ -237,15 +237,15 @@ def test_add_epoch_needs_run(db: Path):
 
 
 def test_finish_run_is_atomic(db: Path):
-    good_layers = [dict(name="a", shape="[2, 2]", numel=4, final_density=0.5)]
+    good_layers = [dict(name="a", shape="[2, 2]", numel=4, achieved_density=0.5)]
     with Store(db) as st:
         st.start_run(run_dict("r1"))
         st.finish_run("r1", FINAL, good_layers)
         st.start_run(run_dict("r1"))  # resume -> running again, metrics cleared
         assert st.runs()[0]["status"] == "running"
         bad_layers = [
-            dict(name="b", shape="[3]", numel=3, final_density=1.0),
-            dict(name="c", shape="[3]", numel="not-a-number", final_density=1.0),
+            dict(name="b", shape="[3]", numel=3, achieved_density=1.0),
+            dict(name="c", shape="[3]", numel="not-a-number", achieved_density=1.0),
         ]
         with pytest.raises(StoreError):
             st.finish_run("r1", dict(FINAL, final_test_acc=0.99), bad_layers)

@@ -118,7 +118,7 @@ WRITER = textwrap.dedent("""
         for e in range(n):
             st.add_epoch(rid, dict(epoch=e, step=e, test_acc=e / n))
             st.add_mask_updates(rid, [dict(step=e, density=0.5), dict(step=e, density=0.4)])
-        st.finish_run(rid, dict(final_test_acc=0.9), [dict(name="w", shape=[2], numel=2, final_density=0.5)])
+        st.finish_run(rid, dict(final_test_acc=0.9), [dict(name="w", shape=[2], numel=2, achieved_density=0.5)])
 """)
 
 

@@ -37,7 +37,7 @@ def make_v2_db(path: Path, run_ids: list[str], *, acc: float, epochs: int = 4) -
             st.finish_run(
                 rid,
                 dict(final_test_acc=acc, overall_density=0.3),
-                [dict(name="fc.weight", shape=[2, 2], numel=4, final_density=0.5)],
+                [dict(name="fc.weight", shape=[2, 2], numel=4, achieved_density=0.5)],
             )
 
 

@@ -8,7 +8,10 @@ result is made with plain duckdb (conftest ``rows``), not through the store.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -115,6 +118,13 @@ def make_legacy_db(path: Path, version: int, *, runs: int = 2, epochs: int = 3) 
         con.close()
 
 
+def renamed(cols: set[str], table: str) -> set[str]:
+    """Column names after every rename since (columns.RENAMED)."""
+    for v in sorted(columns_def.RENAMED):
+        cols = {columns_def.RENAMED[v].get(table, {}).get(c, c) for c in cols}
+    return cols
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -138,7 +148,7 @@ def test_older_granet_db_is_migrated(tmp_path: Path, version: int):
     meta = dict(rows(db, "SELECT key, value FROM granet_meta"))
     assert meta["schema_version"] == str(SCHEMA_VERSION)
     assert meta[f"migrated_from_v{version}_by"].startswith("granet ")
-    assert columns(db, "runs") == V0_RUN_COLS | V2_RUN_ADDED | set(columns_def.names("runs"))
+    assert columns(db, "runs") == renamed(V0_RUN_COLS, "runs") | V2_RUN_ADDED | set(columns_def.names("runs"))
     assert columns(db, "runs") == set(columns_def.names("runs"))
     assert columns(db, "epochs") >= V2_EPOCH_ADDED
     # the old rows are untouched; the columns they never had are NULL, attempts is 1
@@ -157,6 +167,13 @@ def test_older_granet_db_is_migrated(tmp_path: Path, version: int):
     ) == [(3,)]
     assert rows(db, "SELECT count(*) FROM epochs WHERE run_id LIKE 'old-%'") == [(6,)]
     assert rows(db, "SELECT count(*) FROM layers") == [(2,)] and rows(db, "SELECT count(*) FROM mask_updates") == [(2,)]
+    # the measured density (final_density before v4) kept its values under its new name
+    assert rows(db, "SELECT run_id, achieved_density FROM runs WHERE run_id <> 'new' ORDER BY run_id") == [
+        ("old-0", 0.1),
+        ("old-1", 0.1),
+        ("old-failed", None),
+    ]
+    assert rows(db, "SELECT achieved_density FROM layers") == [(0.1,), (0.1,)]
     assert rows(db, "SELECT config_hash, attempts FROM runs WHERE run_id = 'new'") == [("cn", 1)]
     assert rows(db, "SELECT val_acc, overall_density FROM epochs WHERE run_id = 'new'") == [(0.45, 0.2)]
     # migrating is done once: the next writer open leaves the file byte-identical
@@ -280,6 +297,9 @@ def test_read_only_reads_v0_without_writing(tmp_path: Path):
         for r in runs:
             for c in V2_RUN_ADDED:
                 assert r[c] is None, c
+        # the file's final_density reads under today's name
+        assert [r["achieved_density"] for r in runs] == [0.1, 0.1, None]
+        assert [(x["run_id"], x["achieved_density"]) for x in st.layers(["old-0"])] == [("old-0", 0.1)]
         assert [r["run_id"] for r in st.runs(status="completed", sweep="sw-old")] == ["old-0", "old-1"]
         eps = st.epochs(["old-0", "old-1"])
         assert [(e["run_id"], e["epoch"]) for e in eps] == [(f"old-{i}", e) for i in (0, 1) for e in range(3)]
@@ -319,3 +339,151 @@ def test_zero_byte_file_gets_the_schema(tmp_path: Path):
         st.start_run(dict(run_id="r1"))
     assert rows(db, "SELECT run_id FROM runs") == [("r1",)]
     assert tables(db) == {"granet_meta", "sweeps", "runs", "epochs", "layers", "mask_updates"}
+
+
+# ------------------------------------------------------------------ v3 -> v4: final_density renamed
+def make_v3_db(path: Path) -> None:
+    """A results file as granet wrote it at schema v3, when the measured density of the sparsified
+    layers was called final_density (the spec's name for the target) in runs and layers: four
+    completed runs (two methods x two seeds) with two layers each, written by today's store and
+    turned back into v3."""
+    with Store(path) as st:
+        for i, (method, seed, acc) in enumerate(
+            (("granet", 0, 0.8), ("granet", 1, 0.82), ("rigl", 0, 0.78), ("rigl", 1, 0.75))
+        ):
+            rid = f"r{i}"
+            st.start_run(
+                dict(
+                    run_id=rid,
+                    spec_hash=rid,
+                    method=method,
+                    model="mlp",
+                    dataset="digits",
+                    target_density=0.1,
+                    seed=seed,
+                    spec_json="{}",
+                    started_at=T0,
+                )
+            )
+            st.finish_run(
+                rid,
+                dict(final_test_acc=acc, best_test_acc=acc, achieved_density=0.1 - i / 1000, wall_seconds=1.0 + i),
+                [
+                    dict(name="fc1.weight", shape=[64, 64], numel=4096, achieved_density=0.05 + i / 100),
+                    dict(name="fc2.weight", shape=[10, 64], numel=640, achieved_density=0.5 - i / 100),
+                ],
+            )
+    con = duckdb.connect(str(path))
+    try:
+        for table in ("runs", "layers"):
+            con.execute(f"ALTER TABLE {table} RENAME COLUMN achieved_density TO final_density")
+        con.execute("UPDATE granet_meta SET value = '3' WHERE key = 'schema_version'")
+    finally:
+        con.close()
+
+
+def schema_of(db: Path) -> list[tuple]:
+    return rows(
+        db,
+        "SELECT table_name, ordinal_position, column_name, data_type, column_default FROM information_schema.columns "
+        "ORDER BY table_name, ordinal_position",
+    )
+
+
+V3_RUNS = "SELECT run_id, {} FROM runs ORDER BY run_id"
+V3_LAYERS = "SELECT run_id, name, {} FROM layers ORDER BY run_id, name"
+
+
+def test_v3_db_renamed_by_a_writer(tmp_path: Path):
+    """A writer renames runs/layers.final_density to achieved_density in place (one transaction):
+    the values stay, the file then has a new file's schema, and a second open writes nothing."""
+    db = tmp_path / "v3.duckdb"
+    make_v3_db(db)
+    assert SCHEMA_VERSION >= 4 and "achieved_density" not in columns(db, "runs") | columns(db, "layers")
+    runs, layers = rows(db, V3_RUNS.format("final_density")), rows(db, V3_LAYERS.format("final_density"))
+    assert len(runs) == 4 and len(layers) == 8 and all(r[-1] is not None for r in runs + layers)
+    with Store(db) as st:
+        assert st.schema_version() == SCHEMA_VERSION
+        assert [(r["run_id"], r["achieved_density"]) for r in st.runs()] == runs
+    meta = dict(rows(db, "SELECT key, value FROM granet_meta"))
+    assert meta["schema_version"] == str(SCHEMA_VERSION) and meta["migrated_from_v3_by"].startswith("granet ")
+    assert rows(db, V3_RUNS.format("achieved_density")) == runs
+    assert rows(db, V3_LAYERS.format("achieved_density")) == layers
+    assert "final_density" not in columns(db, "runs") | columns(db, "layers")
+    fresh = tmp_path / "fresh.duckdb"
+    Store(fresh).close()
+    assert schema_of(db) == schema_of(fresh)  # same columns, in the same places, as a new file's
+    digest = sha(db)
+    with Store(db) as st:
+        assert len(st.runs()) == 4
+    assert sha(db) == digest
+
+
+def test_v3_db_rename_rolls_back_with_the_migration(tmp_path: Path, monkeypatch):
+    """The rename is part of the one migration transaction: a failing step leaves final_density."""
+    db = tmp_path / "v3.duckdb"
+    make_v3_db(db)
+    digest_rows = rows(db, V3_RUNS.format("final_density"))
+    real_step = store_mod.MIGRATIONS[3]
+
+    def broken_step(con):
+        real_step(con)
+        con.execute("SELECT * FROM no_such_table")
+
+    monkeypatch.setitem(store_mod.MIGRATIONS, 3, broken_step)
+    with pytest.raises(StoreError, match="no_such_table"):
+        Store(db)
+    assert rows(db, V3_RUNS.format("final_density")) == digest_rows
+    assert rows(db, "SELECT value FROM granet_meta WHERE key = 'schema_version'") == [("3",)]
+
+
+def test_v3_db_read_as_it_is_shows_the_densities_of_the_migrated_one(tmp_path: Path, cli):
+    """report, results, sweep --dry-run and the store's reads open an old file read-only: it stays byte-identical,
+    and they show the measured density under its new name, as they do after the migration."""
+    old, new = tmp_path / "old" / "r.duckdb", tmp_path / "new" / "r.duckdb"
+    old.parent.mkdir()
+    new.parent.mkdir()
+    make_v3_db(old)
+    shutil.copyfile(old, new)
+    Store(new).close()  # migrated
+    assert "achieved_density" in columns(new, "runs") and "final_density" in columns(old, "runs")
+    digest = sha(old)
+    seen: dict[Path, dict] = {}
+    for db in (old, new):
+        with Store(db, read_only=True) as st:
+            runs, layers = st.runs(), st.layers([f"r{i}" for i in range(4)])
+        assert [r["achieved_density"] for r in runs] == [pytest.approx(0.1 - i / 1000) for i in range(4)]
+        res = cli("report", "--db", db, "--json", "--out", tmp_path / "never")
+        assert res.exit_code == 0, res.output
+        (group,) = json.loads(res.stdout)["groups"]
+        res = cli("report", "--db", db, "--out", db.parent / "reports", "--name", "r", "--format", "md")
+        assert res.exit_code == 0, res.output
+        md = (db.parent / "reports" / "r.md").read_text(encoding="utf-8").replace(str(db), "DB")
+        md = re.sub(r"- generated: .*", "", md)
+        # the per-layer density plot (matplotlib's clip-path / marker ids are random)
+        svg = (db.parent / "reports" / "r_files" / "digits-mlp-layer_density.svg").read_text(encoding="utf-8")
+        svg = re.sub(r"\b[a-z][0-9a-f]{10}\b", "ID", svg)
+        exports = {}
+        for table in ("runs", "layers"):
+            res = cli("results", "--db", db, "--table", table, "--format", "csv", "-q")
+            assert res.exit_code == 0, res.output
+            exports[table] = res.stdout
+        seen[db] = dict(runs=runs, layers=layers, group=group, md=md, svg=svg, exports=exports)
+    res = cli("sweep", "--dry-run", "--db", old)
+    assert res.exit_code == 0, res.output
+    assert sha(old) == digest
+    assert not old.with_name(old.name + ".wal").exists()
+    a, b = seen[old], seen[new]
+    assert a["runs"] == b["runs"] and a["layers"] == b["layers"]
+    assert len(a["layers"]) == 8 and all(x["achieved_density"] is not None for x in a["layers"])
+    assert a["group"] == b["group"]
+    budget = {x["row"]: x for x in a["group"]["budget"]}
+    assert budget["granet"]["achieved_density"] == pytest.approx(0.0995)
+    assert budget["rigl"]["achieved_density"] == pytest.approx(0.0975)
+    assert a["md"] == b["md"] and "| granet | 0.1 | 0.0995 | 1.5 |" in a["md"]
+    assert "| method | target density | final density | wall s |" in a["md"]  # the header users know
+    assert a["svg"] == b["svg"]
+    assert a["exports"] == b["exports"]
+    for table in ("runs", "layers"):
+        header = a["exports"][table].splitlines()[0].split(",")
+        assert "achieved_density" in header and "final_density" not in header

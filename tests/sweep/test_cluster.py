@@ -340,7 +340,7 @@ def test_worker_node_killed_mid_trial_the_trial_finishes_on_the_head_exactly(clu
         grid=["optim.lr=0.05,0.1"],
     )
     runs = rows(
-        db, "select run_id, spec_hash, status, final_test_acc, best_test_acc, final_density, itop_rate from runs"
+        db, "select run_id, spec_hash, status, final_test_acc, best_test_acc, achieved_density, itop_rate from runs"
     )
     assert len(runs) == 2 and all(r[2] == "completed" for r in runs), runs
     for p in plan.points:
@@ -349,7 +349,7 @@ def test_worker_node_killed_mid_trial_the_trial_finishes_on_the_head_exactly(clu
         assert (acc, best, density, itop) == (
             direct.final["final_test_acc"],
             direct.final["best_test_acc"],
-            direct.final["final_density"],
+            direct.final["achieved_density"],
             direct.final["itop_rate"],
         )
         assert rows(db, "select epoch from epochs where run_id = ? order by epoch", run_id) == [

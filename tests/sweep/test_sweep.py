@@ -129,7 +129,7 @@ def test_driver_callback_writes_run_rows_and_diverged(tmp_path):
         final = {
             "final_test_acc": 0.6,
             "best_test_acc": 0.6,
-            "final_density": 0.1,
+            "achieved_density": 0.1,
             "itop_rate": 0.2,
             "train_flops_frac": 0.3,
             "inference_flops_frac": 0.1,
@@ -140,7 +140,7 @@ def test_driver_callback_writes_run_rows_and_diverged(tmp_path):
         for f in fake:
             cb.on_trial_start(0, [], f)
             cb.on_trial_result(0, [], f, {EPOCH_KEY: json.dumps(row), UPDATES_KEY: json.dumps(upd)})
-        layers = [{"name": "fc1.weight", "shape": "[64, 64]", "numel": 4096, "final_density": 0.1}]
+        layers = [{"name": "fc1.weight", "shape": "[64, 64]", "numel": 4096, "achieved_density": 0.1}]
         cb.on_trial_result(
             0,
             [],
@@ -353,8 +353,8 @@ def test_killed_sweep_resumes_only_missing_points(tmp_path):
     rid = sorted(continued)[0]
     (h,) = rows(db, "select spec_hash from runs where run_id = ?", rid)[0]
     direct = train.run(next(p for p in plan.points if p.spec_hash == h).spec, tmp_path / "direct", threads=1)
-    assert rows(db, "select final_test_acc, final_density, itop_rate from runs where run_id = ?", rid) == [
-        (direct.final["final_test_acc"], direct.final["final_density"], direct.final["itop_rate"])
+    assert rows(db, "select final_test_acc, achieved_density, itop_rate from runs where run_id = ?", rid) == [
+        (direct.final["final_test_acc"], direct.final["achieved_density"], direct.final["itop_rate"])
     ]
     assert rows(db, "select step, dropped, grown from mask_updates where run_id = ? order by step", rid) == [
         (u["step"], u["dropped"], u["grown"]) for u in direct.mask_updates

@@ -181,7 +181,7 @@ def test_a_retried_trial_replaces_its_rows_instead_of_appending(tmp_path):
         )
         for e in (3, 4):
             cb.on_trial_result(0, [], trial, {EPOCH_KEY: json.dumps(epoch(e)), UPDATES_KEY: json.dumps(update(e))})
-        final = {"final_test_acc": 0.54, "best_test_acc": 0.54, "final_density": 0.1, "wall_seconds": 3.0}
+        final = {"final_test_acc": 0.54, "best_test_acc": 0.54, "achieved_density": 0.1, "wall_seconds": 3.0}
         cb.on_trial_result(
             0, [], trial, {FINAL_KEY: json.dumps({"status": "completed", "error": None, "final": final, "layers": []})}
         )
