@@ -142,7 +142,7 @@ def _sweep_trial_dir(runs_dir: Path, row: dict[str, Any]) -> Path:
 
 def resolve_run(ref: str, db_path: Path, runs_dir: Path) -> RunRef:
     """A run id (or unique prefix) from the results db, or a run folder holding checkpoint.pt."""
-    from .train import CHECKPOINT
+    from .checkpoint import CHECKPOINT
 
     path = Path(ref)
     with _open_store(db_path) as store:
@@ -175,7 +175,7 @@ def checkpoint_state(path: Path, ref: RunRef | None = None) -> tuple[dict[str, T
 
     Read with weights_only=True (a checkpoint can run no code); one that names another run
     than `ref` is refused."""
-    from .train import CheckpointError, check_owner, load_checkpoint
+    from .checkpoint import CheckpointError, check_owner, load_checkpoint
 
     try:
         ckpt = load_checkpoint(path)
@@ -314,7 +314,7 @@ class Loaded:
 
 def load_weights(path: Path) -> dict[str, Tensor]:
     """An exported weights file: safetensors by its suffix, else torch.load(weights_only=True)."""
-    from .train import safe_torch_load, weights_only_reason
+    from .checkpoint import safe_torch_load, weights_only_reason
 
     try:
         if path.suffix == ".safetensors":

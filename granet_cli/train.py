@@ -7,23 +7,33 @@ touches the results database: callers receive rows through `on_epoch` and write 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import pickle
 import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    check_owner,
+    load_checkpoint,
+    rng_state,
+    run_identity,
+    save_atomic,
+    set_rng_state,
+)
 from .data import build_loaders
 from .models import build_model
 from .sparse.density import kept_count
@@ -33,7 +43,6 @@ from .spec import RunSpec, check_schedule_size
 from .store.columns import metric_row
 from .text import one_line as _one_line
 
-CHECKPOINT = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], list[dict[str, Any]]], None]
 
 
@@ -43,10 +52,6 @@ class ResumeError(RuntimeError):
 
 class DeviceError(RuntimeError):
     """The spec asks for a device this machine does not have."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that is refused (unsafe, unreadable, or another run's): one line naming it."""
 
 
 @dataclass
@@ -108,52 +113,6 @@ def lr_factor(spec: RunSpec, step: int, steps_per_epoch: int) -> float:
         total = o.epochs * steps_per_epoch
         return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(1, total - warm)))
     return 1.0
-
-
-def _rng_state(loader_gen: torch.Generator | None) -> dict[str, Any]:
-    """Every RNG's state as tensors and plain numbers: a checkpoint loads with weights_only=True."""
-    _, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-        "loader": loader_gen.get_state() if loader_gen is not None else None,
-    }
-
-
-def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator | None) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-    if loader_gen is not None and state.get("loader") is not None:
-        loader_gen.set_state(state["loader"])
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    """Write `path` via a temp file and a rename: the previous checkpoint survives any failed write.
-
-    torch.save writes through a Python file, so a full disk is an OSError(ENOSPC) (torch's own
-    writer reports it as "unexpected pos"); it becomes OSError(ENOSPC, "no space left on <folder>")
-    after the partial temp file is removed. Other write errors are re-raised as they are."""
-    import errno
-
-    from .safe_io import atomic_path
-
-    try:
-        with atomic_path(path, "checkpoint") as tmp, open(tmp, "wb") as f:
-            torch.save(obj, f)
-    except (OSError, RuntimeError) as e:
-        if getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower():
-            raise OSError(
-                errno.ENOSPC, f"no space left on {path.parent} (writing checkpoint {path.name})", str(path)
-            ) from None
-        raise
 
 
 def _mask_digest(masking: Masking) -> str:
@@ -339,67 +298,6 @@ def setup(spec: RunSpec, threads: int | None = None) -> Session:
     )
 
 
-#: what a checkpoint.pt holds (a dict of tensors and plain types: it loads with weights_only=True)
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "granet-checkpoint", 2
-
-
-def safe_torch_load(path: Path, map_location: Any = "cpu") -> Any:
-    """torch.load(weights_only=True), without the warnings torch prints about foreign pickles."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def weights_only_reason(e: BaseException) -> str:
-    """What torch's weights-only unpickler refused, without its advice to unpickle in full."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-    return _one_line(text, 100)
-
-
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A granet checkpoint, read with torch.load(weights_only=True): it can hold no code to run.
-
-    Anything else (a foreign or older file that needs full unpickling, a truncated file, another
-    format) is a CheckpointError naming the file; there is never a fallback to full unpickling."""
-    try:
-        ckpt = safe_torch_load(path, map_location)
-    except pickle.UnpicklingError as e:
-        why = weights_only_reason(e)
-        raise CheckpointError(
-            f"{path}: refused, it does not load with torch.load(weights_only=True) ({why}); granet never "
-            "unpickles code from a checkpoint (an older granet's or a foreign file)"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line naming it
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_one_line(e, 120)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a granet checkpoint (no format {CHECKPOINT_FORMAT!r})")
-    if ckpt.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {_one_line(repr(ckpt.get('format_version')), 20)}, "
-            f"this granet reads {CHECKPOINT_VERSION}"
-        )
-    missing = [k for k in ("model", "epoch") if k not in ckpt]
-    if missing or not isinstance(ckpt["model"], dict):
-        raise CheckpointError(f"{path}: not a granet checkpoint (no {', '.join(missing) or 'model'})")
-    return ckpt
-
-
-def check_owner(ckpt: dict[str, Any], path: Path, run_id: str | None, spec_hash: str | None) -> None:
-    """A checkpoint belongs to one run: refuse one whose spec hash or run id is another's. (A sweep
-    trial's checkpoint names no run id: Ray Tune's marker beside it does, and its spec hash is checked.)"""
-    for key, want in (("spec_hash", spec_hash), ("run_id", run_id)):
-        have = ckpt.get(key)
-        if want is not None and (have is not None or key == "spec_hash") and have != want:
-            raise CheckpointError(
-                f"{path}: belongs to {key.replace('_', ' ')} {_one_line(str(have), 40)}, not {want} "
-                "(copied from another run folder?)"
-            )
-
-
 def restore(s: Session, ckpt_path: Path) -> None:
     """Continue from an epoch checkpoint: weights, optimizer, masks, schedules, RNG and the rows so far."""
     if not ckpt_path.is_file():
@@ -416,7 +314,7 @@ def restore(s: Session, ckpt_path: Path) -> None:
         s.scheduler.load_state_dict(ckpt["scheduler"])
         s.scaler.load_state_dict(ckpt["scaler"])
         s.masking.load_state_dict(ckpt["masking"])
-        _set_rng_state(ckpt["rng"], s.loader_gen)
+        set_rng_state(ckpt["rng"], s.loader_gen)
         s.start_epoch, s.wall_before = int(ckpt["epoch"]), float(ckpt["wall_seconds"])
         s.epochs_done = list(ckpt["epochs"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -425,7 +323,7 @@ def restore(s: Session, ckpt_path: Path) -> None:
 
 
 def save_checkpoint(s: Session, path: Path, wall_seconds: float) -> None:
-    _save_atomic(
+    save_atomic(
         {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -437,22 +335,13 @@ def save_checkpoint(s: Session, path: Path, wall_seconds: float) -> None:
             "scheduler": s.scheduler.state_dict(),
             "scaler": s.scaler.state_dict(),
             "masking": s.masking.state_dict(),
-            "rng": _rng_state(s.loader_gen),
+            "rng": rng_state(s.loader_gen),
             "wall_seconds": wall_seconds,
             "best_test_acc": max(r["test_acc"] for r in s.epochs_done),
             "epochs": s.epochs_done,
         },
         path,
     )
-
-
-def run_identity(run_dir: Path) -> str | None:
-    """The run id in run_dir/run.json (written by `granet run`), if any."""
-    try:
-        run_id = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return run_id if isinstance(run_id, str) else None
 
 
 def train_epoch(s: Session, epoch: int, bar: _Progress | None) -> tuple[float, float, float]:

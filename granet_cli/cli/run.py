@@ -57,7 +57,7 @@ def _resume_hint(
 def _resumable_run_id(run_dir: Path, meta_path: Path, db_path: Path) -> str:
     """The run --resume continues, checked read-only: a checkpoint, a readable run.json, and a run
     that is not already completed in the results db."""
-    from ..train import CHECKPOINT
+    from ..checkpoint import CHECKPOINT
 
     if not (meta_path.is_file() and (run_dir / CHECKPOINT).is_file()):
         fail(f"--resume: no interrupted run of this spec under {run_dir} (no checkpoint)")
@@ -208,7 +208,7 @@ def _open_existing_db(db_path: Path, spec_hash: str):
 def _new_run_dir(run_dir: Path, spec_hash: str, runs_dir: Path, store) -> str:
     """A fresh run id, written to the spec's run folder (an old checkpoint there is removed)."""
     from .. import safe_io
-    from ..train import CHECKPOINT
+    from ..checkpoint import CHECKPOINT
 
     run_id = f"{spec_hash[:8]}-{uuid.uuid4().hex[:8]}"
     try:
@@ -262,9 +262,9 @@ def _setup_errors() -> tuple[type[Exception], ...]:
 
 def _stop_run(e: BaseException, recorder, run_dir: Path, hint: str) -> NoReturn:
     """Record a run that stopped early (never left `running`), close it, and exit with its line."""
+    from ..checkpoint import CHECKPOINT
     from ..interrupts import Terminated
     from ..store import StoreError
-    from ..train import CHECKPOINT
 
     run_id = recorder.run_id
     resumable = (run_dir / CHECKPOINT).is_file()
