@@ -18,6 +18,11 @@ class ReportFormat(StrEnum):
     both = "both"
 
 
+class Interval(StrEnum):
+    ci = "ci"
+    std = "std"
+
+
 class Metric(StrEnum):
     final_test_acc = "final_test_acc"
     selected_test_acc = "selected_test_acc"
@@ -44,6 +49,16 @@ def report(
             ),
         ),
     ] = Metric.final_test_acc,
+    interval: Annotated[
+        Interval,
+        typer.Option(
+            "--interval",
+            help=(
+                "What follows ± in a cell: ci (95 % confidence interval of the mean over seeds, t-based) or std "
+                "(sample standard deviation over seeds, as papers print)."
+            ),
+        ),
+    ] = Interval.ci,
     name: Annotated[
         str | None, typer.Option("--name", help="Report file name (default: the sweep's name, else granet-report).")
     ] = None,
@@ -65,13 +80,15 @@ def report(
         fail(f"--format: expected md, html or both, got {fmt!r}")
     if as_json:
         try:
-            data = report_json(resolve_db(db), sweep=sweep, metric=metric)
+            data = report_json(resolve_db(db), sweep=sweep, metric=metric, interval=interval)
         except ReportError as e:
             fail(str(e))
         typer.echo(json.dumps(data, indent=2, allow_nan=False, default=str))
         return
     try:
-        result = build_report(resolve_db(db), sweep=sweep, out_dir=out_dir, fmt=fmt, metric=metric, name=name)
+        result = build_report(
+            resolve_db(db), sweep=sweep, out_dir=out_dir, fmt=fmt, metric=metric, name=name, interval=interval
+        )
     except ReportError as e:
         fail(str(e))
     for table in result.main_tables:

@@ -62,10 +62,11 @@ def analyse_group(
     masks: list[dict],
     layers: list[dict],
     with_plots: bool = True,
+    interval: str = "ci",
 ) -> GroupReport:
     """The report of one dataset/model from its completed runs ``g`` (``epochs``, ``masks`` and
     ``layers`` may hold other groups' rows too: each plot keeps its own runs')."""
-    main = main_table(g, metric)
+    main = main_table(g, metric, interval)
     budget, missing = budget_table(main)
     tables = [
         t

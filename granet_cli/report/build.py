@@ -18,7 +18,7 @@ from . import stats as S
 from .analysis import GroupReport, analyse_group, configurations, not_completed
 from .published import load_published
 from .render import FORMATS, write_report
-from .tables import CI_NOTE, DASH, METRICS, Table, by_dataset_model, main_table, short_line, slug
+from .tables import DASH, INTERVALS, METRICS, Table, by_dataset_model, main_table, short_line, slug
 
 
 class ReportError(ValueError):
@@ -73,20 +73,24 @@ def _no_completed(db_path: Any, sweep: str | None) -> ReportError:
     return ReportError(f"no completed runs{where} in {db_path}")
 
 
-def summary_tables(db_path: str | Path, *, sweep: str | None = None, metric: str = "final_test_acc") -> list[Table]:
+def summary_tables(
+    db_path: str | Path, *, sweep: str | None = None, metric: str = "final_test_acc", interval: str = "ci"
+) -> list[Table]:
     """The main table per (dataset, model) without writing anything."""
-    _check_metric(metric)
+    _check_metric(metric, interval)
     runs, _sid, _sname, st = _load(db_path, sweep)
     st.close()
     done = [r for r in runs if r["status"] == "completed"]
     if not done:
         raise _no_completed(db_path, sweep)
-    return [main_table(g, metric) for _d, _m, g in by_dataset_model(done)]
+    return [main_table(g, metric, interval) for _d, _m, g in by_dataset_model(done)]
 
 
-def _check_metric(metric: str) -> None:
+def _check_metric(metric: str, interval: str = "ci") -> None:
     if metric not in METRICS:
         raise ReportError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if interval not in INTERVALS:
+        raise ReportError(f"unknown interval {interval!r}; choose from {', '.join(INTERVALS)}")
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -99,8 +103,10 @@ class _Analysis:
     sweep_name: str | None
 
 
-def _analyse(db_path: str | Path, sweep: str | None, metric: str, *, with_plots: bool = True) -> _Analysis:
-    _check_metric(metric)
+def _analyse(
+    db_path: str | Path, sweep: str | None, metric: str, *, with_plots: bool = True, interval: str = "ci"
+) -> _Analysis:
+    _check_metric(metric, interval)
     runs, sweep_id, sweep_name, st = _load(db_path, sweep)
     try:
         done = [r for r in runs if r["status"] == "completed"]
@@ -118,7 +124,16 @@ def _analyse(db_path: str | Path, sweep: str | None, metric: str, *, with_plots:
     published = load_published()
     groups = [
         analyse_group(
-            dataset, model, g, metric, published, epochs=epochs, masks=masks, layers=layers, with_plots=with_plots
+            dataset,
+            model,
+            g,
+            metric,
+            published,
+            epochs=epochs,
+            masks=masks,
+            layers=layers,
+            with_plots=with_plots,
+            interval=interval,
         )
         for dataset, model, g in by_dataset_model(done)
     ]
@@ -129,18 +144,23 @@ def _analyse(db_path: str | Path, sweep: str | None, metric: str, *, with_plots:
 
 
 # ---------------------------------------------------------------------------- entry points
-def report_json(db_path: str | Path, *, sweep: str | None = None, metric: str = "final_test_acc") -> dict[str, Any]:
+def report_json(
+    db_path: str | Path, *, sweep: str | None = None, metric: str = "final_test_acc", interval: str = "ci"
+) -> dict[str, Any]:
     """The report's tables as one JSON-ready dict (nothing written): per dataset/model the main
     table (rows, cells: mean, std, ci95, n, label, density, per-seed values), the differences to
     dense, GraNet's pairwise comparisons (difference, Welch's t, df, p), published numbers with
-    their gaps and the budget table; plus the runs not completed.  Accuracies are fractions."""
-    a = _analyse(db_path, sweep, metric, with_plots=False)
+    their gaps and the budget table; the main table's ``per_seed`` lists every run's value with its
+    seed and run id; plus the runs not completed.  Accuracies are fractions."""
+    a = _analyse(db_path, sweep, metric, with_plots=False, interval=interval)
     return {
         "db": str(db_path),
         "sweep_id": a.sweep_id,
         "sweep_name": a.sweep_name,
         "metric": metric,
         "metric_title": METRICS[metric],
+        "interval": interval,
+        "interval_note": INTERVALS[interval],
         "units": "accuracy values are fractions (tables show percent); "
         "differences and gaps marked _pp are percentage points",
         "confidence": S.CONFIDENCE,
@@ -161,12 +181,13 @@ def build_report(
     fmt: str = "both",
     metric: str = "final_test_acc",
     name: str | None = None,
+    interval: str = "ci",
 ) -> ReportResult:
     """Write the report; see the package's docstring.  Raises ReportError (one line)
     for a missing/unreadable db, an unknown sweep, metric or format, or no completed runs."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
-    a = _analyse(db_path, sweep, metric)
+    a = _analyse(db_path, sweep, metric, interval=interval)
     groups, others, counts, sweep_id, sweep_name = a.groups, a.others, a.counts, a.sweep_id, a.sweep_name
     report_name = slug(name or sweep_name or "granet-report")
     ctx = dict(
@@ -183,7 +204,7 @@ def build_report(
         groups=groups,
         others=others,
         dash=DASH,
-        ci_note=CI_NOTE,
+        ci_note=INTERVALS[interval],
     )
 
     out_dir = Path(out_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .tables import CI_NOTE, METRIC_SHORT, Table, TableRow, TextTable, density_key, fmt_density
+from .tables import INTERVALS, METRIC_SHORT, Table, TableRow, TextTable, density_key, fmt_density
 
 PUBLISHED_CSV = Path(__file__).parent.parent / "data" / "published.csv"
 PUBLISHED_FIELDS = ("paper", "table", "dataset", "model", "method", "density", "epochs", "number", "std", "source")
@@ -82,7 +82,7 @@ def published_table(main: Table, published: list[dict[str, Any]], metric: str) -
     notes = [
         (
             f"Published top-1 test accuracies (granet_cli/data/published.csv) beside the measured "
-            f"{METRIC_SHORT.get(metric, metric)} (%, {CI_NOTE}) where the recipe matches: dataset, model, method, "
+            f"{METRIC_SHORT.get(metric, metric)} (%, {INTERVALS[main.interval]}) where the recipe matches: dataset, model, method, "
             "target density and epochs; gap = measured − published, in percentage points."
         )
     ]

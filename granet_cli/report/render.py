@@ -7,6 +7,7 @@ filters they use, such as :func:`md_cell`) is separate from what they show.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from ..safe_io import publish
 from . import plots as P
 from .analysis import GroupReport
 from .stats import finite
-from .tables import DASH, fmt_density
+from .tables import DASH, PERCENT, fmt_density
 
 FORMATS = ("md", "html", "both")
 TEMPLATES_DIR = Path(__file__).parent.parent / "templates"
@@ -35,6 +36,7 @@ def environment() -> Environment:
     )
     env.filters["mdcell"] = md_cell
     env.filters["density"] = lambda d: fmt_density(d) if finite(d) else DASH
+    env.filters["percent"] = PERCENT.value
     return env
 
 
@@ -57,8 +59,16 @@ class Written:
     plot_paths: list[Path]
 
 
-def write_report(out_dir: Path, report_name: str, fmt: str, ctx: dict[str, Any], groups: list[GroupReport]) -> Written:
-    """Render the pages of ``fmt`` from the template context ``ctx`` into the existing ``out_dir``.
+def write_report(
+    out_dir: Path,
+    report_name: str,
+    fmt: str,
+    ctx: dict[str, Any],
+    groups: list[GroupReport],
+    extra_files: Sequence[tuple[Path, bytes]] = (),
+) -> Written:
+    """Render the pages of ``fmt`` from the template context ``ctx`` into the existing ``out_dir``;
+    ``extra_files`` (the LaTeX set of ``--latex``) are published in the same set, before the pages.
     Raises safe_io.PathError or OSError; nothing is replaced unless everything was written."""
     env = environment()
     md_path = html_path = None
@@ -66,7 +76,7 @@ def write_report(out_dir: Path, report_name: str, fmt: str, ctx: dict[str, Any],
     # rendered in memory first, then published as one set: every file goes to a temporary name in
     # its folder and is renamed into place only when all are written (plots before the pages that
     # link them), so a crash or a full disk leaves the old report or the new one, never half
-    files: list[tuple[Path, bytes]] = []
+    files: list[tuple[Path, bytes]] = list(extra_files)
     stale: list[Path] = []
     if fmt in ("md", "both"):
         files_dir = out_dir / f"{report_name}_files"

@@ -42,6 +42,9 @@ METRIC_SHORT = {
 DASH = "–"
 BASELINE_LABEL = "dense (baseline)"
 CI_NOTE = "mean ± 95 % confidence interval over seeds (t-based, n−1 degrees of freedom)"
+STD_NOTE = "mean ± standard deviation over seeds (sample std, n−1; spread of the seeds, not a confidence interval)"
+#: what ``granet report --interval`` shows after ±: "ci" (95 % CI of the mean) or "std" (as papers print)
+INTERVALS = {"ci": CI_NOTE, "std": STD_NOTE}
 #: fewer seeds per cell than this: the table says its tests have low power
 LOW_POWER_N = 5
 
@@ -81,6 +84,7 @@ class Cell:
             "n": self.n,
             "values": self.values,
             "seeds": [r.get("seed") for r in self.runs],  # values[i] is the run of seeds[i]
+            "run_ids": [r.get("run_id") for r in self.runs],
             "best": self.best,
             "tied": self.tied,
             "text": self.text,
@@ -120,6 +124,8 @@ class Table:
     groups: list[RowGroup] = field(default_factory=list)
     #: the n (distinct seeds) the notes state for the table; cells with another n say theirs
     n: int | None = None
+    #: what follows ± in the cells: "ci" or "std" (INTERVALS)
+    interval: str = "ci"
 
     @property
     def header(self) -> list[str]:
@@ -163,6 +169,28 @@ class Table:
             t.add_row(Text(r.label, style="italic" if r.baseline else ""), *cells)
         return t
 
+    def per_seed(self) -> list[dict[str, Any]]:
+        """Every run's value behind the table: one entry per (row, density, seed) with its run id, in
+        table order (the dense baseline once, at density 1.0).  ``value`` is in the column's units."""
+        out: list[dict[str, Any]] = []
+        for r in self.rows:
+            cells = r.cells[:1] if r.baseline else r.cells
+            dens = [1.0] if r.baseline else self.densities
+            for c, d in zip(cells, dens):
+                if c is None:
+                    continue
+                for run, value in zip(c.runs, c.values):
+                    out.append(
+                        {
+                            "label": r.label,
+                            "density": d,
+                            "seed": run.get("seed"),
+                            "run_id": run.get("run_id"),
+                            "value": value,
+                        }
+                    )
+        return out
+
     def to_json(self) -> dict[str, Any]:
         rows = []
         for r in self.rows:
@@ -182,8 +210,10 @@ class Table:
             "model": self.model,
             "densities": self.densities,
             "n": self.n,
+            "interval": self.interval,
             "notes": self.notes,
             "rows": rows,
+            "per_seed": self.per_seed(),
         }
 
 
@@ -234,11 +264,13 @@ class Unit:
     def value(self, x: float | None) -> str:
         return DASH if x is None or not finite(x) else f"{x * self.scale:.{self.decimals}f}{self.suffix}"
 
-    def cell(self, c: Cell, table_n: int | None) -> str:
-        """``mean ± ci95`` (no ± when n < 2), then ``(n=k)`` only where k is not the table's n."""
+    def cell(self, c: Cell, table_n: int | None, interval: str = "ci") -> str:
+        """``mean ± ci95`` (``interval="std"``: ``mean ± std``; no ± when n < 2), then ``(n=k)`` only
+        where k is not the table's n."""
         text = self.value(c.mean)
-        if c.ci95 is not None:
-            text += f" ± {c.ci95 * self.scale:.{self.decimals}f}"
+        half = c.ci95 if interval == "ci" else (c.std if c.n >= 2 else None)
+        if half is not None:
+            text += f" ± {half * self.scale:.{self.decimals}f}"
         if c.n != table_n:
             text += f" (n={c.n})"
         return text
@@ -319,13 +351,13 @@ def _table_rows(groups: list[RowGroup], densities: list[float], column: str) -> 
     return rows, run_labels
 
 
-def _cell_notes(rows: list[TableRow], all_cells: list[Cell], table_n: int | None) -> list[str]:
+def _cell_notes(rows: list[TableRow], all_cells: list[Cell], table_n: int | None, interval: str) -> list[str]:
     """What a cell is and the n most cells share, then the dense baseline's value."""
     note_lines: list[str] = []
     if all_cells:
         uniform = all(c.n == table_n for c in all_cells)
         note_lines.append(
-            f"Each cell: {CI_NOTE}; n = {table_n} distinct seed{'s' if table_n != 1 else ''} per cell"
+            f"Each cell: {INTERVALS[interval]}; n = {table_n} distinct seed{'s' if table_n != 1 else ''} per cell"
             + ("." if uniform else " unless the cell says otherwise.")
         )
     for r in rows:
@@ -382,6 +414,7 @@ def build_table(
     mark_best: bool = False,
     higher_is_better: bool = True,
     notes: bool = True,
+    interval: str = "ci",
 ) -> Table:
     """Aggregate completed ``runs`` (one dataset/model) of ``column`` into a Table.
 
@@ -390,7 +423,8 @@ def build_table(
     ``mean ± 95 % CI``; the table's n is stated once in its notes and a cell shows its own n only
     where it differs.  ``mark_best``: per density column, the sparse cell that is significantly
     best (Welch's t-test p < 0.05 against every other sparse cell) is marked ``best``; where none
-    is, the cells statistically tied with the highest mean are marked ``tied``."""
+    is, the cells statistically tied with the highest mean are marked ``tied``.  ``interval``: what
+    follows ± in a cell, "ci" (95 % CI of the mean) or "std" (sample standard deviation)."""
     dataset = runs[0]["dataset"] if runs else ""
     model = runs[0]["model"] if runs else ""
     densities = _sparse_densities(runs)
@@ -399,8 +433,8 @@ def build_table(
     all_cells = [c for r in rows for c in r.cells if c is not None]
     table_n = _modal_n(all_cells)
     for c in all_cells:
-        c.text = unit.cell(c, table_n)
-    note_lines = _cell_notes(rows, all_cells, table_n)
+        c.text = unit.cell(c, table_n, interval)
+    note_lines = _cell_notes(rows, all_cells, table_n, interval)
     if mark_best:
         n_tests = _mark_best(rows, len(densities), higher_is_better)
         note_lines.append(marks_note(n_tests, table_n))
@@ -418,11 +452,14 @@ def build_table(
         run_labels=run_labels,
         groups=groups,
         n=table_n,
+        interval=interval,
     )
 
 
-def main_table(runs: list[dict], metric: str) -> Table:
-    return build_table(runs, metric, key="accuracy", title=METRICS[metric], unit=PERCENT, mark_best=True)
+def main_table(runs: list[dict], metric: str, interval: str = "ci") -> Table:
+    return build_table(
+        runs, metric, key="accuracy", title=METRICS[metric], unit=PERCENT, mark_best=True, interval=interval
+    )
 
 
 def by_dataset_model(runs: list[dict]) -> list[tuple[str, str, list[dict]]]:
