@@ -6,7 +6,7 @@ GRANET := $(VENV)/bin/granet
 PYTEST_ARGS ?= -n 2 -q
 LOCK   := requirements.lock
 
-.PHONY: install test test-fast lint demo bench clean browser lock
+.PHONY: install test test-fast lint demo bench clean browser latex lock
 
 install: $(VENV)/.installed
 
@@ -41,8 +41,16 @@ lint: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium) || echo "no browser: the browser test will skip"
 
+# The LaTeX test (report --latex) compiles the .tex with pdflatex and bibtex (Debian's
+# texlive-latex-recommended, about 50 MB, under a minute with apt's update) and reads the PDF with
+# pdftotext (poppler-utils); install them when missing. Where they cannot be installed the test skips.
+latex:
+	@command -v pdflatex >/dev/null 2>&1 && command -v bibtex >/dev/null 2>&1 && command -v pdftotext >/dev/null 2>&1 \
+	|| (apt-get update && apt-get install -y --no-install-recommends texlive-latex-recommended poppler-utils) \
+	|| echo "no LaTeX (apt-get could not install texlive-latex-recommended poppler-utils): the LaTeX test will skip"
+
 # pytest exits 5 when it collected no tests: that is a failure here, never a pass.
-test: install browser lint
+test: install browser latex lint
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
@@ -63,4 +71,4 @@ bench: install
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) results runs reports/*.md reports/*.html reports/*_files
+	rm -rf $(VENV) results runs reports/*.md reports/*.html reports/*.tex reports/*.bib reports/*_files

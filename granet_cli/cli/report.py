@@ -62,6 +62,16 @@ def report(
     name: Annotated[
         str | None, typer.Option("--name", help="Report file name (default: the sweep's name, else granet-report).")
     ] = None,
+    latex: Annotated[
+        bool,
+        typer.Option(
+            "--latex",
+            help=(
+                "Also write NAME.tex (booktabs tables with captions and labels, the figures as PDF in NAME_files/) "
+                "and NAME.bib (the sources of the published numbers shown), for a paper."
+            ),
+        ),
+    ] = False,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -87,12 +97,19 @@ def report(
         return
     try:
         result = build_report(
-            resolve_db(db), sweep=sweep, out_dir=out_dir, fmt=fmt, metric=metric, name=name, interval=interval
+            resolve_db(db),
+            sweep=sweep,
+            out_dir=out_dir,
+            fmt=fmt,
+            metric=metric,
+            name=name,
+            interval=interval,
+            latex=latex,
         )
     except ReportError as e:
         fail(str(e))
     for table in result.main_tables:
         out.print(table.to_rich())
-    for path in (result.md_path, result.html_path):
+    for path in (result.md_path, result.html_path, result.tex_path):
         if path is not None:
             out.print(f"wrote {path}", highlight=False)

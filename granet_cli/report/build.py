@@ -16,6 +16,8 @@ from ..safe_io import PathError
 from ..store import Store, StoreError
 from . import stats as S
 from .analysis import GroupReport, analyse_group, configurations, not_completed
+from .latex import latex_files, remove_stale_pdfs
+from .plots import collect_pdfs
 from .published import load_published
 from .render import FORMATS, write_report
 from .tables import DASH, INTERVALS, METRICS, Table, by_dataset_model, main_table, short_line, slug
@@ -38,6 +40,8 @@ class ReportResult:
     groups: list[GroupReport] = field(default_factory=list)
     other_runs: list[dict] = field(default_factory=list)
     plot_paths: list[Path] = field(default_factory=list)
+    #: report --latex: the .tex (its .bib and figure PDFs beside it)
+    tex_path: Path | None = None
 
 
 # ---------------------------------------------------------------------------- loading
@@ -182,12 +186,18 @@ def build_report(
     metric: str = "final_test_acc",
     name: str | None = None,
     interval: str = "ci",
+    latex: bool = False,
 ) -> ReportResult:
     """Write the report; see the package's docstring.  Raises ReportError (one line)
     for a missing/unreadable db, an unknown sweep, metric or format, or no completed runs."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
-    a = _analyse(db_path, sweep, metric, interval=interval)
+    pdfs: dict[str, bytes] = {}
+    if latex:  # every figure drawn as PDF too
+        with collect_pdfs() as pdfs:
+            a = _analyse(db_path, sweep, metric, interval=interval)
+    else:
+        a = _analyse(db_path, sweep, metric, interval=interval)
     groups, others, counts, sweep_id, sweep_name = a.groups, a.others, a.counts, a.sweep_id, a.sweep_name
     report_name = slug(name or sweep_name or "granet-report")
     ctx = dict(
@@ -213,7 +223,10 @@ def build_report(
     except OSError as e:
         raise ReportError(f"cannot create report folder {out_dir}: {short_line(e)}") from None
     try:
-        written = write_report(out_dir, report_name, fmt, ctx, groups)
+        tex = latex_files(out_dir, report_name, ctx, groups, pdfs) if latex else []
+        written = write_report(out_dir, report_name, fmt, ctx, groups, extra_files=tex)
+        if latex:
+            remove_stale_pdfs(out_dir, report_name, tex)
     except PathError as e:
         raise ReportError(str(e)) from None
     except OSError as e:
@@ -228,4 +241,5 @@ def build_report(
         groups=groups,
         other_runs=others,
         plot_paths=written.plot_paths,
+        tex_path=tex[-1][0] if tex else None,
     )

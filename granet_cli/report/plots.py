@@ -17,7 +17,9 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,10 +96,32 @@ def _panel_grid(n: int, ncols: int, *, panel_w: float, panel_h: float, extra_h: 
     return fig, grid, cells[:n]
 
 
+#: while collect_pdfs() runs: a figure's SVG text -> the same figure as PDF
+_PDF_SINK: ContextVar[dict[str, bytes] | None] = ContextVar("granet_pdf_sink", default=None)
+
+
+@contextmanager
+def collect_pdfs() -> Iterator[dict[str, bytes]]:
+    """Inside the block every figure drawn is also saved as PDF (for ``report --latex``), into the
+    dict yielded, keyed by the figure's SVG text (``Plot.svg``)."""
+    sink: dict[str, bytes] = {}
+    token = _PDF_SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _PDF_SINK.reset(token)
+
+
 def _to_svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
-    return buf.getvalue()
+    svg = buf.getvalue()
+    sink = _PDF_SINK.get()
+    if sink is not None:
+        pdf = io.BytesIO()
+        fig.savefig(pdf, format="pdf", metadata={"CreationDate": None})
+        sink[svg] = pdf.getvalue()
+    return svg
 
 
 def zoom_limits(values, *, pad_frac: float = 0.12, min_pad: float = 0.25) -> tuple[float, float] | None:
