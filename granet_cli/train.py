@@ -40,6 +40,7 @@ from .sparse.density import kept_count
 from .sparse.masking import Masking, sparsifiable_layers
 from .sparse.rules import needs_init_gradient
 from .spec import RunSpec, check_schedule_size
+from .store import examples
 from .store.columns import metric_row
 from .text import one_line as _one_line
 
@@ -138,8 +139,11 @@ TOP5_MIN_CLASSES = 100
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, criterion, amp: bool) -> tuple[float, float, float | None]:
-    """Test loss, top-1 accuracy and (with >= 100 classes) top-5 accuracy."""
+def evaluate(
+    model: nn.Module, loader, device, criterion, amp: bool, per_example: list[Any] | None = None
+) -> tuple[float, float, float | None]:
+    """Test loss, top-1 accuracy and (with >= 100 classes) top-5 accuracy. `per_example`, if given,
+    receives each batch's top-1 correctness (CPU bool tensors, in the loader's order)."""
     model.eval()
     loss_sum, correct, correct5, count = 0.0, 0, 0, 0
     for x, y in loader:
@@ -148,7 +152,10 @@ def evaluate(model: nn.Module, loader, device, criterion, amp: bool) -> tuple[fl
             out = model(x)
             loss = criterion(out, y)
         loss_sum += float(loss) * y.numel()
-        correct += int((out.argmax(1) == y).sum())
+        hits = out.argmax(1) == y
+        correct += int(hits.sum())
+        if per_example is not None:
+            per_example.append(hits.cpu())
         if out.shape[1] >= TOP5_MIN_CLASSES:
             correct5 += int((out.topk(5, dim=1).indices == y[:, None]).any(1).sum())
         count += y.numel()
@@ -234,6 +241,9 @@ class Session:
     #: the run this session trains: stored in every checkpoint, checked on --resume
     run_id: str | None = None
     spec_hash: str | None = None
+    #: which test examples the last evaluated model / the selected (best-validation) epoch's got right
+    test_correct: str | None = None
+    selected_test_correct: str | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -317,6 +327,7 @@ def restore(s: Session, ckpt_path: Path) -> None:
         set_rng_state(ckpt["rng"], s.loader_gen)
         s.start_epoch, s.wall_before = int(ckpt["epoch"]), float(ckpt["wall_seconds"])
         s.epochs_done = list(ckpt["epochs"])
+        s.test_correct, s.selected_test_correct = ckpt.get("test_correct"), ckpt.get("selected_test_correct")
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         why = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {_one_line(e, 120)}"
         raise ResumeError(f"--resume: checkpoint {ckpt_path} does not fit this run ({why}){hint}") from None
@@ -339,6 +350,8 @@ def save_checkpoint(s: Session, path: Path, wall_seconds: float) -> None:
             "wall_seconds": wall_seconds,
             "best_test_acc": max(r["test_acc"] for r in s.epochs_done),
             "epochs": s.epochs_done,
+            "test_correct": s.test_correct,
+            "selected_test_correct": s.selected_test_correct,
         },
         path,
     )
@@ -384,9 +397,12 @@ def epoch_row(s: Session, epoch: int, sums: tuple[float, float, float], seconds:
     """The epoch's metrics, measured on the masked model (masks are in force after every step)."""
     loss_sum, correct, count = sums
     on_rank0 = s.rank == 0
+    hits: list[Any] = []
     test_loss, test_acc, test_acc5 = (
-        evaluate(s.model, s.loaders.test, s.device, s.criterion, s.spec.amp) if on_rank0 else (0.0, 0.0, None)
+        evaluate(s.model, s.loaders.test, s.device, s.criterion, s.spec.amp, hits) if on_rank0 else (0.0, 0.0, None)
     )
+    if hits:
+        s.test_correct = examples.pack(torch.cat(hits).numpy())
     if not math.isfinite(test_loss):
         raise _Diverged(f"test loss became {test_loss} at epoch {epoch + 1}")
     val_loss = val_acc = None
@@ -430,6 +446,8 @@ def final_metrics(s: Session, wall_seconds: float, samples: int, elapsed: float)
             "inference_flops_frac": m.inference_flops_fraction(),
             "wall_seconds": wall_seconds,
             "samples_per_second": samples / elapsed if elapsed > 0 else None,
+            "test_correct": s.test_correct,
+            "selected_test_correct": s.selected_test_correct if chosen else None,
         },
     )
 
@@ -479,6 +497,8 @@ def run(
             samples += int(sums[2])
             row = epoch_row(s, epoch, sums, time.perf_counter() - t_epoch)
             s.epochs_done.append(row)
+            if selected_epoch(s.epochs_done, s.spec) is row:  # the reference's model selection moved here
+                s.selected_test_correct = s.test_correct
             if s.rank == 0:
                 save_checkpoint(s, ckpt_path, s.wall_before + time.perf_counter() - started)
             new_updates = s.masking.history[history_sent:]

@@ -10,6 +10,7 @@ from granet_cli.data import build_loaders
 from granet_cli.data.split import stratified_split
 from granet_cli.models import build_model
 from granet_cli.spec import load_run_spec
+from granet_cli.store.examples import unpack
 
 from .conftest import QUICKSTART, rows
 
@@ -152,6 +153,19 @@ def test_selected_accuracy_is_test_acc_at_best_validation_epoch(cli, tmp_path):
     loaders = build_loaders(**spec.data.model_dump(), seed=0)
     assert len(loaders.val.dataset) == round(1347 * 0.2)
     assert len(loaders.train.dataset) == 1347 - round(1347 * 0.2)
+    # per-example correctness of both reported models is stored: its means are the two accuracies,
+    # and the final one is exactly what the checkpoint's weights get right, recounted here
+    ((packed_final, packed_selected),) = rows(db, "select test_correct, selected_test_correct from runs")
+    final_bits, selected_bits = unpack(packed_final), unpack(packed_selected)
+    assert final_bits.size == selected_bits.size == 450 == len(loaders.test.dataset)
+    assert final_bits.sum() == round(final * 450) and selected_bits.sum() == round(selected * 450)
+    _, ckpt = _checkpoint(tmp_path, *sets)
+    model = build_model(spec.model.name, loaders.info.num_classes, tuple(loaders.info.input_shape))
+    model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.endswith("_mask")})
+    model.eval()
+    with torch.no_grad():
+        recount = torch.cat([model(x).argmax(1) == y for x, y in loaders.test]).numpy()
+    assert (recount == final_bits).all()
 
 
 def test_multiplier_scales_epochs_and_prune_epochs(cli, tmp_path):

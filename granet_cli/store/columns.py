@@ -66,6 +66,10 @@ TABLES: dict[str, tuple[Column, ...]] = {
         # fraction of the sparsified layers' weights that are nonzero at the end: at most
         # achieved_density (a mask count); below it where a regrown weight's gradient stayed zero
         _c("nonzero_density", _D, 3, role="final"),
+        # which test examples the reported model got right, store.examples.pack format ("n:base64"):
+        # the final model's, and the best-validation epoch's where a validation split is configured
+        _c("test_correct", _V, 5, role="final"),
+        _c("selected_test_correct", _V, 5, role="final"),
     ),
     "epochs": (
         _c("run_id", _V),

@@ -117,6 +117,9 @@ def test_schema_created_with_parent_dirs(db: Path):
         "host",
         # schema v3
         "nonzero_density",
+        # schema v5
+        "test_correct",
+        "selected_test_correct",
     }
     for c in ("overall_density", "selected_test_acc"):
         assert cols["runs"][c] == "DOUBLE"
@@ -158,7 +161,7 @@ def test_schema_created_with_parent_dirs(db: Path):
     assert pk["sweeps"] == ["sweep_id"]
     assert pk["granet_meta"] == ["key"]
     meta = dict(rows(db, "SELECT key, value FROM granet_meta"))
-    assert meta["schema_version"] == "4" and meta["created_by"].startswith("granet ")
+    assert meta["schema_version"] == "5" and meta["created_by"].startswith("granet ")
     # reopening an existing db keeps the data (schema creation is idempotent)
     with Store(db) as st:
         st.start_run(run_dict("r1"))
