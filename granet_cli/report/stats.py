@@ -24,7 +24,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -170,3 +170,61 @@ def rank_columns(
 def rank_column(values: Sequence[Sequence[float] | None], higher_is_better: bool = True) -> ColumnRank:
     """`rank_columns` of a table with this one column (Holm over this column's tests)."""
     return rank_columns([values], higher_is_better)[0]
+
+
+# ----------------------------------------------------------------------------- two sources of noise
+#: bootstrap replicates: a stable 95 % percentile interval, p-values down to ~0.001
+BOOTSTRAP_REPLICATES = 2000
+
+
+def _example_weights(n: int, replicates: int, rng) -> Any:
+    """Resampling the test set (replicates x n weights, each row summing to 1): Poisson(1) counts per
+    example, the standard large-sample form of drawing n examples with replacement (and ~20x faster
+    than multinomial draws at CIFAR's 10,000 examples)."""
+    import numpy as np
+
+    counts = rng.poisson(1.0, size=(replicates, n)).astype(np.float32)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+
+
+def bootstrap_accuracy(
+    per_seed: Sequence[Any], replicates: int = BOOTSTRAP_REPLICATES, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean accuracy over seeds and its 95 % percentile interval from a two-level bootstrap: seeds
+    resampled with replacement, and the (shared, finite) test set resampled with replacement. So the
+    interval covers both the seed-to-seed spread and the test set's own sampling noise.
+    `per_seed`: one boolean array per seed, which test examples that run got right (same order)."""
+    import numpy as np
+
+    bits = np.asarray([np.asarray(b, dtype=np.float32) for b in per_seed])  # seeds x examples
+    k, n = bits.shape
+    rng = np.random.default_rng(seed)
+    acc = bits @ _example_weights(n, replicates, rng).T  # seeds x replicates: each seed on each resampled set
+    pick = rng.integers(0, k, size=(replicates, k))
+    boot = acc[pick, np.arange(replicates)[:, None]].mean(axis=1)
+    lo, hi = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return float(bits.mean()), float(lo), float(hi)
+
+
+def paired_bootstrap(
+    a: Sequence[Any], b: Sequence[Any], replicates: int = BOOTSTRAP_REPLICATES, seed: int = 0
+) -> tuple[float, float]:
+    """mean(a) - mean(b) and its two-sided bootstrap p-value, paired on the shared test set: each
+    replicate resamples the test examples once for both sides (so the examples both get right or
+    wrong cancel) and each side's seeds independently. p = 2 x the smaller tail share of the
+    replicated differences on either side of zero (with the +1 correction), capped at 1."""
+    import numpy as np
+
+    xa = np.asarray([np.asarray(v, dtype=np.float32) for v in a])
+    xb = np.asarray([np.asarray(v, dtype=np.float32) for v in b])
+    if xa.shape[1] != xb.shape[1]:
+        raise ValueError("paired_bootstrap: the two sides were evaluated on test sets of different sizes")
+    rng = np.random.default_rng(seed)
+    weights = _example_weights(xa.shape[1], replicates, rng).T
+    acc_a, acc_b = xa @ weights, xb @ weights
+    cols = np.arange(replicates)[:, None]
+    da = acc_a[rng.integers(0, len(xa), size=(replicates, len(xa))), cols].mean(axis=1)
+    db = acc_b[rng.integers(0, len(xb), size=(replicates, len(xb))), cols].mean(axis=1)
+    diff = da - db
+    tail = min((diff <= 0).sum(), (diff >= 0).sum())
+    return float(xa.mean() - xb.mean()), float(min(1.0, 2 * (tail + 1) / (replicates + 1)))
