@@ -9,7 +9,7 @@ from __future__ import annotations
 from .app import app, guard_commands
 
 # registration order is the order of `granet --help`
-from . import validate, plan, run, sweep, report, export, results, sql, data, db  # noqa: E402, F401, I001  isort: skip
+from . import validate, plan, run, sweep, tune, report, export, results, sql, data, db  # noqa: E402, F401, I001  isort: skip
 
 guard_commands(app)
 

@@ -108,7 +108,7 @@ def find_checkpoints(storage: str, experiment: str) -> dict[str, dict]:
     return best
 
 
-def _check_before_writing(plan: SweepPlan, points: list) -> tuple[dict, float, float]:
+def check_before_writing(plan: SweepPlan, points: list) -> tuple[dict, float, float]:
     """The cluster's resources and a trial's (cpus, gpus), after refusing (SweepError, one line per
     distinct problem) a sweep no node can run, or whose points `granet run` would refuse: the
     run's set-up checks (preflight) run once per distinct configuration, as a task with a trial's
@@ -181,7 +181,7 @@ def _run_sweep(
     ray_started, local = init_ray(address)
     store = outcome = None
     try:
-        resources, cpus, gpus = _check_before_writing(plan, todo_points)
+        resources, cpus, gpus = check_before_writing(plan, todo_points)
 
         # from here on things are written
         store = Store(db_path)
@@ -257,7 +257,7 @@ def _fit(
     old_term = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     display = Display(console, plan, len(todo), best)
     try:
-        with _tune_env(), quiet_ray_errors(), display:
+        with tune_env(), quiet_ray_errors(), display:
             callbacks = [
                 make_callback(
                     store, plan, {t.run_id: t for t in todo}, display, tune_run["retries"], outcome, tensorboard
@@ -391,7 +391,7 @@ TUNE_ENV = {
 
 
 @contextmanager
-def _tune_env() -> Iterator[None]:
+def tune_env() -> Iterator[None]:
     before = {k: os.environ.get(k) for k in TUNE_ENV}
     for k, v in TUNE_ENV.items():
         os.environ.setdefault(k, v)

@@ -31,10 +31,14 @@ class _StoreCallbackHooks:
     Its state lives on the instance (never in closures), and is left out when Tune pickles its
     RunConfig: the db handle and the display stay in this process."""
 
-    def __init__(self, store, plan, by_run, display, max_failures, outcome, tensorboard) -> None:
+    def __init__(self, store, plan, by_run, display, max_failures, outcome, tensorboard, new_trial=None) -> None:
         self.store, self.plan, self.by_run, self.display = store, plan, by_run, display
         self.max_failures, self.outcome = max_failures, outcome
         self.tensorboard = tensorboard
+        # `granet tune`: trials a search algorithm creates as it goes (trial -> TrialOutcome);
+        # a trial its scheduler ends early is recorded `stopped`, not failed
+        self.new_trial = new_trial
+        self.by_trial: dict[str, TrialOutcome] = {}
         self.recorders: dict[str | None, RunRecorder] = {}  # run_id -> the run's recorder
 
     def __getstate__(self) -> dict:
@@ -43,6 +47,7 @@ class _StoreCallbackHooks:
     def __setstate__(self, state: dict) -> None:
         self.store = self.plan = self.display = self.outcome = self.tensorboard = None
         self.by_run, self.max_failures, self.recorders = {}, 0, {}
+        self.new_trial, self.by_trial = None, {}
 
     def _recorder(self, t: TrialOutcome) -> RunRecorder:
         """The trial's run, recorded as `granet run` records one (the sweep's store stays open)."""
@@ -65,7 +70,11 @@ class _StoreCallbackHooks:
         self._recorder(t).start(attempts=t.prior_attempts + t.attempts)
 
     def _outcome(self, trial) -> TrialOutcome | None:
-        return self.by_run.get(trial.config.get("point", {}).get("run_id"))
+        if self.new_trial is None:
+            return self.by_run.get(trial.config.get("point", {}).get("run_id"))
+        if trial.trial_id not in self.by_trial:
+            self.by_trial[trial.trial_id] = self.new_trial(trial)
+        return self.by_trial[trial.trial_id]
 
     def _start(self, t: TrialOutcome) -> None:
         t.status, t.ran, t.attempts = "running", True, 1
@@ -158,8 +167,14 @@ class _StoreCallbackHooks:
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         t = self._outcome(trial)
-        if t is not None and t.status == "running":  # returned without its final report
-            self._fail(t, "trial ended without a final result")
+        if t is None or t.status != "running":
+            return
+        if self.new_trial is not None:  # granet tune: the scheduler stopped it (a result, not a failure)
+            t.status, t.error = "stopped", f"stopped early by the scheduler after epoch {t.last_epoch}"
+            self._recorder(t).stop("stopped", t.error)
+            self.display.finished(t)
+            return
+        self._fail(t, "trial ended without a final result")  # returned without its final report
 
     def on_trial_error(self, iteration, trials, trial, **info):
         t = self._outcome(trial)
@@ -181,9 +196,11 @@ def make_callback(
     max_failures: int = 0,
     outcome: SweepOutcome | None = None,
     tensorboard: Path | None = None,
+    new_trial=None,
 ):
-    """The StoreCallback of a sweep: `_StoreCallbackHooks` as a ray.tune.Callback."""
+    """The StoreCallback of a sweep: `_StoreCallbackHooks` as a ray.tune.Callback. `new_trial`
+    (granet tune): trial -> its TrialOutcome, for trials a search algorithm creates as it goes."""
     from ray import tune
 
     callback_cls = type("StoreCallback", (_StoreCallbackHooks, tune.Callback), {})
-    return callback_cls(store, plan, by_run, display, max_failures, outcome, tensorboard)
+    return callback_cls(store, plan, by_run, display, max_failures, outcome, tensorboard, new_trial)

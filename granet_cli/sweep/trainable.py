@@ -24,6 +24,8 @@ EPOCH_KEY, UPDATES_KEY, FINAL_KEY = "granet_epoch", "granet_mask_updates", "gran
 NODE_KEY = "granet_node"
 #: the rows a checkpoint holds, sent once by a trial that continues from it
 REPLAY_KEY = "granet_replay"
+#: the epoch's validation accuracy: the metric `granet tune` searches and stops on (never test_acc)
+VAL_KEY = "val_acc"
 #: beside checkpoint.pt in every Tune checkpoint: which point, run and epoch it is
 MARKER = "granet_checkpoint.json"
 
@@ -45,6 +47,7 @@ def trainable(config: dict) -> None:
     try:
         replay_to = _restore(checkpoint, work, point["spec_hash"]) if checkpoint is not None else 0
         replay: dict[str, list] = {"epochs": [], "updates": []}
+        last_val: dict[str, float | None] = {VAL_KEY: None}  # the final report repeats it (a searcher reads the last)
 
         def on_epoch(row: dict, updates: list[dict]) -> None:
             if row["epoch"] <= replay_to:  # rows the checkpoint holds: sent once, together
@@ -53,6 +56,7 @@ def trainable(config: dict) -> None:
                 if row["epoch"] == replay_to:
                     tune.report({REPLAY_KEY: json.dumps(replay), "epoch": replay_to})
                 return
+            last_val[VAL_KEY] = row.get("val_acc")
             # train.run has just written work/checkpoint.pt for this epoch
             (work / MARKER).write_text(
                 json.dumps(
@@ -71,6 +75,7 @@ def trainable(config: dict) -> None:
                     UPDATES_KEY: json.dumps(updates),
                     "epoch": row["epoch"],
                     "test_acc": row["test_acc"],
+                    VAL_KEY: row.get("val_acc"),
                     NODE_KEY: node_id,
                 },
                 checkpoint=tune.Checkpoint.from_directory(str(work)),
@@ -95,6 +100,7 @@ def trainable(config: dict) -> None:
                 ),
                 "final_test_acc": result.final.get("final_test_acc"),
                 "run_status": result.status,
+                **last_val,
             }
         )
     finally:

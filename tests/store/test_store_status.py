@@ -37,7 +37,7 @@ def start_in_child(db: Path, run_id: str, spec_hash: str = "h", *, then: str = "
 
 
 def test_status_constants():
-    assert set(RUN_STATUSES) == {"running", "completed", "failed", "diverged", "interrupted"}
+    assert set(RUN_STATUSES) == {"running", "completed", "failed", "diverged", "interrupted", "stopped"}
     assert [s.value for s in RunStatus] == list(RUN_STATUSES)
     assert RunStatus.INTERRUPTED == "interrupted" and str(RunStatus.FAILED) == "failed"
 

@@ -1,0 +1,160 @@
+"""`granet tune` end to end on the quickstart: Ray Tune's random search and Optuna with ASHA on the
+validation split, the choice recomputed from the db rows (validation accuracy only), trials ASHA
+stopped early, the seeds sweep of the chosen values, an instant rerun, and bad input."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ..conftest import QUICKSTART, ROOT, rows
+
+EPOCHS = 4
+FEW = ["--set", f"optim.epochs={EPOCHS}", "--set", "sparsity.final_prune_epoch=2"]
+LR = "optim.lr=loguniform:0.01:0.3"
+
+
+def granet_tune(tmp_path, *args, timeout=300):
+    cmd = [sys.executable, "-m", "granet_cli.cli", "tune", str(QUICKSTART), *map(str, args), *FEW]
+    cmd += ["--db", str(tmp_path / "r.duckdb"), "--runs-dir", str(tmp_path / "runs")]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def tuning_trials(db, name):
+    """run_id -> (method, target density, status, lr, epochs rows, val_acc of the last epoch), from SQL."""
+    found = rows(
+        db,
+        """
+        SELECT r.run_id, r.method, r.target_density, r.status, r.spec_json,
+               (SELECT count(*) FROM epochs e WHERE e.run_id = r.run_id),
+               (SELECT e.val_acc FROM epochs e WHERE e.run_id = r.run_id ORDER BY e.epoch DESC LIMIT 1)
+        FROM runs r JOIN sweeps s USING (sweep_id) WHERE s.name = ? ORDER BY r.started_at, r.run_id
+        """,
+        f"{name}:tuning",
+    )
+    return {
+        r[0]: (r[1], r[2], r[3], json.loads(r[4])["optim"]["lr"], r[5], r[6])
+        for r in found  # noqa: B035
+    }
+
+
+def expected_choice(trials):
+    """(method, density) -> lr of the completed trial with the highest final validation accuracy."""
+    best: dict = {}
+    for method, density, status, lr, _n, val in trials.values():
+        if status == "completed" and val is not None:
+            cur = best.get((method, density))
+            if cur is None or val > cur[1]:
+                best[(method, density)] = (lr, val)
+    return {k: v[0] for k, v in best.items()}
+
+
+def seeds_runs(db, name):
+    found = rows(
+        db,
+        "SELECT r.method, r.target_density, r.seed, r.status, r.spec_json FROM runs r "
+        "JOIN sweeps s USING (sweep_id) WHERE s.name = ?",
+        name,
+    )
+    return [(m, d, seed, st, json.loads(spec)) for m, d, seed, st, spec in found]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_random_search_with_asha_chooses_on_validation_and_reruns_over_seeds(tmp_path):
+    db = tmp_path / "r.duckdb"
+    args = ["--methods", "rigl", "--densities", "0.05,0.1", "--param", LR, "--samples", 4, "--seeds", "0,1"]
+    proc = granet_tune(tmp_path, *args, "--name", "rs")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "validation split of 0.1" in proc.stdout
+
+    trials = tuning_trials(db, "rs")
+    assert len(trials) == 8  # 4 samples x 2 cells
+    statuses = [t[2] for t in trials.values()]
+    assert set(statuses) <= {"completed", "stopped"}, statuses
+    for _m, _d, status, _lr, n_epochs, val in trials.values():
+        assert val is not None  # every epoch of a tuning trial measured the validation split
+        if status == "completed":
+            assert n_epochs == EPOCHS
+        else:  # ASHA ended it at a rung before the last epoch
+            assert n_epochs < EPOCHS
+    assert "stopped" in statuses  # 2 trials at once, rungs at epochs 1 and 2: ASHA stops some
+
+    choice = expected_choice(trials)
+    assert set(choice) == {("rigl", 0.05), ("rigl", 0.1)}
+    seeds = seeds_runs(db, "rs")
+    assert sorted((m, d, s) for m, d, s, _st, _sp in seeds) == [
+        ("rigl", 0.05, 0),
+        ("rigl", 0.05, 1),
+        ("rigl", 0.1, 0),
+        ("rigl", 0.1, 1),
+    ]
+    for m, d, _seed, status, spec in seeds:
+        assert status == "completed"
+        assert spec["optim"]["lr"] == pytest.approx(choice[(m, d)])
+        assert spec["data"]["val_fraction"] == 0.1
+    stored = json.loads(rows(db, "SELECT grid_json FROM sweeps WHERE name = 'rs:tuning'")[0][0])["tune"]
+    assert stored["search"] == "random" and stored["samples"] == 4
+    assert {k: v["values"][LR.split("=")[0]] for k, v in stored["chosen"].items()} == pytest.approx(
+        {f"rigl d={d:g}": lr for (_m, d), lr in choice.items()}
+    )
+
+    # the same command again: nothing runs, nothing is added
+    start = time.monotonic()
+    again = granet_tune(tmp_path, *args, "--name", "rs")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert time.monotonic() - start < 15
+    assert len(tuning_trials(db, "rs")) == 8 and len(seeds_runs(db, "rs")) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_optuna_search_with_asha(tmp_path):
+    pytest.importorskip("optuna")
+    db = tmp_path / "r.duckdb"
+    args = ["--methods", "gmp", "--densities", "0.1", "--param", LR, "--param", "optim.momentum=choice:0.8,0.9"]
+    proc = granet_tune(tmp_path, *args, "--samples", 3, "--search", "optuna", "--name", "op")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = tuning_trials(db, "op")
+    assert len(trials) == 3
+    choice = expected_choice(trials)
+    [(m, d, seed, status, spec)] = seeds_runs(db, "op")
+    assert (m, d, seed, status) == ("gmp", 0.1, 0, "completed")
+    assert spec["optim"]["lr"] == pytest.approx(choice[("gmp", 0.1)])
+    chosen_run = next(r for r, t in trials.items() if t[3] == pytest.approx(choice[("gmp", 0.1)]))
+    chosen_spec = json.loads(rows(db, "SELECT spec_json FROM runs WHERE run_id = ?", chosen_run)[0][0])
+    assert spec["optim"]["momentum"] == chosen_spec["optim"]["momentum"]
+
+
+@pytest.mark.parametrize(
+    "param, extra, says",
+    [
+        ("optim.lrr=uniform:0.01:0.1", [], "optim.lrr: unknown field"),
+        ("optim.lr=uniform:0.01", [], "uniform needs two numbers"),
+        ("optim.lr=gauss:0:1", [], "expected FIELD=DIST"),
+        ("optim.momentum=uniform:0.5:1.5", [], "at 1.5: optim.momentum: Input should be less than 1"),
+        ("sparsity.drop_fraction=uniform:0.1:1.5", [], "sparsity.drop_fraction"),
+        ("optim.lr=uniform:0.01:0.1", ["--samples", "0"], "--samples: at least 1"),
+        ("optim.lr=uniform:0.01:0.1", ["--search", "grid"], "--search grid: every --param must be a choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, param, extra, says):
+    db = tmp_path / "r.duckdb"
+    result = cli("tune", QUICKSTART, "--param", param, *extra, "--db", db, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.output
+    assert not db.exists() and not (tmp_path / "runs").exists()
+
+
+def test_optuna_missing_is_one_line_exit_2(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    db = tmp_path / "r.duckdb"
+    result = cli("tune", QUICKSTART, "--param", "optim.lr=uniform:0.01:0.1", "--search", "optuna", "--db", db)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "error: --search optuna needs the optuna package: pip install 'granet[tune]'"
+    ]
+    assert not db.exists()
