@@ -32,8 +32,10 @@ class Registry:
         self.folder = folder or _HERE / package.rsplit(".", 1)[-1]
         self._entries: dict[str, Any] = {}
 
-    def register(self, *names: str) -> Callable[[F], F]:
-        """Decorator: register the decorated object under each of `names`."""
+    def register(self, *names: str, reads: tuple[str, ...] = ()) -> Callable[[F], F]:
+        """Decorator: register the decorated object under each of `names`. `reads`: the settings
+        only some entries use that this one reads (a dataset's `DataConfig` fields beyond those every
+        dataset reads); a literal tuple, read from the source by :meth:`reads` without importing."""
 
         def register(obj: F) -> F:
             for name in names:
@@ -44,10 +46,18 @@ class Registry:
 
         return register
 
-    @cache  # noqa: B019 - one registry per kind for the life of the process
     def manifest(self) -> dict[str, str]:
         """name -> module (relative to the package), read from the source without importing it."""
+        return self._scan()[0]
+
+    def reads(self, name: str) -> tuple[str, ...]:
+        """The `reads=` of `name`'s decorator, read from the source (no import). KeyError if unknown."""
+        return self._scan()[1][name]
+
+    @cache  # noqa: B019 - one registry per kind for the life of the process
+    def _scan(self) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
         found: dict[str, str] = {}
+        reads: dict[str, tuple[str, ...]] = {}
         for path in sorted(self.folder.glob("*.py")):
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
             for node in ast.walk(tree):
@@ -55,10 +65,12 @@ class Registry:
                     continue
                 for deco in node.decorator_list:
                     if isinstance(deco, ast.Call) and _name(deco.func) == self.decorator:
+                        kw = {k.arg: ast.literal_eval(k.value) for k in deco.keywords if k.arg == "reads"}
                         for arg in deco.args:
                             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                                 found[arg.value] = path.stem
-        return found
+                                reads[arg.value] = tuple(kw.get("reads", ()))
+        return found, reads
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.manifest())

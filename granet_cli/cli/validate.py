@@ -26,7 +26,19 @@ def validate(spec: Annotated[Path, typer.Argument(help="YAML run spec.")], set_:
             sweep_plan = plan_sweep(spec, set_)
     except SpecError as e:
         fail(str(e))
-    out.print(yaml.safe_dump(run_spec.normalised(), sort_keys=False).rstrip(), highlight=False)
+    from ..data import DataError
+    from ..facts import applicable, facts_line, run_facts
+
+    try:
+        facts = run_facts(run_spec)
+    except (DataError, ValueError) as e:
+        fail(str(e))
+    # the data: fields that do not apply to the dataset are left out (their defaults are unused)
+    out.print(yaml.safe_dump(applicable(run_spec), sort_keys=False).rstrip(), highlight=False)
+    from ..provenance import hardware, versions_line
+
+    for line in (facts_line(facts), f"this machine: {hardware()}", versions_line()):
+        out.print(f"# {line}", style="dim", highlight=False, soft_wrap=True)
     out.print(f"# spec_hash: {run_spec.spec_hash()}", style="dim", highlight=False)
     if sweep_plan is not None:
         out.print(f"# sweep {sweep_plan.name}: {len(sweep_plan.points)} points valid", style="dim", highlight=False)

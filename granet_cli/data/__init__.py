@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..registry import DATASETS
-from .base import DataConfig, DataError, DatasetInfo
+from .base import DataConfig, DataError, DatasetInfo, val_count
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -48,9 +48,15 @@ def dataset_info(name: str, **settings: Any) -> DatasetInfo:
     return _without_val(info, spec)
 
 
-def _without_val(info: DatasetInfo, spec: DataConfig) -> DatasetInfo:
-    from .split import val_count
+def dataset_fields(name: str) -> tuple[str, ...]:
+    """The `DataConfig` fields dataset `name` reads (the common ones, then its decorator's `reads`);
+    the others do not apply to it. Read from the source: nothing is imported."""
+    if name not in DATASET_NAMES:
+        raise DataError(f"data.name: unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
+    return (*DataConfig.COMMON, *DATASETS.reads(name))
 
+
+def _without_val(info: DatasetInfo, spec: DataConfig) -> DatasetInfo:
     n_val = val_count(info.train_size, spec.val_fraction)
     return DatasetInfo(info.name, info.num_classes, info.input_shape, info.train_size - n_val, info.test_size)
 

@@ -19,6 +19,11 @@ class DatasetInfo:
     test_size: int
 
 
+def val_count(n: int, fraction: float) -> int:
+    """How many of `n` training samples the validation split (split.py) holds out."""
+    return int(round(n * fraction)) if fraction > 0 else 0
+
+
 def _setting(default: Any = MISSING, doc: str = "", *, factory: Any = MISSING, **bounds: Any) -> Any:
     """A DataConfig field with its help text and Pydantic constraints (`bounds`: gt, ge, lt,
     min_length, ...) as plain metadata; the spec layer builds `DataSpec` from these."""
@@ -51,7 +56,7 @@ class DataConfig:
         False,
         "cifar10/cifar100: download into root with torchvision (md5-checked) when missing; never part of the spec hash",
     )
-    # synthetic data only
+    # synthetic data only (what each dataset reads: its `@register_dataset(..., reads=...)`)
     input_shape: list[int] = _setting(
         factory=lambda: [3, 32, 32],
         doc="(C, H, W) for conv models; 1 to 3 positive sizes for mlp",
@@ -61,6 +66,9 @@ class DataConfig:
     num_classes: int = _setting(10, gt=1)
     train_size: int = _setting(512, gt=0)
     test_size: int = _setting(256, gt=0)
+
+    #: the fields every dataset reads (the loaders); the others only where a dataset's `reads` names them
+    COMMON = ("name", "batch_size", "test_batch_size", "num_workers", "val_fraction")
 
     @classmethod
     def of(cls, name: str, settings: dict) -> DataConfig:

@@ -9,17 +9,14 @@ import tarfile
 import urllib.error
 from pathlib import Path
 
-from torchvision import datasets as tvd
-from torchvision import transforms as T
-
 from ..registry import register_dataset
 from .base import DataError, DatasetInfo
 
 # name -> (torchvision class, title, folder, num_classes, mean, std); stats as the GraNet reference
 _CIFAR = {
-    "cifar10": (tvd.CIFAR10, "CIFAR-10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar10": ("CIFAR10", "CIFAR-10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": (
-        tvd.CIFAR100,
+        "CIFAR100",
         "CIFAR-100",
         "cifar-100-python",
         100,
@@ -29,7 +26,7 @@ _CIFAR = {
 }
 
 
-@register_dataset("cifar10", "cifar100")
+@register_dataset("cifar10", "cifar100", reads=("root", "augment", "download"))
 def info(spec) -> DatasetInfo:
     n_classes = _CIFAR[spec.name][3]
     return DatasetInfo(spec.name, n_classes, (3, 32, 32), 50000, 10000)
@@ -47,8 +44,18 @@ def _checked(cls):
     )
 
 
+def _tv_class(name: str):
+    """torchvision's dataset class for `name`, imported on first use (`info` needs no torchvision)."""
+    from torchvision import datasets as tvd
+
+    return getattr(tvd, _CIFAR[name][0])
+
+
 def datasets(spec):
-    cls, title, folder, _, mean, std = _CIFAR[spec.name]
+    from torchvision import transforms as T
+
+    _cls, title, folder, _, mean, std = _CIFAR[spec.name]
+    cls = _tv_class(spec.name)
     if not spec.root:
         raise DataError(f"data.root: {title} needs a local root folder containing {folder}/ (nothing is downloaded)")
     if getattr(spec, "download", False):
@@ -77,7 +84,9 @@ def datasets(spec):
 
 def train_eval_dataset(spec):
     """The training images with the test transform: what the validation split is seen through."""
-    cls, _title, _folder, _, mean, std = _CIFAR[spec.name]
+    from torchvision import transforms as T
+
+    cls, mean, std = _tv_class(spec.name), _CIFAR[spec.name][4], _CIFAR[spec.name][5]
     datasets(spec)  # the same checks and one-line errors as the training set
     return _checked(cls)(
         str(Path(spec.root).expanduser()),
@@ -108,7 +117,7 @@ def download(name: str, root: str | Path, *, quiet: bool = False) -> Path:
     download, then the archive's and every extracted batch file's md5); its folder.
 
     Raises DataError with one line on a network failure or a checksum mismatch."""
-    cls, title, folder = _CIFAR[name][0], _CIFAR[name][1], _CIFAR[name][2]
+    cls, title, folder = _tv_class(name), _CIFAR[name][1], _CIFAR[name][2]
     root = Path(root).expanduser()
     created = not root.exists()
     try:

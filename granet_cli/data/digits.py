@@ -14,13 +14,14 @@ import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
-
-import numpy as np
-import torch
-from torch.utils.data import TensorDataset
+from typing import TYPE_CHECKING
 
 from ..registry import register_dataset
 from .base import DataError, DatasetInfo
+
+if TYPE_CHECKING:  # numpy and torch are imported by the builders: `info` (granet validate) needs neither
+    import numpy as np
+    from torch.utils.data import TensorDataset
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 8, 8)
@@ -39,23 +40,34 @@ def data_file() -> Path:
 
 
 @lru_cache(maxsize=1)
+def _split_indices() -> dict[str, list[int]]:
+    return json.loads(SPLIT_FILE.read_text())
+
+
+@lru_cache(maxsize=1)
 def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import numpy as np
+
     with gzip.open(data_file(), "rt", encoding="utf-8") as f:
         data = np.loadtxt(f, delimiter=",")
     target = data[:, -1].astype(int)
     images = (data[:, :-1].reshape(-1, 8, 8) / 16.0).astype(np.float32)
-    split = json.loads(SPLIT_FILE.read_text())
+    split = _split_indices()
     train, test = np.asarray(split["train"]), np.asarray(split["test"])
     return images[train], images[test], target[train], target[test]
 
 
 @register_dataset("digits")
 def info(spec) -> DatasetInfo:
-    x_tr, x_te, _, _ = _split()
-    return DatasetInfo("digits", NUM_CLASSES, INPUT_SHAPE, len(x_tr), len(x_te))
+    data_file()  # the sizes are the split file's; the data must be there all the same
+    split = _split_indices()
+    return DatasetInfo("digits", NUM_CLASSES, INPUT_SHAPE, len(split["train"]), len(split["test"]))
 
 
 def datasets(spec) -> tuple[TensorDataset, TensorDataset]:
+    import torch
+    from torch.utils.data import TensorDataset
+
     x_tr, x_te, y_tr, y_te = _split()
     mean, std = float(x_tr.mean()), float(x_tr.std())
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchvision import datasets as tvd
-from torchvision import transforms as T
-
 from ..registry import register_dataset
 from .base import DataError, DatasetInfo
 
@@ -14,12 +11,15 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"
 
 
-@register_dataset("imagenet")
+@register_dataset("imagenet", reads=("root", "augment"))
 def info(spec) -> DatasetInfo:
     return DatasetInfo("imagenet", 1000, (3, 224, 224), 1281167, 50000)
 
 
 def datasets(spec):
+    from torchvision import datasets as tvd
+    from torchvision import transforms as T
+
     if not spec.root:
         raise DataError(f"data.root: ImageNet needs a local root folder laid out as {LAYOUT} (nothing is downloaded)")
     root = Path(spec.root).expanduser()
@@ -43,6 +43,9 @@ def datasets(spec):
 
 def train_eval_dataset(spec):
     """The training images with the validation transform: what the validation split is seen through."""
+    from torchvision import datasets as tvd
+    from torchvision import transforms as T
+
     datasets(spec)  # the same checks and one-line errors as the training set
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
     return tvd.ImageFolder(

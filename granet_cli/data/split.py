@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import torch
 
+from .base import val_count
+
+__all__ = ["VAL_SPLIT_SEED", "labels_of", "stratified_split", "val_count"]
+
 #: the split's own seed: fixed, so it is the same for every run seed
 VAL_SPLIT_SEED = 0
-
-
-def val_count(n: int, fraction: float) -> int:
-    """How many of `n` training samples the split holds out."""
-    return int(round(n * fraction)) if fraction > 0 else 0
 
 
 def labels_of(dataset) -> torch.Tensor | None:

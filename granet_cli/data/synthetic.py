@@ -9,26 +9,30 @@ short run of an MLP or a conv net beats chance.
 from __future__ import annotations
 
 import math
-
-import torch
-import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from typing import TYPE_CHECKING
 
 from ..registry import register_dataset
 from .base import DatasetInfo
+
+if TYPE_CHECKING:  # torch is imported by the builders: `info` (granet validate) needs none
+    import torch
+    from torch.utils.data import TensorDataset
 
 DATA_SEED = 20210517  # fixed: the data never depends on the run seed
 LATENT_DIM = 16
 NOISE = 0.5
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", reads=("input_shape", "num_classes", "train_size", "test_size"))
 def info(spec) -> DatasetInfo:
     return DatasetInfo("synthetic", spec.num_classes, tuple(spec.input_shape), spec.train_size, spec.test_size)
 
 
 def _patterns(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     """LATENT_DIM fixed patterns of `shape`, each with unit per-element variance / sqrt(LATENT_DIM)."""
+    import torch
+    import torch.nn.functional as F
+
     if len(shape) == 3:
         c, h, w = shape
         coarse = torch.randn(LATENT_DIM, c, min(h, max(4, -(-h // 4))), min(w, max(4, -(-w // 4))), generator=g)
@@ -40,6 +44,9 @@ def _patterns(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
 
 
 def datasets(spec) -> tuple[TensorDataset, TensorDataset]:
+    import torch
+    from torch.utils.data import TensorDataset
+
     g = torch.Generator().manual_seed(DATA_SEED)
     shape, n = tuple(spec.input_shape), spec.train_size + spec.test_size
     pats = _patterns(shape, g)

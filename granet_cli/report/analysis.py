@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..facts import describe_stored
 from . import plots as P
 from .comparisons import budget_table, comparison_table, dense_diff_table
 from .figures import group_plots
@@ -118,7 +119,9 @@ def configurations(groups: list[GroupReport]) -> list[dict[str, Any]]:
                 spec = json.loads(run.get("spec_json") or "{}")
             except ValueError:
                 spec = {}
+            facts = None
             if isinstance(spec, dict):
+                spec, facts = describe_stored(spec)  # the data fields that apply; the real data, steps, updates
                 spec.pop("seed", None)
                 spec.get("sparsity", {}).pop("final_density", None)
             label = g.main.run_labels.get(run["run_id"], row.label)
@@ -129,6 +132,8 @@ def configurations(groups: list[GroupReport]) -> list[dict[str, Any]]:
                     "label": label,
                     "seeds": seeds,
                     "spec": json.dumps(spec, indent=2, sort_keys=True),
+                    "facts": facts,
+                    "hosts": sorted({str(r["host"]) for r in row.runs if r.get("host")}),
                 }
             )
     return out
