@@ -14,9 +14,13 @@ from ..facts import describe_stored
 from . import plots as P
 from .comparisons import budget_table, comparison_table, dense_diff_table
 from .figures import group_plots
+from .grouping import group_rows, split_by_recipe
 from .published import published_table
 from .stats import finite
-from .tables import Table, TextTable, main_table, method_sort_key, short_line, slug
+from .tables import Table, TextTable, by_dataset_model, density_key, main_table, method_sort_key, short_line, slug
+
+#: more rows than this in one dataset/model: one section per training recipe, and a hint to use --sweep
+MAX_ROWS = 6
 
 
 @dataclass
@@ -34,6 +38,8 @@ class GroupReport:
     n_completed: int
     missing_metrics: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the training recipe of this section ("" when the dataset/model is one section)
+    recipe: str = ""
 
     def table(self, key: str) -> TextTable | None:
         return next((t for t in self.tables if t.key == key), None)
@@ -42,6 +48,7 @@ class GroupReport:
         out: dict[str, Any] = {
             "dataset": self.dataset,
             "model": self.model,
+            "recipe": self.recipe,
             "n_completed": self.n_completed,
             "main": self.main.to_json(),
         }
@@ -49,6 +56,7 @@ class GroupReport:
             t = self.table(key)
             out[key] = t.data if t else []
         out["not_recorded"] = self.missing_metrics
+        out["notes"] = self.notes
         return out
 
 
@@ -64,9 +72,12 @@ def analyse_group(
     layers: list[dict],
     with_plots: bool = True,
     interval: str = "ci",
+    recipe: str = "",
+    section_notes: tuple[str, ...] | list[str] = (),
 ) -> GroupReport:
-    """The report of one dataset/model from its completed runs ``g`` (``epochs``, ``masks`` and
-    ``layers`` may hold other groups' rows too: each plot keeps its own runs')."""
+    """The report of one dataset/model (one ``recipe`` of it, see :func:`sections`) from its completed
+    runs ``g`` (``epochs``, ``masks`` and ``layers`` may hold other groups' rows too: each plot keeps
+    its own runs')."""
     main = main_table(g, metric, interval)
     budget, missing = budget_table(main)
     tables = [
@@ -74,7 +85,7 @@ def analyse_group(
         for t in (dense_diff_table(main), comparison_table(main), published_table(main, published, metric), budget)
         if t is not None
     ]
-    notes = []
+    notes = list(section_notes)
     if not any(r.method == "granet" for r in main.rows):
         notes.append("No GraNet row here, so no pairwise comparison with GraNet.")
     gplots: list[P.Plot] = []
@@ -88,7 +99,40 @@ def analyse_group(
             metric,
             main,
         )
-    return GroupReport(dataset, model, slug(f"{dataset}-{model}"), main, tables, gplots, len(g), missing, notes)
+    name = slug(f"{dataset}-{model}" + (f"-{recipe}" if recipe else ""))
+    return GroupReport(dataset, model, name, main, tables, gplots, len(g), missing, notes, recipe)
+
+
+@dataclass
+class Section:
+    """The runs of one report section: a dataset/model, or one training recipe of it when it has more
+    than MAX_ROWS configurations; ``notes`` say why it was split."""
+
+    dataset: str
+    model: str
+    runs: list[dict]
+    recipe: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def sections(done: list[dict]) -> list[Section]:
+    """Completed runs -> report sections: one per dataset/model; one per training recipe (model, data,
+    optimiser, epochs: everything but the sparsity settings) when a dataset/model has more than MAX_ROWS
+    configurations, so that rows are only ever compared within one recipe."""
+    out: list[Section] = []
+    for dataset, model, runs in by_dataset_model(done):
+        n_rows = len(group_rows(runs, density_key))
+        if n_rows <= MAX_ROWS:
+            out.append(Section(dataset, model, runs))
+            continue
+        parts = split_by_recipe(runs)
+        hint = (
+            f"{dataset} / {model} has {n_rows} configurations"
+            + (f" in {len(parts)} training recipes: one section per recipe" if len(parts) > 1 else "")
+            + "; `granet report --sweep NAME` reports one sweep."
+        )
+        out.extend(Section(dataset, model, rs, recipe, [hint]) for recipe, rs in parts)
+    return out
 
 
 def not_completed(runs: list[dict]) -> list[dict]:
@@ -128,7 +172,7 @@ def configurations(groups: list[GroupReport]) -> list[dict[str, Any]]:
             seeds = sorted({r["seed"] for r in row.runs if r.get("seed") is not None})
             out.append(
                 {
-                    "group": f"{g.dataset} / {g.model}",
+                    "group": f"{g.dataset} / {g.model}" + (f", recipe {g.recipe}" if g.recipe else ""),
                     "label": label,
                     "seeds": seeds,
                     "spec": json.dumps(spec, indent=2, sort_keys=True),

@@ -15,12 +15,12 @@ from ..provenance import provenance
 from ..safe_io import PathError
 from ..store import Store, StoreError
 from . import stats as S
-from .analysis import GroupReport, analyse_group, configurations, not_completed
+from .analysis import GroupReport, analyse_group, configurations, not_completed, sections
 from .latex import latex_files, remove_stale_pdfs
 from .plots import collect_pdfs
 from .published import load_published
 from .render import FORMATS, write_report
-from .tables import DASH, INTERVALS, METRICS, Table, by_dataset_model, main_table, short_line, slug
+from .tables import DASH, INTERVALS, METRICS, Table, main_table, short_line, slug
 
 
 class ReportError(ValueError):
@@ -87,7 +87,7 @@ def summary_tables(
     done = [r for r in runs if r["status"] == "completed"]
     if not done:
         raise _no_completed(db_path, sweep)
-    return [main_table(g, metric, interval) for _d, _m, g in by_dataset_model(done)]
+    return [main_table(s.runs, metric, interval) for s in sections(done)]
 
 
 def _check_metric(metric: str, interval: str = "ci") -> None:
@@ -128,9 +128,9 @@ def _analyse(
     published = load_published()
     groups = [
         analyse_group(
-            dataset,
-            model,
-            g,
+            s.dataset,
+            s.model,
+            s.runs,
             metric,
             published,
             epochs=epochs,
@@ -138,8 +138,10 @@ def _analyse(
             layers=layers,
             with_plots=with_plots,
             interval=interval,
+            recipe=s.recipe,
+            section_notes=s.notes,
         )
-        for dataset, model, g in by_dataset_model(done)
+        for s in sections(done)
     ]
     counts: dict[str, int] = {}
     for r in runs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import stats as S
-from .grouping import METHOD_FIELDS, RowGroup
+from .grouping import RowGroup, recipe_of
 from .stats import finite
 from .tables import DASH, Cell, Table, TableRow, TextTable, Unit, density_key, fmt_density, fmt_p
 
@@ -70,9 +70,7 @@ def _holm_note(tests: list[tuple[int, int, float, S.Welch | None]]) -> str:
 
 def _recipe_key(g: RowGroup | None) -> dict[str, Any]:
     """A row's configuration minus everything sparsity decides: what a dense baseline must share."""
-    if g is None:
-        return {}
-    return {k: v for k, v in g.fields.items() if k not in METHOD_FIELDS and not k.startswith("sparsity.")}
+    return recipe_of(g.fields) if g is not None else {}
 
 
 def _dense_for(row: TableRow, dense_rows: list[TableRow]) -> TableRow | None:
@@ -168,7 +166,7 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
     data: list[dict[str, Any]] = []
     for g in refs:
         for o in others:
-            if o is g:
+            if o is g or _recipe_key(o.group) != _recipe_key(g.group):  # only within one recipe
                 continue
             texts = []
             for j, (d, a, b) in enumerate(zip(main.densities, g.cells, o.cells)):
@@ -192,9 +190,12 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
                     }
                 )
             rows.append([f"{g.label} vs {o.label}", *texts])
+    if not rows:
+        return None
     notes = [
         f"{reference} minus the other row: difference of means in percentage points, and the two-sided "
-        "p-value of Welch's t-test (unequal variances) on the per-seed values. " + _holm_note(tests)
+        "p-value of Welch's t-test (unequal variances) on the per-seed values; only rows trained with the same "
+        "recipe (everything but the sparsity settings) are compared. " + _holm_note(tests)
     ]
     return _difference_table(
         "comparisons",

@@ -17,6 +17,22 @@ from ..sparse.methods import PRESET_FIELDS
 
 #: never part of a row's identity: cosmetic, the repetition index, or the table's column
 IGNORED = ("name", "seed", "sparsity.final_density")
+#: runtime fields: where and how fast a run computes, never what (DESIGN "Results integrity"): they
+#: never split a cell or label a row (also any field under a section named here, e.g. trackers.*)
+RUNTIME = (
+    "device",
+    "deterministic",
+    "channels_last",
+    "data.root",
+    "data.download",
+    "data.num_workers",
+    "data.workers",
+    "data.test_batch_size",
+)
+RUNTIME_SECTIONS = ("trackers", "tracking", "runtime", "paths")
+#: sparsity fields of drop-and-grow, of the gradual pruning schedule, of mask updates at all
+DROP_AND_GROW = ("drop_fraction", "drop_fraction_min", "growth", "prune", "prune_threshold", "redistribution")
+SCHEDULE = ("init_prune_epoch", "final_prune_epoch")
 #: fields a method preset decides: different across methods by design, so they only label
 #: rows when they differ between configurations of the same method
 METHOD_FIELDS = ("sparsity.method", *(f"sparsity.{f}" for f in PRESET_FIELDS))
@@ -48,7 +64,38 @@ def config_fields(spec_json: str | None) -> dict[str, Any]:
     final = flat.get("sparsity.final_density")
     if final is not None and flat.get("sparsity.init_density") == final:
         flat["sparsity.init_density"] = FINAL
-    return {k: v for k, v in flat.items() if k not in IGNORED}
+    drop = set(IGNORED) | set(RUNTIME) | not_applicable(flat)
+    return {k: v for k, v in flat.items() if k not in drop and k.split(".", 1)[0] not in RUNTIME_SECTIONS}
+
+
+def not_applicable(flat: dict[str, Any]) -> set[str]:
+    """The sparsity fields that cannot change a run with these settings (a dense run's prune epochs,
+    drop fraction or init density; the prune epochs of a method without a pruning schedule; the
+    drop-and-grow fields of a method without drop-and-grow; ...): ignored for grouping and labels."""
+    sp = {k.removeprefix("sparsity."): v for k, v in flat.items() if k.startswith("sparsity.")}
+    if sp.get("method") == "dense" or sp.get("sparse_init") == "dense":
+        return {f"sparsity.{k}" for k in sp if k != "method"}
+    out: set[str] = set()
+    init = str(sp.get("sparse_init") or "")
+    schedule = sp.get("pruning_schedule") not in (None, "none")
+    dag = bool(sp.get("drop_and_grow"))
+    if not schedule:
+        out.update(SCHEDULE)
+        if not init.startswith("prune"):
+            out.add("prune_score")
+    if not dag:
+        out.update(("update_end_epoch", *DROP_AND_GROW))
+        if "grow" in init:
+            out.discard("growth")
+    elif sp.get("prune") != "threshold":
+        out.add("prune_threshold")
+    if not schedule and not dag:
+        out.add("update_frequency")
+    if not init.startswith("prune"):
+        out.add("init_prune_fraction")
+    if init not in ("ERK", "ER"):
+        out.add("erk_power_scale")
+    return {f"sparsity.{k}" for k in out if k in sp}
 
 
 def _fmt(value: Any) -> str:
@@ -74,7 +121,10 @@ class RowGroup:
     def label(self) -> str:
         if not self.varied:
             return self.method
-        return f"{self.method} ({', '.join(f'{k}={_fmt(self.fields.get(k))}' for k in self.varied)})"
+        shown = [k for k in self.varied if k in self.fields]
+        if not shown:
+            return self.method
+        return f"{self.method} ({', '.join(f'{k}={_fmt(self.fields[k])}' for k in shown)})"
 
     @property
     def config(self) -> dict[str, Any]:
@@ -112,6 +162,32 @@ def group_rows(runs: list[dict], density_key) -> list[RowGroup]:
     return rows
 
 
+def recipe_of(fields: dict[str, Any]) -> dict[str, Any]:
+    """A configuration minus everything sparsity decides: the training recipe (model, data, optimiser,
+    epochs, ...) that rows must share to be compared, and that a dense baseline must share."""
+    return {k: v for k, v in fields.items() if k not in METHOD_FIELDS and not k.startswith("sparsity.")}
+
+
+def recipe_key(fields: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, _fmt(v)) for k, v in recipe_of(fields).items()))
+
+
+def split_by_recipe(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """``runs`` by training recipe, each with a label naming the recipe fields that tell it from the
+    others (e.g. ``optim.lr=0.05``); one ("", runs) when they share one recipe."""
+    recipes: dict[tuple, tuple[dict[str, Any], list[dict]]] = {}
+    for r in runs:
+        fields = recipe_of(config_fields(r.get("spec_json")))
+        recipes.setdefault(recipe_key(fields), (fields, []))[1].append(r)
+    if len(recipes) < 2:
+        return [("", list(runs))]
+    varied = _differing([f for f, _r in recipes.values()])
+    out = [(", ".join(f"{k}={_fmt(f.get(k))}" for k in varied), rs) for f, rs in recipes.values()]
+    return sorted(out, key=lambda x: x[0])
+
+
 def _differing(configs: list[dict[str, Any]], exclude: tuple[str, ...] = ()) -> list[str]:
+    """The fields with more than one value among the configurations that have them (a field that does
+    not apply to a configuration is absent from it, and does not make it differ)."""
     keys = {k for c in configs for k in c} - set(exclude)
-    return sorted(k for k in keys if len({_fmt(c.get(k)) for c in configs}) > 1)
+    return sorted(k for k in keys if len({_fmt(c[k]) for c in configs if k in c}) > 1)
