@@ -58,7 +58,7 @@ test: install browser latex lint
 test-fast: install
 	@$(PY) -m pytest -q -p no:xdist -m "not slow and not ray" tests/test_masking.py tests/test_criteria.py \
 		tests/test_rules.py tests/test_density.py tests/test_schedule.py tests/test_flops.py tests/test_spec.py tests/test_spec_names.py \
-		tests/test_scores.py tests/test_faithful_weights.py tests/test_registry.py; \
+		tests/test_scores.py tests/test_faithful_weights.py tests/test_registry.py tests/test_readme.py; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
 demo: install
