@@ -223,7 +223,10 @@ def _search_alg(tp: TunePlan, res: CellResult) -> tuple[Any, dict[str, Any], int
     space = {d.key: d.to_tune() for d in tp.dists}
     seed = res.cell.seed + len(done)  # a resumed search does not draw the finished samples again
     if tp.search == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line beside ours
 
         told = [t for t in done if t["val_acc"] is not None]
         searcher = OptunaSearch(

@@ -3,6 +3,7 @@ validation split, the choice recomputed from the db rows (validation accuracy on
 stopped early, the seeds sweep of the chosen values, an instant rerun, and bad input."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -111,19 +112,41 @@ def test_random_search_with_asha_chooses_on_validation_and_reruns_over_seeds(tmp
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_optuna_search_with_asha(tmp_path):
+def test_optuna_search_resumes_after_kill_9_without_repeating_trials(tmp_path):
     pytest.importorskip("optuna")
     db = tmp_path / "r.duckdb"
     args = ["--methods", "gmp", "--densities", "0.1", "--param", LR, "--param", "optim.momentum=choice:0.8,0.9"]
-    proc = granet_tune(tmp_path, *args, "--samples", 3, "--search", "optuna", "--name", "op")
+    args += ["--samples", 5, "--search", "optuna", "--name", "op"]
+    cmd = [sys.executable, "-m", "granet_cli.cli", "tune", str(QUICKSTART), *map(str, args), *FEW]
+    cmd += ["--db", str(db), "--runs-dir", str(tmp_path / "runs")]
+    log = tmp_path / "first.txt"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            if len(re.findall(r"(completed|stopped) after epoch", log.read_text())) >= 2:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, log.read_text()  # still searching: killed mid-search
+        driver.kill()  # kill -9 of the driver
+        driver.wait(timeout=30)
+    time.sleep(2)  # its Ray instance's watchdog takes the workers down
+    before = {r: t for r, t in tuning_trials(db, "op").items() if t[2] in ("completed", "stopped")}
+    assert len(before) >= 2
+
+    proc = granet_tune(tmp_path, *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trials = tuning_trials(db, "op")
-    assert len(trials) == 3
+    finished = {r: t for r, t in trials.items() if t[2] in ("completed", "stopped")}
+    assert len(finished) == 5  # the samples asked for: those done before the kill were not run again
+    assert {r: finished[r] for r in before} == before  # kept as they were (statuses, epochs, val_acc)
+    assert {t[2] for r, t in trials.items() if r not in finished} <= {"interrupted"}  # killed mid-trial
+
     choice = expected_choice(trials)
     [(m, d, seed, status, spec)] = seeds_runs(db, "op")
     assert (m, d, seed, status) == ("gmp", 0.1, 0, "completed")
     assert spec["optim"]["lr"] == pytest.approx(choice[("gmp", 0.1)])
-    chosen_run = next(r for r, t in trials.items() if t[3] == pytest.approx(choice[("gmp", 0.1)]))
+    chosen_run = next(r for r, t in finished.items() if t[3] == pytest.approx(choice[("gmp", 0.1)]))
     chosen_spec = json.loads(rows(db, "SELECT spec_json FROM runs WHERE run_id = ?", chosen_run)[0][0])
     assert spec["optim"]["momentum"] == chosen_spec["optim"]["momentum"]
 
