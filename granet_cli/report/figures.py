@@ -19,6 +19,10 @@ from .tables import METRICS, Table, density_key, fmt_density
 
 #: at most this many density panels in the epochs plot (else min / median / max)
 MAX_EPOCH_PANELS = 6
+#: the one convention of every figure's bands and error bars, said in each caption
+BANDS = "bands and error bars: 95 % confidence interval of the mean over seeds (t-based; none for one seed)"
+#: inference FLOPs within this relative tolerance of the target density (MLPs): no inference panel
+SAME_AS_DENSITY = 0.02
 
 
 def _pick_panels(densities: list[float]) -> list[float]:
@@ -59,7 +63,7 @@ def _lowest_seed(by_run: dict[str, dict], labels: dict[str, str], having: set[st
 def _per_epoch_panels(
     main: Table, by_run: dict[str, dict], epochs: list[dict], column: str, scale: float, *, include_baseline: bool
 ) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
-    """density panel -> row label -> [(epoch, mean, std)] of an epochs column over the cell's seeds."""
+    """density panel -> row label -> [(epoch, mean, ci95)] of an epochs column over the cell's seeds."""
     labels = main.run_labels
     order = {row.label: i for i, row in enumerate(main.rows)}
     baseline = {row.label for row in main.rows if row.baseline}
@@ -79,7 +83,9 @@ def _per_epoch_panels(
                 continue
             if dk == d or m in baseline:
                 panel[m] = [
-                    (ep, a.mean * scale, a.std * scale) for ep, vals in sorted(curve.items()) if (a := S.summary(vals))
+                    (ep, a.mean * scale, (a.ci95 or 0.0) * scale)
+                    for ep, vals in sorted(curve.items())
+                    if (a := S.summary(vals))
                 ]
         panels[f"density {fmt_density(d)}"] = panel
     if not any(m not in baseline for p in panels.values() for m in p):
@@ -186,13 +192,28 @@ def _plot_accuracy_vs_flops(inputs: _PlotInputs) -> P.Plot:
                 }
             )
         fseries[r.label] = pts
-    plot = P.accuracy_vs_flops_plot(fseries, dense=dense, ylabel=METRICS[metric], title=f"{name} vs FLOPs")
+    inference = not _inference_is_density(fseries)
+    plot = P.accuracy_vs_flops_plot(
+        fseries, dense=dense, ylabel=METRICS[metric], title=f"{name} vs FLOPs", inference=inference
+    )
     plot.caption = (
-        f"{name} against the cost: a point per table row and target density d (mean over seeds, "
-        "error bars the 95 % CI), at the mean training FLOPs (left) and inference FLOPs (right) as "
-        "fractions of dense; the dashed line and the star at 1 are the dense baseline."
+        f"{name} against the cost: a point per table row and target density d (mean over seeds; {BANDS}), "
+        + (
+            "at the mean training FLOPs (left) and inference FLOPs (right) as fractions of dense"
+            if inference
+            else "at the mean training FLOPs as a fraction of dense. No inference panel: this model's inference "
+            "FLOPs equal its density (every weight is used once per input, as in an MLP), so it would repeat "
+            "accuracy vs density"
+        )
+        + "; the dashed line and the star (with its error bar) at 1 are the dense baseline."
     )
     return plot
+
+
+def _inference_is_density(fseries: dict[str, list[dict[str, float | None]]]) -> bool:
+    """Every point's inference FLOPs fraction equals its target density (within SAME_AS_DENSITY)."""
+    pts = [(i, d) for v in fseries.values() for p in v if finite(i := p.get("infer")) and finite(d := p.get("density"))]
+    return bool(pts) and all(abs(i - d) <= SAME_AS_DENSITY * d for i, d in pts)
 
 
 def _plot_accuracy_vs_density(inputs: _PlotInputs) -> P.Plot:
@@ -204,7 +225,10 @@ def _plot_accuracy_vs_density(inputs: _PlotInputs) -> P.Plot:
         if not r.baseline
     }
     plot = P.accuracy_vs_density_plot(series, dense=dense, ylabel=METRICS[metric], title=f"{name} vs target density")
-    plot.caption = f"{name} vs target density: mean over seeds, error bars the 95 % CI; dashed: dense baseline."
+    plot.caption = (
+        f"{name} vs target density: mean over seeds ({BANDS}); dashed line: the dense baseline's mean, grey "
+        "band: its 95 % confidence interval."
+    )
     return plot
 
 
@@ -214,8 +238,9 @@ def _plot_accuracy_over_epochs(inputs: _PlotInputs) -> P.Plot:
     panels = _per_epoch_panels(main, by_run, epochs, "test_acc", 100.0, include_baseline=True)
     plot = P.curves_plot(panels, zoom_after=0.25, title="Test accuracy over epochs")
     plot.caption = (
-        "Test accuracy over epochs, mean ± std over seeds, one panel per target density; the y axis "
-        "frames the last three quarters of training (the first epochs may run off the bottom)."
+        f"Test accuracy over epochs, mean over seeds ({BANDS}), one panel per target density; the panels "
+        "share the y axis, which frames the last three quarters of training (the first epochs may run off "
+        "the bottom)."
     )
     return plot
 
@@ -247,7 +272,7 @@ def _plot_itop(inputs: _PlotInputs) -> P.Plot:
     )
     plot.caption = (
         "In-time over-parameterisation: the fraction of the sparsified weights that have ever been "
-        "active, over epochs (mean ± std over seeds), one panel per target density."
+        f"active, over epochs (mean over seeds; {BANDS}), one panel per target density, sharing the y axis."
     )
     return plot
 
@@ -295,7 +320,8 @@ def _plot_layer_density(inputs: _PlotInputs) -> P.Plot:
         }
     plot = P.layer_density_plot(lpanels, title="Final density per layer")
     plot.caption = (
-        "The density each sparsified layer ends with (lowest seed per cell, layers in name order): "
+        "The density each sparsified layer ends with (lowest seed per cell, layers in name order, one "
+        "marker per row and layer: layers are categories, so no line joins them): "
         "the ERK distribution RigL/SET/static keep from initialisation against what global "
         "magnitude pruning (GraNet, GMP) leaves."
     )

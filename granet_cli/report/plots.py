@@ -77,19 +77,20 @@ def method_color(method: str, order: Sequence[str] = ()) -> str:
     return _EXTRA_COLORS[idx % len(_EXTRA_COLORS)]
 
 
-def _figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4, height: float = 3.8):
+def _figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4, height: float = 3.8, sharey: bool = False):
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
     return fig, axes
 
 
-def _panel_grid(n: int, ncols: int, *, panel_w: float, panel_h: float, extra_h: float):
+def _panel_grid(n: int, ncols: int, *, panel_w: float, panel_h: float, extra_h: float, sharey: bool = False):
     """A figure of `n` panels, `ncols` to a row: (figure, axes grid, the n panels' axes in order).
-    Grid cells past the last panel are hidden."""
+    Grid cells past the last panel are hidden; ``sharey``: one y axis for all panels."""
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig, grid = _figure(nrows, ncols, width=min(panel_w * ncols + 0.6, 11), height=panel_h * nrows + extra_h)
+    w, h = min(panel_w * ncols + 0.6, 11), panel_h * nrows + extra_h
+    fig, grid = _figure(nrows, ncols, width=w, height=h, sharey=sharey)
     cells = [ax for row in grid for ax in row]
     for ax in cells[n:]:
         ax.set_visible(False)
@@ -112,7 +113,26 @@ def collect_pdfs() -> Iterator[dict[str, bytes]]:
         _PDF_SINK.reset(token)
 
 
+#: while collect_figures() runs: every figure drawn, in order (for tests and tools that inspect them)
+_FIGURE_SINK: ContextVar[list[Figure] | None] = ContextVar("granet_figure_sink", default=None)
+
+
+@contextmanager
+def collect_figures() -> Iterator[list[Figure]]:
+    """Inside the block every figure drawn is also appended to the list yielded (the matplotlib
+    objects, drawn: legends, axes and ticks can be inspected)."""
+    figures: list[Figure] = []
+    token = _FIGURE_SINK.set(figures)
+    try:
+        yield figures
+    finally:
+        _FIGURE_SINK.reset(token)
+
+
 def _to_svg(fig: Figure) -> str:
+    figures = _FIGURE_SINK.get()
+    if figures is not None:
+        figures.append(fig)
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
@@ -151,9 +171,10 @@ def accuracy_vs_density_plot(
 ) -> Plot:
     """Error-bar plot on a log-x axis.
 
-    ``series``: method -> [(target_density, mean, std), ...] (values already in
-    display units, e.g. percent).  ``dense``: (mean, std) of the dense baseline,
-    drawn as a horizontal line with a ±std band.
+    ``series``: method -> [(target_density, mean, err), ...] (values already in
+    display units, e.g. percent; err the half-width of the 95 % CI over seeds).  ``dense``:
+    (mean, err) of the dense baseline, drawn as a dashed horizontal line with a grey band of
+    ±err (its 95 % CI), both in the legend.
     """
     pts = {m: [(d, mu, sd) for d, mu, sd in v if finite(d) and d > 0 and finite(mu)] for m, v in series.items()}
     pts = {m: sorted(v) for m, v in pts.items() if v}
@@ -181,7 +202,7 @@ def accuracy_vs_density_plot(
             mu, sd = dense[0], dense[1] if finite(dense[1]) else 0.0
             ax.axhline(mu, color="black", ls="--", lw=1, label="dense")
             if sd > 0:
-                ax.axhspan(mu - sd, mu + sd, color="black", alpha=0.08, lw=0)
+                ax.axhspan(mu - sd, mu + sd, color="black", alpha=0.08, lw=0, label="dense 95 % CI")
         xs = sorted({p[0] for v in pts.values() for p in v})
         if xs:
             ax.set_xscale("log")
@@ -198,7 +219,7 @@ def accuracy_vs_density_plot(
         ax.set_xlabel("target density")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(fontsize=8, frameon=False, loc="best")
+        _side_legend(fig, ax)
         return Plot(key, title, _to_svg(fig))
 
 
@@ -215,8 +236,8 @@ def curves_plot(
 ) -> Plot:
     """One subplot per panel (e.g. per target density), one line per method.
 
-    ``panels``: panel title -> method -> [(x, mean, std), ...]; a ±std band is
-    drawn where std > 0.  ``zoom_after`` (a fraction of the x range): the y axis frames
+    ``panels``: panel title -> method -> [(x, mean, err), ...]; a ±err band (the 95 % CI
+    over seeds) is drawn where err > 0; the panels share one y axis.  ``zoom_after`` (a fraction of the x range): the y axis frames
     the points from there on (e.g. 0.25: the first quarter of training, where accuracy
     is still climbing, is allowed to run off the bottom), so late differences stay visible.
     """
@@ -225,8 +246,9 @@ def curves_plot(
     if not panels:
         return Plot(key, title, None, empty_note)
     with matplotlib.rc_context(_RC):
-        fig, axes, cells = _panel_grid(len(panels), ncols, panel_w=3.4, panel_h=2.8, extra_h=0.5)
+        fig, axes, cells = _panel_grid(len(panels), ncols, panel_w=3.4, panel_h=2.8, extra_h=0.5, sharey=True)
         order = sorted({m for s in panels.values() for m in s})
+        framed: list[float] = []
         for ax, (ptitle, series) in zip(cells, panels.items()):
             for m, v in series.items():
                 xs = [p[0] for p in v]
@@ -247,11 +269,13 @@ def curves_plot(
                 xs_all = [p[0] for v in series.values() for p in v]
                 cut = min(xs_all) + zoom_after * (max(xs_all) - min(xs_all))
                 late = [p for v in series.values() for p in v if p[0] >= cut] or [p for v in series.values() for p in v]
-                _zoom(ax, [p[1] + s * (p[2] if finite(p[2]) else 0.0) for p in late for s in (-1, 1)])
+                framed += [p[1] + s * (p[2] if finite(p[2]) else 0.0) for p in late for s in (-1, 1)]
             ax.set_title(ptitle, fontsize=9)
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
+            ax.set_ylabel(ylabel if ax.get_subplotspec().is_first_col() else "")  # shared y
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if framed:
+            _zoom(cells[0], framed)  # the panels share y: one frame for all
         _fig_legend(fig, axes, ncols=5)
         fig.suptitle(title)
         return Plot(key, title, _to_svg(fig))
@@ -302,9 +326,7 @@ def density_steps_plot(
         pos = [d for d in all_d if d > 0]
         if pos and max(pos) / min(pos) > 10:
             ax.set_yscale("log")
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            _log_ticks(ax.yaxis)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -327,24 +349,27 @@ def accuracy_vs_flops_plot(
     title: str = "Accuracy vs FLOPs",
     key: str = "accuracy_vs_flops",
     err_label: str = "95 % CI",
+    inference: bool = True,
 ) -> Plot:
-    """Two panels: accuracy vs training FLOPs and vs inference FLOPs (fractions of dense, log x).
+    """Two panels: accuracy vs training FLOPs and vs inference FLOPs (fractions of dense, log x);
+    ``inference=False``: the training panel only (where inference FLOPs equal the density, that
+    panel would repeat accuracy vs density).
 
     ``series``: table row -> [{"density", "train", "infer", "mean", "err"}, ...] (one point per
     target density; ``err`` the error-bar half-width, may be None).  ``dense``: (mean, err) of
-    the dense baseline, drawn at x = 1 and as a dashed reference line."""
+    the dense baseline, drawn at x = 1 as a star with its error bar and as a dashed reference line."""
     pts = {m: sorted((p for p in v if finite(p.get("mean"))), key=lambda p: p["density"]) for m, v in series.items()}
     pts = {m: v for m, v in pts.items() if any(finite(p.get("train")) or finite(p.get("infer")) for p in v)}
     if not pts:
         return Plot(key, title, None, "no completed runs with FLOPs and an accuracy to plot")
     with matplotlib.rc_context(_RC):
-        fig, axes = _figure(1, 2, width=10.5, height=4.0)
+        panels = [("train", "training FLOPs (fraction of dense)")]
+        if inference:
+            panels.append(("infer", "inference FLOPs (fraction of dense)"))
+        fig, axes = _figure(1, len(panels), width=10.5 if inference else 7.0, height=4.0)
         order = list(pts)
         ys = []
-        for ax, xkey, xlabel in (
-            (axes[0][0], "train", "training FLOPs (fraction of dense)"),
-            (axes[0][1], "infer", "inference FLOPs (fraction of dense)"),
-        ):
+        for ax, (xkey, xlabel) in zip(axes[0], panels):
             xs_all = []
             for m, v in pts.items():
                 q = sorted((p for p in v if finite(p.get(xkey)) and p[xkey] > 0), key=lambda p: p[xkey])
@@ -376,20 +401,21 @@ def accuracy_vs_flops_plot(
             if dense is not None and finite(dense[0]):
                 mu, err = dense[0], dense[1] if finite(dense[1]) else 0.0
                 ax.axhline(mu, color="black", ls="--", lw=1, label="dense")
-                ax.errorbar([1.0], [mu], yerr=[err], marker="*", ms=8, color="black", capsize=3, lw=0)
+                ax.errorbar(
+                    [1.0], [mu], yerr=[err], marker="*", ms=9, color="black", capsize=4, ls="none", elinewidth=1.4
+                )
                 xs_all.append(1.0)
                 ys += [mu - err, mu + err]
             if xs_all:
                 ax.set_xscale("log")
                 lo, hi = min(xs_all), max(xs_all)
                 ax.set_xlim(lo / 1.35, hi * 1.35)
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
-                ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _pos: ""))
+                _log_ticks(ax.xaxis)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
-        for ax in (axes[0][0], axes[0][1]):
+        for ax in axes[0]:
             _zoom(ax, ys)
-        axes[0][0].legend(fontsize=8, frameon=False, loc="best")
+        _side_legend(fig, axes[0][0])
         fig.suptitle(f"{title} (error bars: {err_label} over seeds)")
         return Plot(key, title, _to_svg(fig))
 
@@ -441,9 +467,10 @@ def layer_density_plot(
     key: str = "layer_density",
     ncols: int = 3,
 ) -> Plot:
-    """One subplot per panel (target density), one line per table row over the sparsified layers
-    (in model order): how each method distributes the weights it keeps (ERK for RigL, what
-    GraNet's global magnitude pruning leaves).  ``panels``: title -> row -> [(layer name, density)]."""
+    """One subplot per panel (target density), markers per table row over the sparsified layers (in
+    model order; categories, so no lines join them; rows side by side within a layer): how each method
+    distributes the weights it keeps (ERK for RigL, what GraNet's global magnitude pruning leaves).
+    ``panels``: title -> row -> [(layer name, density)]."""
     panels = {t: {m: list(v) for m, v in rows.items() if v} for t, rows in panels.items()}
     panels = {t: rows for t, rows in panels.items() if rows}
     if not panels:
@@ -458,13 +485,14 @@ def layer_density_plot(
                     if name not in names:
                         names.append(name)
             pos = {name: k for k, name in enumerate(names)}
-            for m, v in rows.items():
+            width = 0.7 / max(1, len(rows))
+            for i, (m, v) in enumerate(rows.items()):
                 ax.plot(
-                    [pos[name] for name, _d in v],
+                    [pos[name] + (i - (len(rows) - 1) / 2) * width for name, _d in v],
                     [d for _n, d in v],
                     marker="o",
-                    ms=3,
-                    lw=1.2,
+                    ms=3.5,
+                    ls="none",
                     label=m,
                     color=method_color(m, order),
                 )
@@ -477,6 +505,21 @@ def layer_density_plot(
         _fig_legend(fig, axes)
         fig.suptitle(title)
         return Plot(key, title, _to_svg(fig))
+
+
+def _log_ticks(axis) -> None:
+    """A log axis labelled at 1, 2 and 5 of every decade (not only at 0.1 and 1)."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+    axis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _side_legend(fig: Figure, ax) -> None:
+    """The axes' legend outside them, right of the figure's panels (never over the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if labels:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
 
 
 def _fig_legend(fig: Figure, axes, ncols: int = 4) -> None:
