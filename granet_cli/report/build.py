@@ -21,6 +21,7 @@ from .plots import collect_pdfs
 from .published import load_published
 from .render import FORMATS, write_report
 from .tables import DASH, INTERVALS, METRICS, Table, main_table, short_line, slug
+from .tuning import tuning_section, tuning_sweep_ids
 
 
 class ReportError(ValueError):
@@ -63,6 +64,9 @@ def _load(db_path: str | Path, sweep: str | None) -> tuple[list[dict], str | Non
             info = st.sweep(sweep_id)
             sweep_name = info["name"] if info else None
         runs = st.runs(sweep=sweep_id)
+        if sweep_id is None:  # all runs: `granet tune`'s trials are not results
+            tuning = tuning_sweep_ids(st)
+            runs = [r for r in runs if r["sweep_id"] not in tuning]
     except StoreError as e:
         st.close()
         raise ReportError(str(e)) from None
@@ -87,7 +91,21 @@ def summary_tables(
     done = [r for r in runs if r["status"] == "completed"]
     if not done:
         raise _no_completed(db_path, sweep)
+    _check_recorded(done, metric)
     return [main_table(s.runs, metric, interval) for s in sections(done)]
+
+
+def _check_recorded(done: list[dict], metric: str) -> None:
+    """A metric no completed run recorded is one line, not a table of dashes (selected_test_acc needs a
+    validation split)."""
+    if any(S.finite(r.get(metric)) for r in done):
+        return
+    if metric == "selected_test_acc":
+        raise ReportError(
+            "no completed run has selected_test_acc: model selection needs a validation split; set "
+            "data.val_fraction (e.g. --set data.val_fraction=0.1) and rerun, or use --metric final_test_acc"
+        )
+    raise ReportError(f"no completed run has {metric}; try --metric final_test_acc")
 
 
 def _check_metric(metric: str, interval: str = "ci") -> None:
@@ -116,6 +134,7 @@ def _analyse(
         done = [r for r in runs if r["status"] == "completed"]
         if not done:
             raise _no_completed(db_path, sweep)
+        _check_recorded(done, metric)
         ids = [r["run_id"] for r in done]
         epochs = st.epochs(ids) if with_plots else []
         masks = st.mask_updates(ids) if with_plots else []
@@ -217,6 +236,7 @@ def build_report(
         others=others,
         dash=DASH,
         ci_note=INTERVALS[interval],
+        tuning=tuning_section(db_path, sweep_name),  # a sweep `granet tune` ran: how it was tuned
     )
 
     out_dir = Path(out_dir)

@@ -102,12 +102,36 @@ def test_random_search_with_asha_chooses_on_validation_and_reruns_over_seeds(tmp
         {f"rigl d={d:g}": lr for (_m, d), lr in choice.items()}
     )
 
+    check_report_tuning_section(tmp_path, db, trials, choice)
+
     # the same command again: nothing runs, nothing is added
     start = time.monotonic()
     again = granet_tune(tmp_path, *args, "--name", "rs")
     assert again.returncode == 0, again.stdout + again.stderr
     assert time.monotonic() - start < 15
     assert len(tuning_trials(db, "rs")) == 8 and len(seeds_runs(db, "rs")) == 4
+
+
+def check_report_tuning_section(tmp_path, db, trials, choice):
+    """`granet report --sweep rs`: its tuning section says what the rows say; a report of all runs
+    leaves the tuning trials out."""
+    from granet_cli.report import build_report, report_json
+    from granet_cli.report.tuning import tuning_section
+
+    section = tuning_section(db, "rs")
+    assert section is not None and section.samples == 4 and section.search == "random"
+    assert [k for k, _ in section.space] == ["optim.lr"]
+    by_cell = {c["cell"]: c for c in section.cells}
+    for (m, d), lr in choice.items():
+        cell = by_cell[f"{m} d={d:g}"]
+        assert cell["values"] == f"optim.lr={lr:.4g}"
+        statuses = [t[2] for t in trials.values() if (t[0], t[1]) == (m, d)]
+        assert cell["counts"] == ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+    assert section.svg is not None and "<svg" in section.svg
+    result = build_report(db, sweep="rs", out_dir=tmp_path / "reports", fmt="both")
+    assert "## Tuning" in result.md_path.read_text() and "<h2>Tuning</h2>" in result.html_path.read_text()
+    counts = report_json(db)["counts"]
+    assert counts == {"completed": 4}  # the seeds sweep's runs only: no tuning trial is a result
 
 
 @pytest.mark.slow
