@@ -239,7 +239,7 @@ def _fit(
     and for SIGTERM `outcome.terminated` (the CLI's exit code tells them apart, as `granet run`'s)."""
     plan = outcome.plan
     best = max(
-        (t.final.get("best_test_acc") or 0.0 for t in outcome.trials if not t.ran and t.status == "completed"),
+        (t.final.get("final_test_acc") or 0.0 for t in outcome.trials if not t.ran and t.status == "completed"),
         default=None,
     )
     # No tracebacks of failed trials from Tune's loggers: each is recorded and summarised.

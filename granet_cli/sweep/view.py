@@ -15,8 +15,9 @@ def _pct(v: float | None) -> str:
 
 
 class Display:
-    """Live terminal progress (rich): counts, best test accuracy so far, one line per finished,
-    resumed or retried trial."""
+    """Live terminal progress (rich): counts, the best *final* test accuracy of the trials finished so
+    far (what the report's tables show by default; not the optimistic best over epochs), one line per
+    finished, resumed or retried trial."""
 
     def __init__(self, console, plan: SweepPlan, todo: int, best: float | None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,7 +43,7 @@ class Display:
         best = f"{100 * self.best:.2f} % ({self.best_label})" if self.best is not None else "-"
         return (
             f"done {self.done} | running {self.running} | pending {pending} | failed {self.failed} | "
-            f"best test acc {best}"
+            f"best final test acc {best}"
         )
 
     def __enter__(self) -> Display:
@@ -64,9 +65,7 @@ class Display:
         self.refresh()
 
     def epoch(self, t: TrialOutcome, acc: float | None) -> None:
-        if acc is not None and (self.best is None or acc > self.best):
-            self.best, self.best_label = acc, t.point.label
-        self.refresh()
+        self.refresh()  # a trial's accuracy counts once it is final (finished)
 
     def finished(self, t: TrialOutcome) -> None:
         self.running = max(0, self.running - 1)
@@ -77,11 +76,13 @@ class Display:
             self.done += 1
             acc = t.final.get("final_test_acc")
             acc_s = f"{100 * acc:.2f} %" if acc is not None else "-"
+            if t.status == "completed" and acc is not None and (self.best is None or acc > self.best):
+                self.best, self.best_label = acc, t.point.label
             wall = t.final.get("wall_seconds")
             wall_s = f"{wall:.1f} s" if wall is not None else "-"
             mark = "[green]ok[/green]" if t.status == "completed" else "[yellow]!![/yellow]"
             extra = f" ({t.error})" if t.error else ""
-            self.note(f"{mark} {t.point.label}: {t.status}{extra}, test acc {acc_s}, {wall_s}")
+            self.note(f"{mark} {t.point.label}: {t.status}{extra}, final test acc {acc_s}, {wall_s}")
         self.refresh()
 
 
