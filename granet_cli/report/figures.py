@@ -321,7 +321,7 @@ def _plot_layer_density(inputs: _PlotInputs) -> P.Plot:
     plot = P.layer_density_plot(lpanels, title="Final density per layer")
     plot.caption = (
         "The density each sparsified layer ends with (lowest seed per cell, layers in name order, one "
-        "marker per row and layer: layers are categories, so no line joins them): "
+        "bar per row and layer: layers are categories, so no line joins them): "
         "the ERK distribution RigL/SET/static keep from initialisation against what global "
         "magnitude pruning (GraNet, GMP) leaves."
     )

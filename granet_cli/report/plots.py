@@ -467,8 +467,8 @@ def layer_density_plot(
     key: str = "layer_density",
     ncols: int = 3,
 ) -> Plot:
-    """One subplot per panel (target density), markers per table row over the sparsified layers (in
-    model order; categories, so no lines join them; rows side by side within a layer): how each method
+    """One subplot per panel (target density), a bar per table row and sparsified layer (in model
+    order; layers are categories, so no lines join them; rows side by side within a layer): how each method
     distributes the weights it keeps (ERK for RigL, what GraNet's global magnitude pruning leaves).
     ``panels``: title -> row -> [(layer name, density)]."""
     panels = {t: {m: list(v) for m, v in rows.items() if v} for t, rows in panels.items()}
@@ -487,12 +487,10 @@ def layer_density_plot(
             pos = {name: k for k, name in enumerate(names)}
             width = 0.7 / max(1, len(rows))
             for i, (m, v) in enumerate(rows.items()):
-                ax.plot(
+                ax.bar(
                     [pos[name] + (i - (len(rows) - 1) / 2) * width for name, _d in v],
                     [d for _n, d in v],
-                    marker="o",
-                    ms=3.5,
-                    ls="none",
+                    width=width,
                     label=m,
                     color=method_color(m, order),
                 )

@@ -45,6 +45,9 @@ CI_NOTE = "mean ± 95 % confidence interval over seeds (t-based, n−1 degrees o
 STD_NOTE = "mean ± standard deviation over seeds (sample std, n−1; spread of the seeds, not a confidence interval)"
 #: what ``granet report --interval`` shows after ±: "ci" (95 % CI of the mean) or "std" (as papers print)
 INTERVALS = {"ci": CI_NOTE, "std": STD_NOTE}
+#: the terminal's text mark of a significantly best (bold) cell, kept where styles are lost (piped output)
+BEST_TEXT_MARK = " *"
+BEST_TEXT_NOTE = "Here * marks the bold cells (significantly best)."
 #: fewer seeds per cell than this: the table says its tests have low power
 LOW_POWER_N = 5
 
@@ -144,7 +147,8 @@ class Table:
 
     def to_rich(self):
         """A ``rich.table.Table`` that fits an 80-column terminal: title, notes as caption,
-        significantly best cells bold, ties marked ≈, baseline row italic."""
+        significantly best cells bold and marked ``*`` (text, so it survives piping, where no
+        style is printed), ties marked ≈, baseline row italic."""
         from rich import box
         from rich.table import Table as RichTable
         from rich.text import Text
@@ -152,7 +156,7 @@ class Table:
         t = RichTable(
             title=f"{self.dataset} / {self.model}: {self.title}",
             box=box.SIMPLE_HEAD,
-            caption=" ".join(self.notes) or None,
+            caption=" ".join([*self.notes, *([BEST_TEXT_NOTE] if self.marks_best else [])]) or None,
             caption_justify="left",
             padding=(0, 1),
         )
@@ -161,7 +165,10 @@ class Table:
             t.add_column(h, justify="right", overflow="fold")
         for r in self.rows:
             cells = [
-                Text(c.text + c.mark, style="bold green" if c.best else ("yellow" if c.tied else ""))
+                Text(
+                    c.text + (BEST_TEXT_MARK if c.best else c.mark),
+                    style="bold green" if c.best else ("yellow" if c.tied else ""),
+                )
                 if c
                 else Text(DASH, style="dim")
                 for c in r.cells

@@ -1,7 +1,8 @@
 """The HTML report of a small real sweep-like set of runs, rendered by a real headless browser.
 
 Debian's chromium (installed by `make browser`, which `make test` runs) loads the self-contained
-report from disk: a full-page screenshot is written to reports/screenshot-demo.png, the DOM after
+report from disk: a full-page screenshot is written to the test's temporary folder (never to the
+user's reports/), the DOM after
 load is checked for every figure's drawn SVG paths, and each figure is screenshotted on its own so
 that a plot which renders blank fails the test.  Without a browser the test is skipped and says why.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import QUICKSTART, ROOT, rows
+from ..conftest import QUICKSTART, rows
 
 BROWSERS = ("chromium", "chromium-headless-shell", "chromium-browser")
 FLAGS = (
@@ -39,7 +40,6 @@ PLOTS = (
     "mask_updates",
     "layer_density",
 )
-SCREENSHOT = ROOT / "reports" / "screenshot-demo.png"
 METHODS, DENSITIES, SEEDS = ("granet", "rigl"), (0.1, 0.2), (0, 1)
 
 
@@ -153,12 +153,11 @@ def test_report_renders_in_a_real_browser(browser, demo):
     for table in ("dense_diff", "comparisons", "budget"):
         assert f'<table id="digits-mlp-{table}">' in dom.stdout
 
-    # 2. the whole page as a user sees it
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    SCREENSHOT.unlink(missing_ok=True)
-    shot = _chromium(browser, tmp, f"--screenshot={SCREENSHOT}", "--window-size=1200,4000", url)
-    assert shot.returncode == 0 and SCREENSHOT.exists(), shot.stderr[-2000:]
-    img = _read_png(SCREENSHOT)
+    # 2. the whole page as a user sees it (in the test's temporary folder, never the user's reports/)
+    screenshot = tmp / "screenshot-demo.png"
+    shot = _chromium(browser, tmp, f"--screenshot={screenshot}", "--window-size=1200,4000", url)
+    assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-2000:]
+    img = _read_png(screenshot)
     assert img.shape[:2] == (4000, 1200)
     assert _ink(img) > 0.05, "the page screenshot is almost blank"
 

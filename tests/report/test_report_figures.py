@@ -1,7 +1,7 @@
 """The report's figures (issue 21), checked on the matplotlib objects drawn (plots.collect_figures):
 no matplotlib warning, legends outside the axes, epoch panels share y, bands are the 95 % CI over
 seeds (recomputed here from the t table), the dense star's error bar is drawn, log axes labelled
-between decades, layer densities as markers, and no inference panel where inference FLOPs equal density."""
+between decades, layer densities as bars (no lines), and no inference panel where inference FLOPs equal density."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_flops_figure_star_ticks_and_no_repeated_inference_panel(tmp_path):
     assert both.svg and "inference FLOPs" in both.svg
 
 
-def test_layer_density_markers_not_lines():
+def test_layer_density_bars_not_lines():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with P.collect_figures() as figs:
@@ -114,7 +114,8 @@ def test_layer_density_markers_not_lines():
             )
     assert plot.svg
     (ax,) = [a for a in figs[0].axes if a.get_visible()]
-    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1]
-    assert len(lines) == 2
-    assert all(ln.get_linestyle() == "None" and ln.get_marker() == "o" for ln in lines)
+    assert not [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1]  # no line across the layers
+    bars = {c.get_label(): [(p.get_x() + p.get_width() / 2, p.get_height()) for p in c] for c in ax.containers}
+    assert {m: [h for _x, h in v] for m, v in bars.items()} == {"granet": [0.2, 0.05], "rigl": [0.1, 0.1]}
+    assert all(round(x) == k for v in bars.values() for k, (x, _h) in enumerate(v))  # beside each layer's tick
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fc1", "fc2"]
