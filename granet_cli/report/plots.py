@@ -330,14 +330,7 @@ def density_steps_plot(
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        n = sum(len(v) for v in lines.values())
-        fig.legend(
-            *ax.get_legend_handles_labels(),
-            loc="outside right upper",
-            fontsize=7,
-            frameon=False,
-            ncols=1 if n <= 16 else 2,
-        )
+        _side_legend(fig, ax, fontsize=7)
         return Plot(key, title, _to_svg(fig))
 
 
@@ -513,11 +506,32 @@ def _log_ticks(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _side_legend(fig: Figure, ax) -> None:
-    """The axes' legend outside them, right of the figure's panels (never over the data)."""
+#: a legend right of the axes only while it fits there: at most this many entries of this many characters
+SIDE_LEGEND_MAX = (12, 28)
+
+
+def _side_legend(fig: Figure, ax, fontsize: float = 8) -> None:
+    """The axes' legend outside them (never over the data): right of the panels while it is short,
+    else below them (many or long labels would squeeze the axes to nothing)."""
     handles, labels = ax.get_legend_handles_labels()
-    if labels:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
+    if not labels:
+        return
+    if len(labels) <= SIDE_LEGEND_MAX[0] and max(map(len, labels)) <= SIDE_LEGEND_MAX[1]:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=fontsize, frameon=False)
+    else:
+        _legend_below(fig, handles, labels, fontsize=fontsize)
+
+
+def _legend_below(fig: Figure, handles, labels: list[str], *, ncols: int = 4, fontsize: float = 8) -> None:
+    """A legend below the panels: as many columns as the labels' length lets fit the figure's width,
+    and the figure made taller by the legend's rows, so the axes keep their size."""
+    width_in, height_in = fig.get_size_inches()
+    chars = max(map(len, labels)) + 4  # the handle and the gap
+    fit = max(1, int(width_in * 72 / (fontsize * 0.6 * chars)))
+    cols = max(1, min(len(labels), ncols, fit))
+    rows = math.ceil(len(labels) / cols)
+    fig.set_size_inches(width_in, height_in + rows * fontsize * 1.5 / 72)
+    fig.legend(handles, labels, loc="outside lower center", ncols=cols, fontsize=fontsize, frameon=False)
 
 
 def _fig_legend(fig: Figure, axes, ncols: int = 4) -> None:
@@ -530,14 +544,7 @@ def _fig_legend(fig: Figure, axes, ncols: int = 4) -> None:
                     handles[lab] = h
                     labels.append(lab)
     if labels:
-        fig.legend(
-            [handles[lab] for lab in labels],
-            labels,
-            loc="outside lower center",
-            ncols=min(len(labels), ncols),
-            fontsize=8,
-            frameon=False,
-        )
+        _legend_below(fig, [handles[lab] for lab in labels], labels, ncols=ncols)
 
 
 _ID_RE = re.compile(r'\bid="([^"]+)"')

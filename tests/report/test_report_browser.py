@@ -9,6 +9,7 @@ that a plot which renders blank fails the test.  Without a browser the test is s
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -235,3 +236,54 @@ def test_real_runs_density_lines_start_at_their_initial_density(demo):
         for lab, pts in v:
             m, d = lab.split(" d=")
             assert pts[-1][1] == pytest.approx(finals[(m, float(d))], abs=1e-9)
+
+
+def test_mixed_configuration_report_renders(browser, demo):
+    """The demo's runs plus a user's own spec (device: cpu, other workers) with an lr grid, written to a
+    copy of the db as real specs (no training): one section per recipe, no runtime field in any row
+    label, and the page renders (not blank) in the browser."""
+    from typer.testing import CliRunner
+
+    from granet_cli.cli import app
+    from granet_cli.spec import load_run_spec
+    from granet_cli.store import Store
+
+    db, _html, tmp = demo
+    mixed = tmp / "mixed.duckdb"
+    shutil.copy(db, mixed)
+    base = ["optim.epochs=2", "sparsity.final_prune_epoch=1", "sparsity.update_frequency=8", "device=cpu"]
+    with Store(mixed) as st:
+        for lr in (0.01, 0.1):
+            for method in METHODS:
+                for seed in SEEDS:
+                    sets = [*base, "data.num_workers=2", f"optim.lr={lr}", f"sparsity.method={method}", f"seed={seed}"]
+                    spec = load_run_spec(QUICKSTART, sets)
+                    rid = f"mine-{method}-{lr}-{seed}"
+                    st.start_run(
+                        dict(
+                            run_id=rid,
+                            spec_hash=rid,
+                            method=method,
+                            model="mlp",
+                            dataset="digits",
+                            target_density=0.1,
+                            seed=seed,
+                            spec_json=json.dumps(spec.normalised()),
+                        )
+                    )
+                    st.finish_run(rid, dict(final_test_acc=0.8 + 0.01 * seed - abs(lr - 0.05)), [])
+    result = CliRunner().invoke(
+        app, ["report", "--db", str(mixed), "--out", str(tmp / "mixed"), "--name", "mixed", "--format", "html"]
+    )
+    assert result.exit_code == 0, result.output
+    html = tmp / "mixed" / "mixed.html"
+    dom = _chromium(browser, tmp, "--dump-dom", html.resolve().as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    headings = re.findall(r"<h2>digits / mlp, recipe ([^<]*)</h2>", dom.stdout)
+    assert sorted(headings) == ["optim.lr=0.01", "optim.lr=0.05", "optim.lr=0.1"]
+    labels = re.findall(r'<th scope="row">([^<]*)</th>', dom.stdout)
+    assert labels and not [lab for lab in labels if "device" in lab or "num_workers" in lab]
+    shot_png = tmp / "mixed.png"
+    shot = _chromium(browser, tmp, f"--screenshot={shot_png}", "--window-size=1200,3000", html.resolve().as_uri())
+    assert shot.returncode == 0 and shot_png.exists(), shot.stderr[-2000:]
+    assert _ink(_read_png(shot_png)) > 0.05, "the mixed-configuration page is almost blank"

@@ -119,3 +119,26 @@ def test_layer_density_bars_not_lines():
     assert {m: [h for _x, h in v] for m, v in bars.items()} == {"granet": [0.2, 0.05], "rigl": [0.1, 0.1]}
     assert all(round(x) == k for v in bars.values() for k, (x, _h) in enumerate(v))  # beside each layer's tick
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fc1", "fc2"]
+
+
+def test_many_long_labels_no_warning_and_legends_outside():
+    """Six configurations with long labels, 18 density lines: no 'constrained_layout not applied'
+    (the legend moves below the axes and the figure grows), every legend outside every axes."""
+    labels = [f"granet (optim.lr=0.0{i}, sparsity.drop_fraction=0.{i}, optim.epochs=3{i})" for i in range(1, 7)]
+    pts = {lab: [(0.05, 90.0 + i, 1.0), (0.1, 91.0 + i, 1.0), (0.2, 92.0, 0.5)] for i, lab in enumerate(labels)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with P.collect_figures() as figs:
+            plots = [
+                P.accuracy_vs_density_plot(pts, dense=(95.0, 0.5)),
+                P.density_steps_plot(
+                    {k: [(f"{k} d={d}", [(0, 1.0), (100, d)]) for d in (0.05, 0.1, 0.2)] for k in labels}
+                ),
+                P.curves_plot(
+                    {f"density {d}": {k: [(e, 80.0 + e, 1.0) for e in range(30)] for k in labels} for d in (0.1, 0.2)}
+                ),
+            ]
+    assert all(p.svg for p in plots) and len(figs) == 3
+    for fig in figs:
+        _check_legends_outside(fig)
+        assert all(ax.get_window_extent().height > 50 for ax in fig.axes if ax.get_visible())
