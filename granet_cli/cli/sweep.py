@@ -106,6 +106,15 @@ SweepMaxFailuresOpt = Annotated[
         help="Retries of a trial whose node died or that crashed, from its last checkpoint (default: 2).",
     ),
 ]
+SweepCheckpointEveryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--checkpoint-every",
+        min=0,
+        metavar="SECONDS",
+        help="A trial's Tune checkpoint at most every SECONDS and at its last epoch; a lost node or killed driver costs at most that much work per trial (default: 60; 0: every epoch).",
+    ),
+]
 SweepStoragePathOpt = Annotated[
     str | None,
     typer.Option(
@@ -172,6 +181,7 @@ def sweep(
     grid: SweepGridOpt = None,
     max_failures: SweepMaxFailuresOpt = None,
     storage_path: SweepStoragePathOpt = None,
+    checkpoint_every: SweepCheckpointEveryOpt = None,
     quiet: SweepQuietOpt = False,
     tensorboard: SweepTensorboardOpt = None,
     wandb: SweepWandbOpt = None,
@@ -185,6 +195,7 @@ def sweep(
         "cpus_per_trial": cpus_per_trial,
         "gpus_per_trial": gpus_per_trial,
         "max_concurrent": max_concurrent,
+        "checkpoint_every": checkpoint_every,
     }
     plan_ = _plan(spec, set_, name, grid_options, trial_options)
     db_path = resolve_db(db)

@@ -12,6 +12,7 @@ import typer
 from .app import EXIT_SIGINT, EXIT_SIGTERM, DbOpt, SetOpt, app, err, fail, out, resolve_db
 from .sweep import (
     SweepAddressOpt,
+    SweepCheckpointEveryOpt,
     SweepDensitiesOpt,
     SweepMaxFailuresOpt,
     SweepMethodsOpt,
@@ -71,6 +72,7 @@ def tune(
     runs_dir: SweepRunsDirOpt = Path("runs"),
     storage_path: SweepStoragePathOpt = None,
     max_failures: SweepMaxFailuresOpt = None,
+    checkpoint_every: SweepCheckpointEveryOpt = None,
     address: SweepAddressOpt = None,
 ) -> None:
     """Tune spec fields per method x density on the validation split (Ray Tune search + ASHA), then rerun each
@@ -94,12 +96,14 @@ def tune(
             seeds=seeds,
             name=name,
             max_failures=max_failures,
+            checkpoint_every=checkpoint_every,
         )
     except SpecError as e:
         fail(str(e))
     db_path = resolve_db(db)
     options: dict = {"methods": methods, "densities": densities, "param": param, "samples": samples}
     options.update(search=search, scheduler=scheduler, seeds=seeds, storage_path=storage_path, address=address)
+    options.update(max_failures=max_failures, checkpoint_every=checkpoint_every)
     again = sweep_command(tp.seeds_plan.spec_path, set_, db_path, runs_dir, name=tp.seeds_plan.name, **options)
     again = again.replace("granet sweep", "granet tune", 1)
     if tp.val_defaulted:

@@ -41,6 +41,11 @@ class SweepSpec(StrictModel):
         ),
     )
     max_failures: int = Field(2, ge=0, description="retries of a trial (lost node, crash) from its last checkpoint")
+    checkpoint_every: float = Field(
+        60.0,
+        ge=0,
+        description="a trial's Tune checkpoint at most every this many seconds, and at its last epoch (0: every epoch)",
+    )
 
     @field_validator("grid")
     @classmethod

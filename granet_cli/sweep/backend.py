@@ -359,6 +359,7 @@ def _param_space(plan: SweepPlan, todo: list[TrialOutcome], *, threads: int) -> 
             "spec_json": json.dumps(plan.run_spec(t.point).normalised()),
             "resume_from": t.resume_from,
             "threads": threads,
+            "checkpoint_every": plan.grid.checkpoint_every,
         }
         for t in todo
     ]

@@ -344,6 +344,7 @@ def plan_sweep(
     grid: list[str] | None = None,
     max_failures: int | None = None,
     cwd: Path | None = None,
+    checkpoint_every: float | None = None,
 ) -> SweepPlan:
     """Base spec + the file's `sweep:` section + CLI flags (which win; `--grid` per key) -> a validated plan.
 
@@ -365,6 +366,7 @@ def plan_sweep(
         "gpus_per_trial": gpus_per_trial,
         "max_concurrent": max_concurrent,
         "max_failures": max_failures,
+        "checkpoint_every": checkpoint_every,
     }
     merged = {**section, **{k: v for k, v in flags.items() if v is not None}}
     grid_flags = parse_grid_flags(grid, problems)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from ..spec import RunSpec
@@ -48,6 +49,8 @@ def trainable(config: dict) -> None:
         replay_to = _restore(checkpoint, work, point["spec_hash"]) if checkpoint is not None else 0
         replay: dict[str, list] = {"epochs": [], "updates": []}
         last_val: dict[str, float | None] = {VAL_KEY: None}  # the final report repeats it (a searcher reads the last)
+        every = float(point.get("checkpoint_every") or 0.0)  # seconds; 0: every epoch
+        last_checkpoint = [time.monotonic()]  # the trial's start: the first checkpoint waits `every` too
 
         def on_epoch(row: dict, updates: list[dict]) -> None:
             if row["epoch"] <= replay_to:  # rows the checkpoint holds: sent once, together
@@ -57,6 +60,20 @@ def trainable(config: dict) -> None:
                     tune.report({REPLAY_KEY: json.dumps(replay), "epoch": replay_to})
                 return
             last_val[VAL_KEY] = row.get("val_acc")
+            report = {
+                EPOCH_KEY: json.dumps(row),
+                UPDATES_KEY: json.dumps(updates),
+                "epoch": row["epoch"],
+                "test_acc": row["test_acc"],
+                VAL_KEY: row.get("val_acc"),
+                NODE_KEY: node_id,
+            }
+            # a Tune checkpoint at most every `every` seconds, and at the last epoch: a lost node costs
+            # at most that much work, and short trials are not dominated by checkpoint copies
+            if row["epoch"] < spec.optim.epochs and time.monotonic() - last_checkpoint[0] < every:
+                tune.report(report)
+                return
+            last_checkpoint[0] = time.monotonic()
             # train.run has just written work/checkpoint.pt for this epoch
             (work / MARKER).write_text(
                 json.dumps(
@@ -69,17 +86,7 @@ def trainable(config: dict) -> None:
                     }
                 )
             )
-            tune.report(
-                {
-                    EPOCH_KEY: json.dumps(row),
-                    UPDATES_KEY: json.dumps(updates),
-                    "epoch": row["epoch"],
-                    "test_acc": row["test_acc"],
-                    VAL_KEY: row.get("val_acc"),
-                    NODE_KEY: node_id,
-                },
-                checkpoint=tune.Checkpoint.from_directory(str(work)),
-            )
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
         try:
             result = train.run(spec, work, resume=replay_to > 0, on_epoch=on_epoch, threads=point["threads"])

@@ -93,6 +93,7 @@ def plan_tune(
     seeds: str | None = None,
     name: str | None = None,
     max_failures: int | None = None,
+    checkpoint_every: float | None = None,
 ) -> TunePlan:
     """The tune's cells and search space, every value checked; SpecError (one line per problem)."""
     problems = []
@@ -105,7 +106,14 @@ def plan_tune(
     if problems:
         raise SpecError(problems)
     plan = plan_sweep(
-        spec_path, overrides, methods=methods, densities=densities, seeds=seeds, name=name, max_failures=max_failures
+        spec_path,
+        overrides,
+        methods=methods,
+        densities=densities,
+        seeds=seeds,
+        name=name,
+        max_failures=max_failures,
+        checkpoint_every=checkpoint_every,
     )
     val_defaulted = not plan.base.data.val_fraction
     base = with_overrides(plan.base, {"data.val_fraction": DEFAULT_VAL_FRACTION}) if val_defaulted else plan.base
@@ -267,6 +275,7 @@ def trial_config(tp: TunePlan, cell: Point, threads: int) -> dict[str, Any]:
         "keys": tp.keys,
         "resume_from": None,
         "threads": threads,
+        "checkpoint_every": tp.seeds_plan.grid.checkpoint_every,
     }
 
 

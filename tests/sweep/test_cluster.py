@@ -284,6 +284,8 @@ def test_wrong_auth_token_is_one_stderr_line_at_once(cluster, tmp_path):
 
 EPOCHS = 30
 ARGS = [
+    "--checkpoint-every",  # a Tune checkpoint every epoch: the lost worker's trial goes on from one
+    "0",
     "--methods",
     "granet",
     "--densities",

@@ -274,6 +274,8 @@ def test_killed_sweep_resumes_only_missing_points(tmp_path):
         "sparsity.final_prune_epoch=10",
         "--name",
         "kill-me",
+        "--checkpoint-every",  # a Tune checkpoint every epoch: the killed trials resume from one
+        "0",
     ]
     cmd = [
         sys.executable,

@@ -103,6 +103,10 @@ def test_random_search_with_asha_chooses_on_validation_and_reruns_over_seeds(tmp
     )
 
     check_report_tuning_section(tmp_path, db, trials, choice)
+    # --checkpoint-every's default (60 s) with trials of about a second: one Tune checkpoint per
+    # trial, at its last epoch (the marker beside it says which epoch)
+    markers = list((tmp_path / "runs" / "ray").glob("rs-sw-*/*/checkpoint_*/granet_checkpoint.json"))
+    assert sorted(json.loads(m.read_text())["epoch"] for m in markers) == [EPOCHS] * 4
 
     # the same command again: nothing runs, nothing is added
     start = time.monotonic()
