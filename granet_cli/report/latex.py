@@ -92,6 +92,7 @@ _PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage{booktabs}
 \usepackage{graphicx}
 \usepackage{amssymb}
+\usepackage{xcolor}
 % a table wider than the text is scaled down to the text width
 \newcommand{\fitwidth}[1]{\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{#1}}
 """
@@ -140,13 +141,19 @@ def _main_table(g: GroupReport, title: str) -> list[str]:
     return _table_env(caption, _label("tab", g.slug, "main"), tab)
 
 
+_TONES = {"better": "green!50!black", "worse": "red!70!black"}
+
+
 def _text_table(g: GroupReport, t: TextTable, cites: dict[tuple[str, str, str], str], n: int | None) -> list[str]:
     rows = []
     for i, row in enumerate(t.rows):
         cells = []
         for j, text in enumerate(row):
             cell = escape(text + t.arrow(i, j))
-            cells.append(rf"\textbf{{{cell}}}" if t.is_strong(i, j) else cell)
+            if t.is_strong(i, j):
+                cell = rf"\textbf{{{cell}}}"
+            colour = _TONES.get(t.tone_of(i, j))  # significantly better / worse: green / red, as in HTML
+            cells.append(rf"\textcolor{{{colour}}}{{{cell}}}" if colour else cell)
         if t.key == "published" and i < len(t.data):
             d = t.data[i]
             cells[-1] += rf"~\cite{{{cites[(d['paper'], d['table'], d['source'])]}}}"

@@ -66,6 +66,9 @@ def test_report_tex_compiles_with_tables_figures_and_labels(tmp_path: Path, cli)
     for key in ("main", "dense_diff", "budget"):
         assert f"\\label{{tab:digits-mlp:{key.replace('_', '-')}}}" in tex
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    # significantly worse than dense: red, never green (the fixture's sparse cells are all below dense)
+    diff_table = tex.split("label{tab:digits-mlp:dense-diff}")[1].split("end{table}")[0]
+    assert "\\textcolor{red!70!black}" in diff_table and "green" not in diff_table
     # a PDF beside every SVG, each included by the .tex
     svgs = sorted(p.stem for p in (tmp_path / "out" / "paper-grid_files").glob("*.svg"))
     pdfs = sorted(p.stem for p in (tmp_path / "out" / "paper-grid_files").glob("*.pdf"))
