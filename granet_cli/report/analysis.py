@@ -79,13 +79,15 @@ def analyse_group(
     runs ``g`` (``epochs``, ``masks`` and ``layers`` may hold other groups' rows too: each plot keeps
     its own runs')."""
     main = main_table(g, metric, interval)
+    main.recipe = recipe
+    main.notes[:0] = section_notes  # why the dataset/model is split: wherever the table is shown
     budget, missing = budget_table(main)
     tables = [
         t
         for t in (dense_diff_table(main), comparison_table(main), published_table(main, published, metric), budget)
         if t is not None
     ]
-    notes = list(section_notes)
+    notes = []
     if not any(r.method == "granet" for r in main.rows):
         notes.append("No GraNet row here, so no pairwise comparison with GraNet.")
     gplots: list[P.Plot] = []

@@ -92,7 +92,11 @@ def summary_tables(
     if not done:
         raise _no_completed(db_path, sweep)
     _check_recorded(done, metric)
-    return [main_table(s.runs, metric, interval) for s in sections(done)]
+    tables = []
+    for s in sections(done):
+        tables.append(main_table(s.runs, metric, interval))
+        tables[-1].recipe = s.recipe
+    return tables
 
 
 def _check_recorded(done: list[dict], metric: str) -> None:

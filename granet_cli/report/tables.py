@@ -129,6 +129,8 @@ class Table:
     n: int | None = None
     #: what follows ± in the cells: "ci" or "std" (INTERVALS)
     interval: str = "ci"
+    #: the training recipe of the report section this table heads ("" when not split by recipe)
+    recipe: str = ""
 
     @property
     def header(self) -> list[str]:
@@ -154,7 +156,7 @@ class Table:
         from rich.text import Text
 
         t = RichTable(
-            title=f"{self.dataset} / {self.model}: {self.title}",
+            title=f"{self.dataset} / {self.model}{f', recipe {self.recipe}' if self.recipe else ''}: {self.title}",
             box=box.SIMPLE_HEAD,
             caption=" ".join([*self.notes, *([BEST_TEXT_NOTE] if self.marks_best else [])]) or None,
             caption_justify="left",
@@ -218,6 +220,7 @@ class Table:
             "densities": self.densities,
             "n": self.n,
             "interval": self.interval,
+            "recipe": self.recipe,
             "notes": self.notes,
             "rows": rows,
             "per_seed": self.per_seed(),

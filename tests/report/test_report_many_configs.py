@@ -112,7 +112,7 @@ def test_many_configurations_one_section_per_recipe(tmp_path):
         assert {r["method"] for r in g["main"]["rows"]} == expected_methods
         # one recipe: no row needs a label beyond its method
         assert set(rows) == {("dense (baseline)" if m == "dense" else m) for m in expected_methods}
-        assert any("8 configurations in 3 training recipes" in n and "--sweep" in n for n in g["notes"])
+        assert any("8 configurations in 3 training recipes" in n and "--sweep" in n for n in g["main"]["notes"])
         for method in ("granet", "rigl"):
             densities = g["main"]["densities"]
             cell = rows[method]["cells"][densities.index(0.1)]
@@ -145,3 +145,16 @@ def test_comparisons_within_one_recipe_when_not_split(tmp_path):
     assert all(lr[a] == lr[b] for a, b in pairs)
     # granet at lr 0.1 has no dense baseline of its recipe: no difference to dense for it
     assert {e["row"] for e in g["dense_diff"]} == {"granet (optim.lr=0.05)", "rigl (optim.lr=0.05)"}
+
+
+def test_terminal_tables_name_their_recipe(tmp_path, cli):
+    db = tmp_path / "r.duckdb"
+    write_db(db, runs_to_write((0.01, 0.05, 0.1), ("granet", "rigl")))
+    r = cli("report", "--db", db, "--out", tmp_path / "out", "--format", "md")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    for lr in ("0.01", "0.05", "0.1"):
+        assert f"digits / mlp, recipe optim.lr={lr}: Final test accuracy (%)" in text
+    assert "`granet report --sweep NAME` reports one sweep" in text
+    assert max(len(line) for line in r.output.splitlines()) <= 80
+    assert "device" not in r.output and "num_workers" not in r.output
