@@ -18,13 +18,19 @@ For context it also times the same training without Ray, one process alone and t
 2 x alone / together is the most any 2-way parallelism can reach on the machine (on a VM whose
 two vCPUs slow each other down, that ceiling is itself below 2). Fixed costs (starting Python
 and Ray) are not parallel and are part of both sweep timings.
+
+It also says what a sweep costs each trial: the mean train time of a trial of the one-at-a-time sweep
+(its `wall_seconds`: training plus the Tune reports and checkpoints inside it) over the same training
+alone without Ray, with the default --checkpoint-every (pass --checkpoint-every 0 for a Tune
+checkpoint every epoch, the behaviour before it existed):
+
+    sweep_scaling: trial time in a sweep / alone = X.XXx (target <= 1.10)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_sweep(
-    work: Path, max_concurrent: int, epochs: int, batch_size: int, grid: tuple[str, str]
+    work: Path, max_concurrent: int, epochs: int, batch_size: int, grid: tuple[str, str], checkpoint_every: float
 ) -> tuple[float, str]:
     work.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -61,6 +67,8 @@ def timed_sweep(
         "1",
         "--max-concurrent",
         str(max_concurrent),
+        "--checkpoint-every",
+        str(checkpoint_every),
         "--name",
         f"scaling-c{max_concurrent}",
         "--db",
@@ -122,8 +130,15 @@ def bare_ceiling(work: Path, epochs: int, batch_size: int) -> tuple[float, list[
     return alone, [seconds(p) for p in pair]
 
 
-def trial_seconds(stdout: str) -> list[float]:
-    return [float(s) for s in re.findall(r"completed, test acc [\d.]+ %, ([\d.]+) s", stdout)]
+def trial_seconds(db: Path) -> list[float]:
+    """The completed trials' train times (runs.wall_seconds), read from the sweep's db."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return [r[0] for r in con.execute("SELECT wall_seconds FROM runs WHERE status = 'completed'").fetchall()]
+    finally:
+        con.close()
 
 
 def main() -> None:
@@ -141,6 +156,12 @@ def main() -> None:
         help="smoke run (run_all.py --quick): 2 trials of 2 epochs, no timing without Ray (speed-up not meaningful)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary dbs and runs folders")
+    ap.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        help="the sweeps' --checkpoint-every (default 60; 0: every epoch)",
+    )
     args = ap.parse_args()
     grid = ("granet,rigl,gmp", "0.1,0.2")  # methods, densities: 6 trials
     if args.quick:
@@ -148,14 +169,18 @@ def main() -> None:
     trials = len(grid[0].split(",")) * len(grid[1].split(","))
     base = Path(tempfile.mkdtemp(prefix="granet-sweep-scaling-"))
     try:
-        results = {}
+        results: dict[int, float] = {}
+        each: dict[int, float] = {}
         for conc in (2, 1):
-            wall, stdout = timed_sweep(base / f"c{conc}", conc, args.epochs, args.batch_size, grid)
-            secs = trial_seconds(stdout)
+            wall, stdout = timed_sweep(
+                base / f"c{conc}", conc, args.epochs, args.batch_size, grid, args.checkpoint_every
+            )
+            secs = trial_seconds(base / f"c{conc}" / "results.duckdb")
             if len(secs) != trials:  # failed trials, or the summary format changed under this parser
                 sys.stderr.write(stdout)
                 raise SystemExit(f"sweep with --max-concurrent {conc}: {len(secs)} of {trials} trials completed")
             results[conc] = wall
+            each[conc] = sum(secs) / max(1, len(secs))
             print(
                 f"max-concurrent {conc}: {trials} trials in {wall:6.1f} s wall "
                 f"(trial train time {sum(secs):.1f} s total, {sum(secs) / max(1, len(secs)):.1f} s each)",
@@ -167,6 +192,10 @@ def main() -> None:
                 f"without Ray (same training, 1 thread): alone {alone:.1f} s; two at once "
                 f"{pair[0]:.1f} s and {pair[1]:.1f} s -> ceiling for 2-way parallelism "
                 f"{2 * alone / max(pair):.2f}x on this machine"
+            )
+            print(
+                f"sweep_scaling: trial time in a sweep / alone = {each[1] / alone:.2f}x (target <= 1.10; "
+                f"{each[1]:.2f} s vs {alone:.2f} s, --checkpoint-every {args.checkpoint_every:g})"
             )
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"machine: {cpus} CPUs; per trial: {args.epochs} epochs at batch size {args.batch_size}, 1 CPU")
