@@ -21,6 +21,7 @@ class ReportFormat(StrEnum):
 class Interval(StrEnum):
     ci = "ci"
     std = "std"
+    boot = "boot"
 
 
 class Metric(StrEnum):
@@ -54,8 +55,10 @@ def report(
         typer.Option(
             "--interval",
             help=(
-                "What follows ± in a cell: ci (95 % confidence interval of the mean over seeds, t-based) or std "
-                "(sample standard deviation over seeds, as papers print)."
+                "What follows the mean in a cell: ci (95 % confidence interval of the mean over seeds, t-based), "
+                "std (sample standard deviation over seeds, as papers print) or boot (95 % interval of a two-level "
+                "bootstrap over seeds and test examples, comparisons paired on the shared test set; needs runs of "
+                "granet >= 0.2, which keep per-example records)."
             ),
         ),
     ] = Interval.ci,

@@ -20,7 +20,7 @@ from .latex import latex_files, remove_stale_pdfs
 from .plots import collect_pdfs
 from .published import load_published
 from .render import FORMATS, write_report
-from .tables import DASH, INTERVALS, METRICS, Table, main_table, short_line, slug
+from .tables import DASH, EXAMPLES_COLUMN, INTERVALS, METRICS, Table, main_table, short_line, slug
 from .tuning import tuning_section, tuning_sweep_ids
 
 
@@ -117,6 +117,11 @@ def _check_metric(metric: str, interval: str = "ci") -> None:
         raise ReportError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if interval not in INTERVALS:
         raise ReportError(f"unknown interval {interval!r}; choose from {', '.join(INTERVALS)}")
+    if interval == "boot" and metric not in EXAMPLES_COLUMN:
+        raise ReportError(
+            f"--interval boot needs per-example records, which runs keep for {' and '.join(EXAMPLES_COLUMN)} "
+            f"only, not {metric}"
+        )
 
 
 # ---------------------------------------------------------------------------- analysis

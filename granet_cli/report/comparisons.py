@@ -7,6 +7,7 @@ Apart from tables.py because they only read a finished :class:`~.tables.Table` a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import stats as S
@@ -32,8 +33,18 @@ def _pp(x: float) -> str:
 
 
 def _versus(a: Cell, b: Cell) -> tuple[float, S.Welch | None]:
-    """Cell a against cell b: the difference of means and Welch's test on the seeds."""
+    """Cell a against cell b: the difference of means and a test of it -- paired on the shared test
+    examples where both cells have per-example records (--interval boot), else Welch's on the seeds."""
+    if a.bits is not None and b.bits is not None and a.bits[0].size == b.bits[0].size:
+        return a.mean - b.mean, S.paired_test(a.bits, b.bits)
     return a.mean - b.mean, S.welch(a.values, b.values)
+
+
+def _test_name(w: S.Welch | None) -> str | None:
+    """Which test gave `w` (--json): Welch's on the seeds, or the bootstrap paired on the test set."""
+    if w is None:
+        return None
+    return "paired-bootstrap" if math.isnan(w.t) else "welch"
 
 
 def _holm_cells(
@@ -63,9 +74,16 @@ HOLM_NOTE = (
 )
 
 
+PAIRED_NOTE = (
+    " Where both cells have per-example records (--interval boot), the test is a bootstrap paired on the "
+    "shared test examples with seeds resampled (t and df do not apply), not Welch's."
+)
+
+
 def _holm_note(tests: list[tuple[int, int, float, S.Welch | None]]) -> str:
     n = sum(1 for *_x, w in tests if w is not None)
-    return HOLM_NOTE.format(n=n, s="s" if n != 1 else "")
+    paired = any(w is not None and math.isnan(w.t) for *_x, w in tests)
+    return HOLM_NOTE.format(n=n, s="s" if n != 1 else "") + (PAIRED_NOTE if paired else "")
 
 
 def _recipe_key(g: RowGroup | None) -> dict[str, Any]:
@@ -108,8 +126,9 @@ def dense_diff_table(main: Table) -> TextTable | None:
                     "dense_row": d_row.label,
                     "density": d,
                     "diff": diff,
-                    "t": w.t if w else None,
-                    "df": w.df if w else None,
+                    "t": w.t if w and math.isfinite(w.t) else None,
+                    "test": _test_name(w),
+                    "df": w.df if w and math.isfinite(w.df) else None,
                     "p": w.p if w else None,
                     "n": c.n,
                     "n_dense": dense.n,
@@ -182,8 +201,9 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
                         "other": o.label,
                         "density": d,
                         "diff": diff,
-                        "t": w.t if w else None,
-                        "df": w.df if w else None,
+                        "t": w.t if w and math.isfinite(w.t) else None,
+                        "test": _test_name(w),
+                        "df": w.df if w and math.isfinite(w.df) else None,
                         "p": w.p if w else None,
                         f"n_{reference}": a.n,
                         "n_other": b.n,

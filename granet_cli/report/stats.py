@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -125,31 +125,49 @@ class ColumnRank:
     p: dict[int, float] = field(default_factory=dict)
 
 
-def _column_tests(values: Sequence[Sequence[float] | None], sign: float) -> tuple[int | None, dict[int, Welch | None]]:
-    """The highest-mean cell of a column and Welch's test of it against every other non-empty cell."""
-    cells = [(i, [float(x) for x in v if finite(x)]) for i, v in enumerate(values) if v]
-    cells = [(i, v) for i, v in cells if v]
+#: a test of one cell's samples against another's (Welch's t-test on per-seed values by default)
+Tester = Callable[[Any, Any], "Welch | None"]
+
+
+def _column_tests(
+    values: Sequence[Any], sign: float, test: Tester | None, mean: Callable[[Any], float] | None
+) -> tuple[int | None, dict[int, Welch | None]]:
+    """The highest-mean cell of a column and a test of it against every other non-empty cell. The
+    default: per-seed values, Welch's t-test, and a cell with one seed cannot be tested."""
+    if test is None:
+        cells = [(i, [float(x) for x in v if finite(x)]) for i, v in enumerate(values) if v]
+        cells = [(i, v) for i, v in cells if v]
+        if len(cells) < 2:
+            return None, {}
+        top_i, top_v = max(cells, key=lambda c: sign * statistics.fmean(c[1]))
+        if len(top_v) < 2:
+            return None, {}
+        return top_i, {i: welch(top_v, v) for i, v in cells if i != top_i}
+    assert mean is not None, "a custom test needs the cells' means"
+    cells = [(i, v) for i, v in enumerate(values) if v is not None]
     if len(cells) < 2:
         return None, {}
-    top_i, top_v = max(cells, key=lambda c: sign * statistics.fmean(c[1]))
-    if len(top_v) < 2:
-        return None, {}
-    return top_i, {i: welch(top_v, v) for i, v in cells if i != top_i}
+    top_i, top_v = max(cells, key=lambda c: sign * mean(c[1]))
+    return top_i, {i: test(top_v, v) for i, v in cells if i != top_i}
 
 
 def rank_columns(
-    columns: Sequence[Sequence[Sequence[float] | None]], higher_is_better: bool = True
+    columns: Sequence[Sequence[Any]],
+    higher_is_better: bool = True,
+    test: Tester | None = None,
+    mean: Callable[[Any], float] | None = None,
 ) -> list[ColumnRank]:
-    """Rank the cells of every column of one table (each cell a list of per-seed values, or None).
+    """Rank the cells of every column of one table (each cell a list of per-seed values, or None;
+    with `test` and `mean`, any samples those two read, e.g. per-example correctness).
 
-    A cell is *best* when its mean is the highest of its column and Welch's test against every other
+    A cell is *best* when its mean is the highest of its column and the test against every other
     non-empty cell of the column gives a Holm-adjusted p < ALPHA, the family being every test of the
     table. Otherwise the highest-mean cell and each cell not significantly different from it are
-    *tied*. A cell with fewer than two seeds cannot be tested: it is never marked, and no other
-    cell can be significantly better than it. A column with fewer than two non-empty cells: nothing
-    is marked (there is nothing to compare)."""
+    *tied*. With Welch's test a cell with fewer than two seeds cannot be tested: it is never marked,
+    and no other cell can be significantly better than it. A column with fewer than two non-empty
+    cells: nothing is marked (there is nothing to compare)."""
     sign = 1.0 if higher_is_better else -1.0
-    per_column = [_column_tests(col, sign) for col in columns]
+    per_column = [_column_tests(col, sign, test, mean) for col in columns]
     family = [(c, i) for c, (_top, tests) in enumerate(per_column) for i, w in tests.items() if w is not None]
     adjusted = dict(zip(family, holm([per_column[c][1][i].p for c, i in family])))  # type: ignore[union-attr]
     ranks = []
@@ -228,3 +246,9 @@ def paired_bootstrap(
     diff = da - db
     tail = min((diff <= 0).sum(), (diff >= 0).sum())
     return float(xa.mean() - xb.mean()), float(min(1.0, 2 * (tail + 1) / (replicates + 1)))
+
+
+def paired_test(a: Sequence[Any], b: Sequence[Any]) -> Welch:
+    """`paired_bootstrap` as a `Tester` (t and df do not apply: NaN)."""
+    diff, p = paired_bootstrap(a, b)
+    return Welch(diff, math.nan, math.nan, p)

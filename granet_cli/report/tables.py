@@ -44,7 +44,19 @@ BASELINE_LABEL = "dense (baseline)"
 CI_NOTE = "mean ± 95 % confidence interval over seeds (t-based, n−1 degrees of freedom)"
 STD_NOTE = "mean ± standard deviation over seeds (sample std, n−1; spread of the seeds, not a confidence interval)"
 #: what ``granet report --interval`` shows after ±: "ci" (95 % CI of the mean) or "std" (as papers print)
-INTERVALS = {"ci": CI_NOTE, "std": STD_NOTE}
+BOOT_NOTE = (
+    "mean [95 % interval] from a two-level bootstrap over seeds and test examples (covers both the "
+    "seeds' spread and the finite test set's sampling noise; comparisons paired on the shared test set)"
+)
+INTERVALS = {"ci": CI_NOTE, "std": STD_NOTE, "boot": BOOT_NOTE}
+#: the runs column holding which test examples the model behind a metric got right (store.examples)
+EXAMPLES_COLUMN = {"final_test_acc": "test_correct", "selected_test_acc": "selected_test_correct"}
+#: a boot cell without per-example records (runs of granet before 0.2) shows the t-interval, marked so
+NO_EXAMPLES_MARK = " †"
+NO_EXAMPLES_NOTE = (
+    "†: runs without per-example records (written before granet 0.2): the cell shows the t-based 95 % "
+    "interval over seeds and is compared by Welch's test."
+)
 #: the terminal's text mark of a significantly best (bold) cell, kept where styles are lost (piped output)
 BEST_TEXT_MARK = " *"
 BEST_TEXT_NOTE = "Here * marks the bold cells (significantly best)."
@@ -70,6 +82,9 @@ class Cell:
     values: list[float] = field(default_factory=list)
     tied: bool = False
     runs: list[dict] = field(default_factory=list, repr=False)
+    #: per seed, which test examples the run got right (interval "boot" only), and the bootstrap interval
+    bits: list[Any] | None = field(default=None, repr=False)
+    boot: tuple[float, float] | None = None
 
     @property
     def mark(self) -> str:
@@ -88,6 +103,7 @@ class Cell:
             "values": self.values,
             "seeds": [r.get("seed") for r in self.runs],  # values[i] is the run of seeds[i]
             "run_ids": [r.get("run_id") for r in self.runs],
+            "boot95_interval": list(self.boot) if self.boot else None,
             "best": self.best,
             "tied": self.tied,
             "text": self.text,
@@ -278,12 +294,19 @@ class Unit:
         """``mean ± ci95`` (``interval="std"``: ``mean ± std``; no ± when n < 2), then ``(n=k)`` only
         where k is not the table's n."""
         text = self.value(c.mean)
-        half = c.ci95 if interval == "ci" else (c.std if c.n >= 2 else None)
+        if interval == "boot" and c.boot is not None:
+            lo, hi = c.boot
+            return (
+                text
+                + f" [{lo * self.scale:.{self.decimals}f}, {hi * self.scale:.{self.decimals}f}]"
+                + (f" (n={c.n})" if c.n != table_n else "")
+            )
+        half = c.ci95 if interval in ("ci", "boot") else (c.std if c.n >= 2 else None)
         if half is not None:
             text += f" ± {half * self.scale:.{self.decimals}f}"
         if c.n != table_n:
             text += f" (n={c.n})"
-        return text
+        return text + (NO_EXAMPLES_MARK if interval == "boot" else "")
 
 
 PERCENT = Unit(100.0, 2)
@@ -331,6 +354,23 @@ def _modal_n(cells: list[Cell]) -> int | None:
     return max(counts, key=lambda n: (counts[n], n)) if counts else None
 
 
+def _with_bootstrap(cell: Cell, column: str) -> Cell:
+    """`cell` with its per-seed correctness and two-level bootstrap interval, where every run has them."""
+    from ..store.examples import unpack
+
+    packed = [r.get(EXAMPLES_COLUMN.get(column, "")) for r in cell.runs]
+    texts = [p for p in packed if isinstance(p, str)]
+    if not texts or len(texts) != len(packed):
+        return cell
+    bits = [unpack(p) for p in texts]
+    if len({b.size for b in bits}) != 1:
+        return cell
+    cell.bits = bits
+    _mean, lo, hi = S.bootstrap_accuracy(bits)
+    cell.boot = (lo, hi)
+    return cell
+
+
 def _make_cell(runs: list[dict], column: str) -> Cell | None:
     """The cell of ``runs`` (one per distinct seed), ``values`` in seed order."""
     runs = sorted(
@@ -344,7 +384,9 @@ def _make_cell(runs: list[dict], column: str) -> Cell | None:
     return Cell(s.mean, s.std, s.n, ci95=s.ci95, values=vals, runs=runs)
 
 
-def _table_rows(groups: list[RowGroup], densities: list[float], column: str) -> tuple[list[TableRow], dict[str, str]]:
+def _table_rows(
+    groups: list[RowGroup], densities: list[float], column: str, boot: bool = False
+) -> tuple[list[TableRow], dict[str, str]]:
     """A row per group (the dense baseline's one Cell repeated in every column) and run_id -> row label."""
     rows: list[TableRow] = []
     run_labels: dict[str, str] = {}
@@ -353,10 +395,14 @@ def _table_rows(groups: list[RowGroup], densities: list[float], column: str) -> 
         run_labels.update({r["run_id"]: label for r in g.runs})
         if g.method == "dense":
             cell = _make_cell(g.runs, column)
+            if boot and cell is not None:
+                cell = _with_bootstrap(cell, column)
             # the same baseline Cell object in every column
             rows.append(TableRow(g.method, label, [cell for _ in densities], baseline=True, group=g))
             continue
         cells = [_make_cell([r for r in g.runs if density_key(r["target_density"]) == d], column) for d in densities]
+        if boot:
+            cells = [_with_bootstrap(c, column) if c is not None else None for c in cells]
         rows.append(TableRow(g.method, label, cells, group=g))
     return rows, run_labels
 
@@ -378,12 +424,23 @@ def _cell_notes(rows: list[TableRow], all_cells: list[Cell], table_n: int | None
     return note_lines
 
 
-def _mark_best(rows: list[TableRow], n_columns: int, higher_is_better: bool) -> int:
+def _mark_best(rows: list[TableRow], n_columns: int, higher_is_better: bool) -> tuple[int, bool]:
     """Per density column, mark the sparse cell that is significantly best, else those not significantly
-    different from the best; Holm over every test of the table. Returns the number of tests."""
+    different from the best; Holm over every test of the table. Returns the number of tests and whether
+    they were paired on the test set (every cell with per-example records: interval "boot")."""
     sparse = [r for r in rows if not r.baseline]
     columns = [[r.cells[j] for r in sparse] for j in range(n_columns)]
-    ranks = S.rank_columns([[c.values if c else None for c in col] for col in columns], higher_is_better)
+    cells = [c for col in columns for c in col if c is not None]
+    paired = bool(cells) and all(c.bits is not None for c in cells)
+    if paired:
+        ranks = S.rank_columns(
+            [[c.bits if c else None for c in col] for col in columns],
+            higher_is_better,
+            test=S.paired_test,
+            mean=lambda bits: float(sum(b.mean() for b in bits) / len(bits)),
+        )
+    else:
+        ranks = S.rank_columns([[c.values if c else None for c in col] for col in columns], higher_is_better)
     for col, rank in zip(columns, ranks):
         if rank.best is not None:
             best_cell = col[rank.best]
@@ -393,18 +450,23 @@ def _mark_best(rows: list[TableRow], n_columns: int, higher_is_better: bool) -> 
             tied_cell = col[i]
             assert tied_cell is not None  # rank_columns marks only non-empty cells
             tied_cell.tied = True
-    return sum(len(rank.p) for rank in ranks)
+    return sum(len(rank.p) for rank in ranks), paired
 
 
-def marks_note(n_tests: int, table_n: int | None) -> str:
-    """What bold and ≈ mean, with the correction and the power the table's n gives."""
+def marks_note(n_tests: int, table_n: int | None, paired: bool = False) -> str:
+    """What bold and ≈ mean, with the test, the correction and the power the table's n gives."""
+    test = (
+        "a bootstrap test paired on the shared test examples, seeds resampled"
+        if paired
+        else "Welch's t-test on the per-seed values"
+    )
     note = (
-        "Bold: significantly best in its density column (Welch's t-test against every other sparse row, "
+        f"Bold: significantly best in its density column ({test}, against every other sparse row, "
         f"p < 0.05 after Holm's correction over the table's {n_tests} test{'s' if n_tests != 1 else ''}); "
         "≈: not significantly different from the best"
         + (f" (n = {table_n})" if table_n else "")
-        + ", which is not evidence that they are equal; a cell with one seed cannot be tested and is "
-        "never marked."
+        + ", which is not evidence that they are equal"
+        + ("." if paired else "; a cell with one seed cannot be tested and is never marked.")
     )
     if table_n is not None and table_n < LOW_POWER_N:
         note += (
@@ -439,15 +501,17 @@ def build_table(
     model = runs[0]["model"] if runs else ""
     densities = _sparse_densities(runs)
     groups = sorted(group_rows(runs, density_key), key=lambda g: (method_sort_key(g.method), g.label))
-    rows, run_labels = _table_rows(groups, densities, column)
+    rows, run_labels = _table_rows(groups, densities, column, boot=interval == "boot")
     all_cells = [c for r in rows for c in r.cells if c is not None]
     table_n = _modal_n(all_cells)
     for c in all_cells:
         c.text = unit.cell(c, table_n, interval)
     note_lines = _cell_notes(rows, all_cells, table_n, interval)
     if mark_best:
-        n_tests = _mark_best(rows, len(densities), higher_is_better)
-        note_lines.append(marks_note(n_tests, table_n))
+        n_tests, paired = _mark_best(rows, len(densities), higher_is_better)
+        note_lines.append(marks_note(n_tests, table_n, paired))
+    if interval == "boot" and any(c.bits is None for c in all_cells):
+        note_lines.append(NO_EXAMPLES_NOTE)
     if not any(r.method == "dense" for r in rows):
         note_lines.insert(0, "No completed dense baseline run.")
     return Table(
