@@ -179,6 +179,22 @@ def test_optuna_search_resumes_after_kill_9_without_repeating_trials(tmp_path):
     assert spec["optim"]["momentum"] == chosen_spec["optim"]["momentum"]
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_grid_search_without_scheduler_runs_every_choice_to_the_end(tmp_path):
+    db = tmp_path / "r.duckdb"
+    args = ["--methods", "set", "--densities", "0.1", "--param", "optim.lr=choice:0.05,0.2", "--search", "grid"]
+    proc = granet_tune(tmp_path, *args, "--scheduler", "none", "--name", "gr")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = tuning_trials(db, "gr")
+    assert sorted((t[2], t[3], t[4]) for t in trials.values()) == [
+        ("completed", 0.05, EPOCHS),
+        ("completed", 0.2, EPOCHS),
+    ]
+    [(_m, _d, _seed, status, spec)] = seeds_runs(db, "gr")
+    assert status == "completed" and spec["optim"]["lr"] == expected_choice(trials)[("set", 0.1)]
+
+
 @pytest.mark.parametrize(
     "param, extra, says",
     [
