@@ -11,7 +11,28 @@ from typing import Any
 from .tables import INTERVALS, METRIC_SHORT, Table, TableRow, TextTable, density_key, fmt_density
 
 PUBLISHED_CSV = Path(__file__).parent.parent / "data" / "published.csv"
-PUBLISHED_FIELDS = ("paper", "table", "dataset", "model", "method", "density", "epochs", "number", "std", "source")
+PUBLISHED_FIELDS = (
+    "paper",
+    "table",
+    "dataset",
+    "model",
+    "method",
+    "density",
+    "epochs",
+    "number",
+    "std",
+    "source",
+    "recipe",
+)
+#: the recipe settings a published number is matched on (besides epochs): csv key -> spec field, words
+RECIPE_FIELDS = {
+    "batch_size": ("data.batch_size", "batch size"),
+    "update_frequency": ("sparsity.update_frequency", "update interval"),
+    "drop_fraction": ("sparsity.drop_fraction", "drop fraction"),
+    "update_end_epoch": ("sparsity.update_end_epoch", "end of updates"),
+}
+#: recipe settings that only apply to methods with drop-and-grow
+DROP_AND_GROW_ONLY = ("update_frequency", "drop_fraction", "update_end_epoch")
 
 
 def load_published(path: Path = PUBLISHED_CSV) -> list[dict[str, Any]]:
@@ -32,9 +53,36 @@ def load_published(path: Path = PUBLISHED_CSV) -> list[dict[str, Any]]:
                 "epochs": int(row["epochs"]),
                 "number": float(row["number"]),
                 "std": float(row["std"]) if (row.get("std") or "").strip() else None,
+                "recipe": _recipe(row.get("recipe") or ""),
             }
         )
     return out
+
+
+def _recipe(text: str) -> dict[str, float]:
+    """``key=value;...`` -> the known recipe settings (numbers)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, _, value = part.partition("=")
+        if key.strip() in RECIPE_FIELDS:
+            out[key.strip()] = float(value)
+    return out
+
+
+def recipe_gaps(published: dict[str, Any], fields: dict[str, Any], method: str) -> tuple[list[str], list[str]]:
+    """How a measured row's recipe differs from a published number's: (settings that differ, as
+    "update interval 4000 vs 100"; settings the source does not state). Both empty: the same recipe."""
+    differ, unknown = [], []
+    for key, (spec_field, words) in RECIPE_FIELDS.items():
+        if method == "dense" and key in DROP_AND_GROW_ONLY:
+            continue
+        ours = fields.get(spec_field)
+        theirs = published["recipe"].get(key)
+        if theirs is None:
+            unknown.append(words)
+        elif ours is None or float(ours) != theirs:
+            differ.append(f"{words} {ours if ours is not None else 'unset'} vs {theirs:g}")
+    return differ, unknown
 
 
 def _row_epochs(row: TableRow) -> int | None:
@@ -60,7 +108,16 @@ def published_table(main: Table, published: list[dict[str, Any]], metric: str) -
                     continue
                 gap = c.mean * 100 - p["number"]
                 pub = f"{p['number']:.2f}" + (f" ± {p['std']:.2f}" if p["std"] is not None else "")
-                rows.append([r.label, fmt_density(d), c.text, pub, f"{gap:+.2f}", f"{p['paper']}, {p['table']}"])
+                differ, unknown = recipe_gaps(p, r.group.fields if r.group else {}, r.method)
+                recipe = (
+                    "same"
+                    if not differ and not unknown
+                    else "approximate recipe: "
+                    + "; ".join(differ + ([f"not stated: {', '.join(unknown)}"] if unknown else []))
+                )
+                rows.append(
+                    [r.label, fmt_density(d), c.text, pub, f"{gap:+.2f}", recipe, f"{p['paper']}, {p['table']}"]
+                )
                 data.append(
                     {
                         "row": r.label,
@@ -75,6 +132,9 @@ def published_table(main: Table, published: list[dict[str, Any]], metric: str) -
                         "table": p["table"],
                         "source": p["source"],
                         "epochs": p["epochs"],
+                        "same_recipe": not differ and not unknown,
+                        "recipe_differs": differ,
+                        "recipe_not_stated": unknown,
                     }
                 )
     if not rows:
@@ -83,16 +143,18 @@ def published_table(main: Table, published: list[dict[str, Any]], metric: str) -
         (
             f"Published top-1 test accuracies (granet_cli/data/published.csv) beside the measured "
             f"{METRIC_SHORT.get(metric, metric)} (%, {INTERVALS[main.interval]}) where the recipe matches: dataset, model, method, "
-            "target density and epochs; gap = measured − published, in percentage points."
+            "target density and epochs; gap = measured − published, in percentage points. recipe: 'same' only "
+            "where batch size, update interval, drop fraction and end of updates are stated by the source and "
+            "equal the run's; otherwise 'approximate recipe' with what differs or is not stated."
         )
     ]
     return TextTable(
         "published",
         "Published numbers beside yours",
-        ["method", "density", "measured", "published", "gap", "source"],
+        ["method", "density", "measured", "published", "gap", "recipe", "source"],
         rows,
         notes,
         set(),
-        [False, True, True, True, True, False],
+        [False, True, True, True, True, False, False],
         data,
     )

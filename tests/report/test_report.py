@@ -751,9 +751,33 @@ def test_published_numbers_beside_matching_cells(tmp_path: Path):
     res = build_report(db, out_dir=tmp_path / "o", fmt="md")
     section = md_section(res.md_path.read_text(encoding="utf-8"), "### Published numbers beside yours")
     _h, rows = md_table(section)
-    rigl = [r for r in rows if r[0] == "rigl (optim.epochs=100)" and r[3] == "73.00 ± 0.04"]
-    assert len(rigl) == 1 and rigl[0][4] == f"{statistics.mean(measured[('rigl', 0.1, 100)]) * 100 - 73.0:+.2f}"
+    rigl = [r for r in rows if r[0] == "rigl (optim.epochs=100)" and r[3] == "73.07"]
+    assert len(rigl) == 1 and rigl[0][4] == f"{statistics.mean(measured[('rigl', 0.1, 100)]) * 100 - 73.07:+.2f}"
+    # the runs' specs name no drop-and-grow settings and the source states no batch size: approximate
+    assert rigl[0][5] == (
+        "approximate recipe: update interval unset vs 100; drop fraction unset vs 0.3; "
+        "not stated: batch size, end of updates"
+    )
     assert rigl[0][2] == cell(measured[("rigl", 0.1, 100)], table_n=2)
+
+
+def test_published_recipe_is_same_only_when_every_setting_is_stated_and_equal():
+    from granet_cli.report.published import recipe_gaps
+
+    full = {"recipe": {"batch_size": 4096.0, "update_frequency": 100.0, "drop_fraction": 0.3, "update_end_epoch": 75.0}}
+    ours = {
+        "data.batch_size": 4096,
+        "sparsity.update_frequency": 100,
+        "sparsity.drop_fraction": 0.3,
+        "sparsity.update_end_epoch": 75,
+    }
+    assert recipe_gaps(full, ours, "rigl") == ([], [])
+    assert recipe_gaps(full, {**ours, "sparsity.update_frequency": 4000}, "rigl") == (
+        ["update interval 4000 vs 100"],
+        [],
+    )
+    # a dense row is matched on what applies to it: the batch size
+    assert recipe_gaps({"recipe": {"batch_size": 4096.0}}, {"data.batch_size": 4096}, "dense") == ([], [])
 
 
 # ------------------------------------------------------------------ plots' data
