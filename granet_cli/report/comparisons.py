@@ -40,6 +40,17 @@ def _versus(a: Cell, b: Cell) -> tuple[float, S.Welch | None]:
     return a.mean - b.mean, S.welch(a.values, b.values)
 
 
+def _test_fields(diff: float, w: S.Welch | None) -> dict[str, Any]:
+    """A comparison's numbers for --json: the difference, the test's statistic, df, p and name."""
+    return {
+        "diff": diff,
+        "t": w.t if w and math.isfinite(w.t) else None,
+        "test": _test_name(w),
+        "df": w.df if w and math.isfinite(w.df) else None,
+        "p": w.p if w else None,
+    }
+
+
 def _test_name(w: S.Welch | None) -> str | None:
     """Which test gave `w` (--json): Welch's on the seeds, or the bootstrap paired on the test set."""
     if w is None:
@@ -125,11 +136,7 @@ def dense_diff_table(main: Table) -> TextTable | None:
                     "row": r.label,
                     "dense_row": d_row.label,
                     "density": d,
-                    "diff": diff,
-                    "t": w.t if w and math.isfinite(w.t) else None,
-                    "test": _test_name(w),
-                    "df": w.df if w and math.isfinite(w.df) else None,
-                    "p": w.p if w else None,
+                    **_test_fields(diff, w),
                     "n": c.n,
                     "n_dense": dense.n,
                 }
@@ -200,11 +207,7 @@ def comparison_table(main: Table, reference: str = "granet") -> TextTable | None
                         reference: g.label,
                         "other": o.label,
                         "density": d,
-                        "diff": diff,
-                        "t": w.t if w and math.isfinite(w.t) else None,
-                        "test": _test_name(w),
-                        "df": w.df if w and math.isfinite(w.df) else None,
-                        "p": w.p if w else None,
+                        **_test_fields(diff, w),
                         f"n_{reference}": a.n,
                         "n_other": b.n,
                     }
