@@ -99,7 +99,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
     from rich.markup import escape  # a message is text: `pip install 'granet-cli[wandb]'` keeps its brackets
 
     for line in str(message).splitlines() or [""]:
-        err.print(f"[red]error:[/red] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(line)}", markup=True, highlight=False, soft_wrap=True, emoji=False)
     raise typer.Exit(code)
 
 

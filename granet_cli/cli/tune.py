@@ -27,7 +27,7 @@ TuneParamOpt = Annotated[
     typer.Option(
         "--param",
         help=(
-            "A spec field to search and its distribution: FIELD=uniform:A:B, loguniform:A:B, int:A:B or "
+            "A spec field to search and its distribution: FIELD=uniform:LOW:HIGH, loguniform:LOW:HIGH, int:LOW:HIGH or "
             "choice:V1,V2,... e.g. --param optim.lr=loguniform:0.01:0.3 (repeatable)."
         ),
     ),
@@ -124,6 +124,8 @@ def tune(
         err.print(f"{what}; resume (finished trials are kept) with: {again}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_SIGTERM if result.terminated else EXIT_SIGINT)
     if result.sweep is not None and result.sweep.count("failed"):
+        raise typer.Exit(1)
+    if any(c.chosen is None for c in result.cells):  # a cell without a tuned configuration: no fair comparison
         raise typer.Exit(1)
 
 

@@ -1,8 +1,8 @@
 """`granet tune`'s search space: `--param FIELD=DIST` parsed and checked against the spec (no Ray).
 
-    uniform:A:B      a float in [A, B]
-    loguniform:A:B   a float in [A, B], uniform in log space (A > 0)
-    int:A:B          an integer in [A, B] (both ends included)
+    uniform:LOW:HIGH      a float in [LOW, HIGH]
+    loguniform:LOW:HIGH   a float in [LOW, HIGH], uniform in log space (LOW > 0)
+    int:LOW:HIGH          an integer in [LOW, HIGH] (both ends included)
     choice:V1,V2,..  one of the values (YAML scalars, as --set and --grid read them)
 
 A field is any spec field by its dotted path (as `--set` / `--grid`). A range is checked by
@@ -66,7 +66,7 @@ def parse_param(item: str, problems: list[str]) -> Dist | None:
     kind, _, rest = text.strip().partition(":")
     if not sep or not key or kind not in KINDS or not rest:
         problems.append(
-            f"--param {item}: expected FIELD=DIST with DIST one of uniform:A:B, loguniform:A:B, int:A:B, "
+            f"--param {item}: expected FIELD=DIST with DIST one of uniform:LOW:HIGH, loguniform:LOW:HIGH, int:LOW:HIGH, "
             "choice:V1,V2,... (e.g. optim.lr=loguniform:0.01:0.3)"
         )
         return None

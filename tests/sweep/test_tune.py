@@ -203,6 +203,7 @@ def test_grid_search_without_scheduler_runs_every_choice_to_the_end(tmp_path):
         ("optim.lr=gauss:0:1", [], "expected FIELD=DIST"),
         ("optim.momentum=uniform:0.5:1.5", [], "at 1.5: optim.momentum: Input should be less than 1"),
         ("sparsity.drop_fraction=uniform:0.1:1.5", [], "sparsity.drop_fraction"),
+        ("optim.weight_decay=uniform:-1:0.1", [], "optim.weight_decay=uniform:-1:0.1: at -1.0"),  # no emoji
         ("optim.lr=uniform:0.01:0.1", ["--samples", "0"], "--samples: at least 1"),
         ("optim.lr=uniform:0.01:0.1", ["--search", "grid"], "--search grid: every --param must be a choice"),
     ],
