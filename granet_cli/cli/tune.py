@@ -141,7 +141,7 @@ def _print_result(result, db_path: Path) -> None:
             continue
         values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.chosen.items())
         out.print(
-            f"{cell_key(c.cell)}: chose {values} (val_acc {100 * c.chosen_val:.2f} %, run {c.chosen_run}; {said})",
+            f"{cell_key(c.cell)}: {'best so far' if result.sweep is None and result.interrupted else 'chose'} {values} (val_acc {100 * c.chosen_val:.2f} %, run {c.chosen_run}; {said})",
             highlight=False,
         )
     if result.sweep is not None:

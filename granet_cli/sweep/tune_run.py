@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -153,7 +157,7 @@ def _search(tp, db_path, todo, outcome, console, runs_dir, storage_path, address
             sweep_outcome = SweepOutcome(tplan, [], len(finished(res)), 0, 0.0)
             _search_cell(tp, tplan, res, store, sweep_outcome, console, {"cpu": cpus, "gpu": gpus}, storage)
             if sweep_outcome.interrupted:
-                outcome.interrupted = True
+                outcome.interrupted, outcome.terminated = True, sweep_outcome.terminated
                 return
     finally:
         store.close()
@@ -200,7 +204,7 @@ def _search_cell(tp, tplan, res: CellResult, store, outcome: SweepOutcome, conso
         ),
     )
     try:
-        with tune_env(), quiet_ray_errors():
+        with tune_env(), quiet_ray_errors(), _sigterm_as_sigint(outcome):
             tuner.fit()
     except KeyboardInterrupt:
         outcome.interrupted = True
@@ -210,6 +214,29 @@ def _search_cell(tp, tplan, res: CellResult, store, outcome: SweepOutcome, conso
             if t.run_id is not None and t.ran:
                 store.fail_run(t.run_id, "interrupted", INTERRUPTED)
             outcome.interrupted = True
+
+
+@contextmanager
+def _sigterm_as_sigint(outcome: SweepOutcome) -> Iterator[None]:
+    """SIGTERM during a cell's search stops it as Ctrl+C does (Tune's own handler: the trials stop and
+    fit returns), marked `terminated` (exit 143 with the command that resumes it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        outcome.terminated = True
+        on_int = signal.getsignal(signal.SIGINT)
+        if callable(on_int) and on_int is not signal.default_int_handler:
+            on_int(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _search_alg(tp: TunePlan, res: CellResult) -> tuple[Any, dict[str, Any], int]:
