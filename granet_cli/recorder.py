@@ -97,7 +97,12 @@ class RunRecorder:
             self.store.fail_run(self.run_id, status, error, store_final(final) if final else None)
             return ""
         except Exception as e:  # noqa: BLE001 - the caller's error line says why the run stopped
-            return f"; the results db could not record it either ({e})"
+            # e.g. another process held the db's write lock past the timeout: the row stays 'running'
+            # until the next `granet run` of this spec on this host finds the process gone (reap_orphans)
+            return (
+                f"; the results db could not record it either ({e}); its row stays 'running' until the next "
+                "granet run of this spec marks it interrupted"
+            )
 
     # ------------------------------------------------------------------ clean-up
     def close_trackers(self) -> None:

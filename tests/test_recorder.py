@@ -97,7 +97,10 @@ def test_stop_never_raises_and_says_why(tmp_path):
 
     rec = RunRecorder(spec, "run-4", store=BrokenStore())
     rec.start()
-    assert rec.stop("interrupted", "Ctrl-C") == "; the results db could not record it either (disk on fire)"
+    assert rec.stop("interrupted", "Ctrl-C") == (
+        "; the results db could not record it either (disk on fire); its row stays 'running' until the next "
+        "granet run of this spec marks it interrupted"
+    )
 
 
 def test_signal_guard_defers_a_signal_to_the_end_of_a_db_write():

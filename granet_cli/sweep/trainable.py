@@ -31,6 +31,12 @@ VAL_KEY = "val_acc"
 MARKER = "granet_checkpoint.json"
 
 
+def _mark_checkpoint(work: Path, point: dict, row: dict) -> None:
+    """The marker beside checkpoint.pt that names the trial's run and epoch (export finds runs by it)."""
+    keys = {k: point[k] for k in ("spec_hash", "run_id", "sweep_id")}
+    (work / MARKER).write_text(json.dumps({**keys, "epoch": row["epoch"], "step": row["step"]}))
+
+
 def trainable(config: dict) -> None:
     """One Ray Tune trial: `train.run` of one point in a node-local folder, a Tune checkpoint every epoch."""
     import ray
@@ -74,18 +80,7 @@ def trainable(config: dict) -> None:
                 tune.report(report)
                 return
             last_checkpoint[0] = time.monotonic()
-            # train.run has just written work/checkpoint.pt for this epoch
-            (work / MARKER).write_text(
-                json.dumps(
-                    {
-                        "spec_hash": point["spec_hash"],
-                        "run_id": point["run_id"],
-                        "sweep_id": point["sweep_id"],
-                        "epoch": row["epoch"],
-                        "step": row["step"],
-                    }
-                )
-            )
+            _mark_checkpoint(work, point, row)  # train.run has just written work/checkpoint.pt for this epoch
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
         try:
