@@ -96,6 +96,24 @@ def masking_for(model, optimizer, method: str, **kw) -> Masking:
     return Masking(model, optimizer, cfg, steps_per_epoch=SPE, epochs=EPOCHS)
 
 
+def trained_steps(model: nn.Module, optimizer: torch.optim.Optimizer, masking: Masking, seed: int):
+    """Every training step of the test schedule: after `optimizer.step()`, the weights, optimizer
+    state, masks and gradients as they were, then `masking.step()`'s record. Yields (t, params, w0, s0,
+    m0, grads, record)."""
+    g = torch.Generator().manual_seed(seed)
+    for t in range(1, SPE * EPOCHS + 1):
+        x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        params = weights_of(model)
+        w0 = [p.detach().clone() for p in params]
+        s0 = [states_of(optimizer, p) for p in params]
+        m0 = [layer.mask.clone() for layer in masking.layers]
+        grads = [p.grad.detach().clone() for p in params]
+        yield t, params, w0, s0, m0, grads, masking.step()
+
+
 class Oracle:
     """Expected masks, weights and optimizer state after one `masking.step()` at step t."""
 
@@ -155,19 +173,8 @@ def test_masks_weights_and_optimizer_state_equal_the_reference_oracle(method, gr
     optimizer = optimizer_for(model, opt)
     masking = masking_for(model, optimizer, method)
     oracle = Oracle(method, growth)
-    g = torch.Generator().manual_seed(1)
     events = reselected_seen = 0
-    for t in range(1, SPE * EPOCHS + 1):
-        x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        params = weights_of(model)
-        w0 = [p.detach().clone() for p in params]
-        s0 = [states_of(optimizer, p) for p in params]
-        m0 = [layer.mask.clone() for layer in masking.layers]
-        grads = [p.grad.detach().clone() for p in params]
-        record = masking.step()
+    for t, params, w0, s0, m0, grads, record in trained_steps(model, optimizer, masking, seed=1):
         actual_masks = [layer.mask.clone() for layer in masking.layers]
         want_m, want_w, want_s, want_counts = oracle.step(t, w0, s0, m0, grads, actual_masks)
         for i, p in enumerate(params):
@@ -219,18 +226,8 @@ def test_kept_connections_keep_value_and_state_new_ones_start_at_zero(method, gr
     model = net(dead=True)
     optimizer = optimizer_for(model, opt)
     masking = masking_for(model, optimizer, method, growth=growth, redistribution=redistribution)
-    g = torch.Generator().manual_seed(2)
     kept_total = new_total = events = 0
-    for t in range(1, SPE * EPOCHS + 1):
-        x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        params = weights_of(model)
-        w0 = [p.detach().clone() for p in params]
-        s0 = [states_of(optimizer, p) for p in params]
-        m0 = [layer.mask.clone() for layer in masking.layers]
-        record = masking.step()
+    for t, params, w0, s0, m0, _grads, record in trained_steps(model, optimizer, masking, seed=2):
         if not record or not (record["dropped"] or record["grown"]):
             continue
         events += 1

@@ -14,6 +14,8 @@ from granet_cli.report import report_json
 from granet_cli.store import Store
 from granet_cli.store.examples import pack
 
+from ..store.test_store import run_dict
+
 N = 1000  # test examples
 T0 = datetime(2026, 1, 1)
 
@@ -33,12 +35,11 @@ def _db(path, cells: dict[tuple[str, float], list[np.ndarray | None]]) -> None:
                 i += 1
                 rid = f"{method}-{d}-{seed}"
                 st.start_run(
-                    dict(
-                        run_id=rid,
+                    run_dict(
+                        rid,
+                        sweep_id=None,
                         spec_hash=rid,
                         method=method,
-                        model="mlp",
-                        dataset="digits",
                         target_density=d,
                         seed=seed,
                         spec_json="{}",
