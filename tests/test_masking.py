@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from granet_cli.sparse.criteria import drop_set, top_k_mask
+from granet_cli.sparse import rules
+from granet_cli.sparse.criteria import top_k_mask
 from granet_cli.sparse.density import erk_densities
 from granet_cli.sparse.masking import Masking
 from granet_cli.sparse.methods import SparseConfig
-from granet_cli.sparse.rules import allocate
+from granet_cli.sparse.rules import Selection, allocate
 
 
 def small_net():
@@ -298,7 +299,7 @@ def test_allocate_is_exact_and_capped():
 def test_threshold_drop_and_set_drop():
     w = torch.tensor([0.5, -0.2, 0.1, -0.05, 0.3, -0.4, 0.0005, 0.02])
     mask = torch.ones_like(w, dtype=torch.bool)
-    dropped = drop_set(w, mask, 4)
+    (dropped,) = rules.drop(Selection([w], [mask], [4], [8]), "SET")  # the SET drop rule, as Masking calls it
     # two smallest positives (0.0005, 0.02) and two negatives closest to zero (-0.05, -0.2)
     assert dropped.tolist() == [False, True, False, True, False, False, True, True]
     model, opt, masking, x, y = make("rigl", prune="threshold", prune_threshold=1e-2, update_frequency=1)

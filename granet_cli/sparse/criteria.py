@@ -296,11 +296,6 @@ def _per_sign(score: Tensor, weight: Tensor, among: Tensor, n: int, lowest: bool
     )
 
 
-def drop_set(weight: Tensor, mask: Tensor, n: int) -> Tensor:
-    """SET's drop: the smallest positive and the largest (closest to zero) negative active weights."""
-    return _per_sign(weight.detach().abs(), weight.detach(), mask, n, lowest=True)
-
-
 def grow_by_score(scores: Tensor, candidates: Tensor, n: int) -> Tensor:
     """The `n` candidates of largest |score| (the one-shot regrowth of the prune_and_grow inits)."""
     return top_k_mask(scores.detach().abs(), n, largest=True, among=candidates)
