@@ -19,10 +19,11 @@ For context it also times the same training without Ray, one process alone and t
 two vCPUs slow each other down, that ceiling is itself below 2). Fixed costs (starting Python
 and Ray) are not parallel and are part of both sweep timings.
 
-It also says what a sweep costs each trial: the mean train time of a trial of the one-at-a-time sweep
-(its `wall_seconds`: training plus the Tune reports and checkpoints inside it) over the same training
-alone without Ray, with the default --checkpoint-every (pass --checkpoint-every 0 for a Tune
-checkpoint every epoch, the behaviour before it existed):
+It also says what a sweep costs each trial: the train times of the one-at-a-time sweep's trials
+(their `wall_seconds`: training plus the Tune reports and checkpoints inside it) over the same six
+runs (same method, density and seed) trained alone without Ray, one after another, with the default
+--checkpoint-every (pass --checkpoint-every 0 for a Tune checkpoint every epoch, the behaviour before
+it existed):
 
     sweep_scaling: trial time in a sweep / alone = X.XXx (target <= 1.10)
 """
@@ -94,51 +95,61 @@ print(train.run(spec, sys.argv[2], threads=1).final["wall_seconds"])
 """
 
 
-def bare_ceiling(work: Path, epochs: int, batch_size: int) -> tuple[float, list[float]]:
-    """The same training without Ray: one process alone, then two at once (1 thread each).
-
-    2 x alone / together is the most any 2-way parallelism can give on this machine."""
-    sets = [
+def bare_sets(epochs: int, batch_size: int, method: str = "granet", density: str = "0.1") -> list[str]:
+    return [
         f"optim.epochs={epochs}",
         f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
         f"data.batch_size={batch_size}",
+        f"sparsity.method={method}",
+        f"sparsity.final_density={density}",
     ]
 
-    def start(tag: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                BARE,
-                str(ROOT / "experiments" / "quickstart.yaml"),
-                str(work / f"bare-{tag}"),
-                *sets,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
 
-    def seconds(p: subprocess.Popen) -> float:
-        out, _ = p.communicate()
-        if p.returncode != 0:
-            raise SystemExit(f"bare training run failed (exit {p.returncode})")
-        return float(out.strip().splitlines()[-1])
-
-    alone = seconds(start("alone"))
-    pair = [start("a"), start("b")]
-    return alone, [seconds(p) for p in pair]
+def start_bare(work: Path, tag: str, sets: list[str]) -> subprocess.Popen:
+    """`train.run` of the quickstart with `sets`, one thread, no Ray, no db."""
+    return subprocess.Popen(
+        [sys.executable, "-c", BARE, str(ROOT / "experiments" / "quickstart.yaml"), str(work / f"bare-{tag}"), *sets],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
-def trial_seconds(db: Path) -> list[float]:
-    """The completed trials' train times (runs.wall_seconds), read from the sweep's db."""
+def bare_seconds(p: subprocess.Popen) -> float:
+    """A bare run's train time (its final `wall_seconds`, measured as a sweep trial's is)."""
+    out, _ = p.communicate()
+    if p.returncode != 0:
+        raise SystemExit(f"bare training run failed (exit {p.returncode})")
+    return float(out.strip().splitlines()[-1])
+
+
+def bare_alone(work: Path, epochs: int, batch_size: int, grid: tuple[str, str]) -> dict[tuple[str, float], float]:
+    """Each of the sweep's runs trained alone without Ray, one after another: (method, density) -> seconds."""
+    alone = {}
+    for method in grid[0].split(","):
+        for density in grid[1].split(","):
+            p = start_bare(work, f"alone-{method}-{density}", bare_sets(epochs, batch_size, method, density))
+            alone[(method, float(density))] = bare_seconds(p)
+    return alone
+
+
+def bare_ceiling(work: Path, epochs: int, batch_size: int) -> list[float]:
+    """Two of the same training at once without Ray (1 thread each): with the run alone, 2 x alone /
+    together is the most any 2-way parallelism can give on this machine."""
+    pair = [start_bare(work, tag, bare_sets(epochs, batch_size)) for tag in ("a", "b")]
+    return [bare_seconds(p) for p in pair]
+
+
+def trial_seconds(db: Path) -> dict[tuple[str, float], float]:
+    """The completed trials' train times (runs.wall_seconds) by (method, density), read from the sweep's db."""
     import duckdb
 
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return [r[0] for r in con.execute("SELECT wall_seconds FROM runs WHERE status = 'completed'").fetchall()]
+        got = con.execute("SELECT method, target_density, wall_seconds FROM runs WHERE status = 'completed'").fetchall()
     finally:
         con.close()
+    return {(m, round(d, 6)): w for m, d, w in got}
 
 
 def main() -> None:
@@ -170,7 +181,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="granet-sweep-scaling-"))
     try:
         results: dict[int, float] = {}
-        each: dict[int, float] = {}
+        each: dict[int, dict[tuple[str, float], float]] = {}
         for conc in (2, 1):
             wall, stdout = timed_sweep(
                 base / f"c{conc}", conc, args.epochs, args.batch_size, grid, args.checkpoint_every
@@ -179,23 +190,32 @@ def main() -> None:
             if len(secs) != trials:  # failed trials, or the summary format changed under this parser
                 sys.stderr.write(stdout)
                 raise SystemExit(f"sweep with --max-concurrent {conc}: {len(secs)} of {trials} trials completed")
-            results[conc] = wall
-            each[conc] = sum(secs) / max(1, len(secs))
+            results[conc], each[conc] = wall, secs
+            total = sum(secs.values())
             print(
                 f"max-concurrent {conc}: {trials} trials in {wall:6.1f} s wall "
-                f"(trial train time {sum(secs):.1f} s total, {sum(secs) / max(1, len(secs)):.1f} s each)",
+                f"(trial train time {total:.1f} s total, {total / max(1, len(secs)):.1f} s each)",
                 flush=True,
             )
         if not args.quick:
-            alone, pair = bare_ceiling(base, args.epochs, args.batch_size)
+            alone = bare_alone(base, args.epochs, args.batch_size, grid)
+            pair = bare_ceiling(base, args.epochs, args.batch_size)
+            solo = alone[("granet", 0.1)]
             print(
-                f"without Ray (same training, 1 thread): alone {alone:.1f} s; two at once "
+                f"without Ray (same training, 1 thread): granet 0.1 alone {solo:.1f} s; two at once "
                 f"{pair[0]:.1f} s and {pair[1]:.1f} s -> ceiling for 2-way parallelism "
-                f"{2 * alone / max(pair):.2f}x on this machine"
+                f"{2 * solo / max(pair):.2f}x on this machine"
             )
+            for key in sorted(alone):
+                print(
+                    f"  {key[0]} {key[1]:g}: in the sweep {each[1][key]:.2f} s, alone {alone[key]:.2f} s "
+                    f"({each[1][key] / alone[key]:.2f}x)"
+                )
+            in_sweep, by_itself = sum(each[1][k] for k in alone), sum(alone.values())
             print(
-                f"sweep_scaling: trial time in a sweep / alone = {each[1] / alone:.2f}x (target <= 1.10; "
-                f"{each[1]:.2f} s vs {alone:.2f} s, --checkpoint-every {args.checkpoint_every:g})"
+                f"sweep_scaling: trial time in a sweep / alone = {in_sweep / by_itself:.2f}x (target <= 1.10; "
+                f"{in_sweep / trials:.2f} s vs {by_itself / trials:.2f} s a trial, --checkpoint-every "
+                f"{args.checkpoint_every:g})"
             )
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"machine: {cpus} CPUs; per trial: {args.epochs} epochs at batch size {args.batch_size}, 1 CPU")

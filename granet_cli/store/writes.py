@@ -152,17 +152,29 @@ class Writes(Transactions):
         ``mask_updates`` (rows as for add_mask_updates) are appended in the same transaction:
         an epoch and its mask updates land together, at the cost of one write instead of two
         (each write attaches the file anew, see the module docstring)."""
-        check_keys("add_epoch", row, EPOCH_COLUMNS, ignore=("run_id",))
-        if row.get("epoch") is None:
-            raise StoreError(f"results db {self.path}: add_epoch row for run {run_id} has no epoch")
+        self.add_epochs(run_id, [row], mask_updates)
+
+    def add_epochs(self, run_id: str, rows: list[dict], mask_updates: list[dict] | None = None) -> None:
+        """Insert or replace several epochs rows and append their mask updates, in one transaction.
+
+        Each write attaches the file anew (~15 ms), so a sweep's driver, which sees every epoch of
+        every trial, writes the epochs that arrived within a second together (`RunRecorder`)."""
+        for row in rows:
+            check_keys("add_epoch", row, EPOCH_COLUMNS, ignore=("run_id",))
+            if row.get("epoch") is None:
+                raise StoreError(f"results db {self.path}: add_epoch row for run {run_id} has no epoch")
         for r in mask_updates or ():
             check_keys("add_mask_updates", r, MASK_UPDATE_COLUMNS, ignore=("run_id",))
+        if not rows and not mask_updates:
+            return
         with self._tx() as con:
             if not self._run_exists(con, run_id):
-                raise StoreError(f"results db {self.path}: add_epoch: unknown run {run_id} (call start_run first)")
-            con.execute(
-                insert_sql("epochs", EPOCH_COLUMNS, replace=True), [run_id, *(row.get(c) for c in EPOCH_COLUMNS)]
-            )
+                raise StoreError(f"results db {self.path}: epochs for an unknown run {run_id} (call start_run first)")
+            if rows:
+                con.executemany(
+                    insert_sql("epochs", EPOCH_COLUMNS, replace=True),
+                    [[run_id, *(row.get(c) for c in EPOCH_COLUMNS)] for row in rows],
+                )
             if mask_updates:
                 con.executemany(
                     insert_sql("mask_updates", MASK_UPDATE_COLUMNS),
@@ -171,17 +183,7 @@ class Writes(Transactions):
 
     def add_mask_updates(self, run_id: str, rows: list[dict]) -> None:
         """Append mask-update rows (keys: MASK_UPDATE_COLUMNS) in one transaction."""
-        if not rows:
-            return
-        for r in rows:
-            check_keys("add_mask_updates", r, MASK_UPDATE_COLUMNS, ignore=("run_id",))
-        with self._tx() as con:
-            if not self._run_exists(con, run_id):
-                raise StoreError(f"results db {self.path}: add_mask_updates: unknown run {run_id}")
-            con.executemany(
-                insert_sql("mask_updates", MASK_UPDATE_COLUMNS),
-                [[run_id, *(r.get(c) for c in MASK_UPDATE_COLUMNS)] for r in rows],
-            )
+        self.add_epochs(run_id, [], rows)
 
     def truncate_after(self, run_id: str, epoch: int, step: int) -> None:
         """Resume support: drop epochs after ``epoch`` and mask updates after ``step``."""
