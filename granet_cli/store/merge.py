@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import StoreError
 from .reads import Reads
 from .schema import EPOCH_COLUMNS, LAYER_COLUMNS, MASK_UPDATE_COLUMNS, RUN_COLUMNS
-from .writes import insert_sql
+from .writes import insert_rows
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -62,8 +62,7 @@ class Merging(Reads):
                 )
             for table, (cols, rows_) in children.items():
                 mine = [[r["run_id"], *(r[c] for c in cols)] for r in rows_ if r["run_id"] in new_ids]
-                if mine:
-                    con.executemany(insert_sql(table, cols), mine)
+                insert_rows(con, table, cols, mine)
                 counts[table] = len(mine)
             have_sweeps = {r[0] for r in con.execute("SELECT sweep_id FROM sweeps").fetchall()}
             new_sweeps = [s for s in sweeps if s["sweep_id"] not in have_sweeps]
