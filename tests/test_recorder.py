@@ -81,6 +81,82 @@ def test_replay_restart_and_attempts(tmp_path):
     assert rows(db, "SELECT status, attempts, error FROM runs") == [("diverged", 2, "loss became nan")]
 
 
+def test_a_shared_buffer_writes_every_runs_epochs_together_and_loses_none(tmp_path, monkeypatch):
+    """A sweep's driver: two runs' epochs wait in one EpochBuffer, none is in the db before `every`
+    seconds, all of them after one flush (one transaction: DuckDB's commit count says so); finishing
+    or stopping a run writes what waits first, and a restart forgets that run's waiting epochs only."""
+    import granet_cli.recorder as recorder_module
+    from granet_cli.recorder import EpochBuffer
+
+    clock = [100.0]
+    monkeypatch.setattr(recorder_module.time, "monotonic", lambda: clock[0])
+    db = tmp_path / "r.duckdb"
+    spec = load_run_spec(QUICKSTART)
+    update = {"step": 5, "target_density": 0.2, "dropped": 3, "grown": 3, "density": 0.2}
+    tracker = FakeTracker()
+    with Store(db) as store:
+        buffer = EpochBuffer(store, every=1.0)
+        a = RunRecorder(spec, "run-a", store=store, buffer=buffer, trackers=[tracker])
+        b = RunRecorder(spec, "run-b", store=store, buffer=buffer)
+        a.start()
+        b.start()
+        a.epochs([(epoch_row(1, 0.1), [update]), (epoch_row(2, 0.2), [])])
+        clock[0] += 0.6
+        b.epoch(epoch_row(1, 0.5))
+        buffer.flush_if_due()
+        assert rows(db, "SELECT count(*) FROM epochs") == [(0,)]  # the oldest has waited 0.6 s
+        assert tracker.epochs == [(1, 1), (2, 0)]  # trackers are not held back
+        writes = []
+        real = store.add_epoch_batches
+        monkeypatch.setattr(store, "add_epoch_batches", lambda batches: (writes.append(len(batches)), real(batches)))
+        clock[0] += 0.4
+        buffer.flush_if_due()
+        assert writes == [2]  # both runs in one call, one transaction
+        assert rows(db, "SELECT run_id, epoch FROM epochs ORDER BY run_id, epoch") == [
+            ("run-a", 1),
+            ("run-a", 2),
+            ("run-b", 1),
+        ]
+        assert rows(db, "SELECT run_id, step FROM mask_updates") == [("run-a", 5)]
+        a.epoch(epoch_row(3, 0.3))
+        b.epoch(epoch_row(2, 0.6))
+        a.restart()  # a retry of run-a that starts over: its waiting epoch goes, run-b's stays
+        buffer.flush()
+        assert rows(db, "SELECT run_id, epoch FROM epochs ORDER BY run_id, epoch") == [("run-b", 1), ("run-b", 2)]
+        a.epoch(epoch_row(1, 0.7))
+        a.stop("interrupted", "Ctrl-C")  # what waits is written before the outcome
+        b.epoch(epoch_row(3, 0.8))
+        b.finish("completed", final(0.8), [], None)
+        assert not buffer.pending
+    assert rows(db, "SELECT run_id, max(epoch), count(*) FROM epochs GROUP BY run_id ORDER BY run_id") == [
+        ("run-a", 1, 1),
+        ("run-b", 3, 3),
+    ]
+    assert rows(db, "SELECT run_id, status FROM runs ORDER BY run_id") == [
+        ("run-a", "interrupted"),
+        ("run-b", "completed"),
+    ]
+
+
+def test_a_batch_of_epochs_lands_whole_or_not_at_all(tmp_path):
+    """One transaction: a batch with a row the db refuses (a step that is no number, a run that was
+    never started) writes none of its rows, not even another run's."""
+    from granet_cli.records import record_for
+    from granet_cli.store import StoreError
+
+    db = tmp_path / "r.duckdb"
+    spec = load_run_spec(QUICKSTART)
+    with Store(db) as store:
+        store.start_run(record_for(spec, "run-d", None))
+        store.start_run(record_for(spec, "run-e", None))
+        store.add_epochs("run-d", [epoch_row(1, 0.1), epoch_row(2, 0.2)], [])
+        with pytest.raises(StoreError, match="unknown run"):
+            store.add_epoch_batches([("run-e", [epoch_row(1, 0.3)], []), ("run-x", [epoch_row(1, 0.3)], [])])
+        with pytest.raises(StoreError, match="Could not convert"):
+            store.add_epochs("run-d", [epoch_row(3, 0.3), {"epoch": 4, "step": "not a number"}], [])
+    assert rows(db, "SELECT run_id, epoch FROM epochs ORDER BY epoch") == [("run-d", 1), ("run-d", 2)]
+
+
 def test_stop_never_raises_and_says_why(tmp_path):
     spec = load_run_spec(QUICKSTART)
     tracker = FakeTracker()
@@ -172,3 +248,31 @@ def test_a_metric_added_in_columns_reaches_the_db_by_migration(tmp_path):
     assert rows(db, "SELECT data_type FROM information_schema.columns WHERE column_name = 'grad_norm'") == [("DOUBLE",)]
     assert rows(db, "SELECT run_id, epoch, grad_norm FROM epochs") == [("r", 1, 2.5)]
     assert rows(db, "SELECT run_id FROM runs ORDER BY run_id") == [("old",), ("r",)]
+
+
+def test_an_epoch_twice_in_one_batch_keeps_the_later_row(tmp_path):
+    """Row by row, a later row of an epoch replaced the earlier; one multi-row INSERT OR REPLACE in
+    DuckDB would keep the first, so a batch must keep the later one itself."""
+    from granet_cli.records import record_for
+
+    db = tmp_path / "r.duckdb"
+    with Store(db) as store:
+        store.start_run(record_for(load_run_spec(QUICKSTART), "run-f", None))
+        store.add_epochs("run-f", [epoch_row(1, 0.1), epoch_row(2, 0.2), epoch_row(1, 0.9)], [])
+    assert rows(db, "SELECT epoch, test_acc FROM epochs ORDER BY epoch") == [(1, 0.9), (2, 0.2)]
+
+
+def test_batches_longer_than_one_statement_land_in_full(tmp_path):
+    from granet_cli.records import record_for
+    from granet_cli.store.writes import INSERT_CHUNK
+
+    n = 2 * INSERT_CHUNK + 3  # three statements, the last of 3 rows
+    db = tmp_path / "r.duckdb"
+    updates = [{"step": s, "target_density": 0.2, "dropped": s % 7, "grown": 1, "density": 0.2} for s in range(n)]
+    with Store(db) as store:
+        store.start_run(record_for(load_run_spec(QUICKSTART), "run-g", None))
+        store.add_epochs("run-g", [epoch_row(e, e / n) for e in range(1, n + 1)], updates)
+    assert rows(db, "SELECT count(*), sum(epoch), max(epoch) FROM epochs") == [(n, n * (n + 1) // 2, n)]
+    assert rows(db, "SELECT count(*), sum(step), sum(dropped) FROM mask_updates") == [
+        (n, n * (n - 1) // 2, sum(s % 7 for s in range(n)))
+    ]

@@ -42,7 +42,7 @@ from .plan import (
     resolve_paths,
     sweep_identity,
 )
-from .trainable import EPOCH_KEY, FINAL_KEY, MARKER, REPLAY_KEY, UPDATES_KEY
+from .trainable import EPOCHS_KEY, FINAL_KEY, MARKER, REPLAY_KEY
 from .view import Display, dry_run_table, failures, summary_line, summary_table
 
 __all__ = [
@@ -62,11 +62,10 @@ __all__ = [
     "prior_state",
     "resolve_paths",
     "sweep_identity",
-    "EPOCH_KEY",
+    "EPOCHS_KEY",
     "FINAL_KEY",
     "MARKER",
     "REPLAY_KEY",
-    "UPDATES_KEY",
     "check_feasible",
     "experiment_name",
     "find_checkpoints",

@@ -256,15 +256,14 @@ def _fit(
 
     old_term = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     display = Display(console, plan, len(todo), best)
+    store_callback = None
     try:
         with tune_env(), quiet_ray_errors(), display:
-            callbacks = [
-                make_callback(
-                    store, plan, {t.run_id: t for t in todo}, display, tune_run["retries"], outcome, tensorboard
-                ),
-                # --wandb / --mlflow: Ray Tune's logger callbacks (trackers.RayTrackers)
-                *(trackers.callbacks() if trackers else []),
-            ]
+            store_callback = make_callback(
+                store, plan, {t.run_id: t for t in todo}, display, tune_run["retries"], outcome, tensorboard
+            )
+            # --wandb / --mlflow: Ray Tune's logger callbacks (trackers.RayTrackers)
+            callbacks = [store_callback, *(trackers.callbacks() if trackers else [])]
             # failed trials do not raise: each is recorded by the callback
             _tuner(callbacks=callbacks, **tune_run).fit()
     except _Terminated:  # SIGTERM
@@ -274,6 +273,8 @@ def _fit(
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        if store_callback is not None:
+            store_callback.flush()  # epochs still waiting, before running trials are marked interrupted
 
 
 def _tuner_args(

@@ -12,14 +12,17 @@ import json
 import time
 from pathlib import Path
 
-from ..recorder import RunRecorder
+from ..recorder import EpochBuffer, RunRecorder
 from .cluster import failure_reason
 from .plan import SweepOutcome, SweepPlan, TrialOutcome
-from .trainable import EPOCH_KEY, FINAL_KEY, NODE_KEY, REPLAY_KEY, UPDATES_KEY
+from .trainable import EPOCHS_KEY, FINAL_KEY, NODE_KEY, REPLAY_KEY
 from .view import Display
 
 #: a retry that has not started after this many seconds is said to wait for resources
 WAIT_NOTE_S = 5.0
+#: every trial's epochs that arrived within this many seconds are written in one transaction, while
+#: the driver is idle (a write per report held the reporting trial up: 1.2x its time alone)
+FLUSH_EVERY_S = 1.0
 
 
 class _StoreCallbackHooks:
@@ -40,6 +43,7 @@ class _StoreCallbackHooks:
         self.new_trial = new_trial
         self.by_trial: dict[str, TrialOutcome] = {}
         self.recorders: dict[str | None, RunRecorder] = {}  # run_id -> the run's recorder
+        self.buffer: EpochBuffer | None = EpochBuffer(store, FLUSH_EVERY_S)  # every trial's epochs, together
 
     def __getstate__(self) -> dict:
         return {}
@@ -48,6 +52,7 @@ class _StoreCallbackHooks:
         self.store = self.plan = self.display = self.outcome = self.tensorboard = None
         self.by_run, self.max_failures, self.recorders = {}, 0, {}
         self.new_trial, self.by_trial = None, {}
+        self.buffer = None
 
     def _recorder(self, t: TrialOutcome) -> RunRecorder:
         """The trial's run, recorded as `granet run` records one (the sweep's store stays open)."""
@@ -60,7 +65,14 @@ class _StoreCallbackHooks:
 
                 hparams = {"label": t.point.label, "spec_hash": t.point.spec_hash}
                 trackers.append(TensorBoardLogger(self.tensorboard, t.run_id, hparams))
-            rec = RunRecorder(t.point.spec, t.run_id, sweep_id=self.plan.sweep_id, store=self.store, trackers=trackers)
+            rec = RunRecorder(
+                t.point.spec,
+                t.run_id,
+                sweep_id=self.plan.sweep_id,
+                store=self.store,
+                trackers=trackers,
+                buffer=self.buffer,
+            )
             self.recorders[t.run_id] = rec
         return rec
 
@@ -114,15 +126,14 @@ class _StoreCallbackHooks:
                     f"epoch-{t.last_epoch} checkpoint"
                 )
             t.fresh_attempt = False
-        if EPOCH_KEY in result:
-            row = json.loads(result[EPOCH_KEY])
+        if EPOCHS_KEY in result:
+            batch = [(row, updates) for row, updates in json.loads(result[EPOCHS_KEY])]
             if t.fresh_attempt:  # a retry with no checkpoint to go on from starts over: so do its rows
                 self._recorder(t).restart()
                 t.fresh_attempt = False
-            updates = json.loads(result.get(UPDATES_KEY) or "[]")
-            self._recorder(t).epoch(row, updates)  # one transaction per epoch, then the trackers
-            t.last_epoch = row["epoch"]
-            self.display.epoch(t, row.get("test_acc"))
+            self._recorder(t).epochs(batch)  # to the buffer (written in on_step_end), and the trackers
+            t.last_epoch = batch[-1][0]["epoch"]
+            self.display.epoch(t, batch[-1][0].get("test_acc"))
         if FINAL_KEY in result:
             done = json.loads(result[FINAL_KEY])
             if done["status"] == "failed":  # granet's own error: recorded after this one attempt
@@ -151,8 +162,15 @@ class _StoreCallbackHooks:
         count = f"{n}/{self.max_failures}" if n else "(a preemption does not count against --max-failures)"
         self.display.note(f"[yellow]![/yellow] {t.point.label}: {reason}; retrying {count}")
 
+    def flush(self) -> None:
+        """Write the epochs still waiting (the sweep ended or was interrupted)."""
+        if self.buffer is not None:
+            self.buffer.flush()
+
     def on_step_end(self, iteration, trials, **info):
-        """A retry that has not started after WAIT_NOTE_S waits for a node with room for it: say so, once."""
+        """The epochs that have waited FLUSH_EVERY_S are written (after Tune has sent the trials on).
+        A retry that has not started after WAIT_NOTE_S waits for a node with room for it: say so, once."""
+        self.flush_if_due()
         for trial in trials:
             t = self._outcome(trial)
             if t is None or t.waiting_since is None or time.monotonic() - t.waiting_since < WAIT_NOTE_S:
@@ -164,6 +182,10 @@ class _StoreCallbackHooks:
                 self.display.note(
                     f"[yellow]..[/yellow] {t.point.label}: attempt {t.attempts} waits for a node with {room} free"
                 )
+
+    def flush_if_due(self) -> None:
+        if self.buffer is not None:
+            self.buffer.flush_if_due()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         t = self._outcome(trial)

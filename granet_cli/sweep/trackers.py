@@ -98,15 +98,15 @@ def run_name(point: dict[str, Any]) -> str:
 
 
 def tracker_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """A Tune result of granet's trainable as tracker metrics: one dict per epoch (the `epochs`
+    """A Tune result of granet's trainable as tracker metrics: one dict per epoch it carries (the `epochs`
     row's values under the TensorBoard tags, plus "epoch"), and the run's final metrics as
     final/<name> (final/test_acc, final/best_test_acc, final/achieved_density, ...) with the last epoch."""
-    from .trainable import EPOCH_KEY, FINAL_KEY, REPLAY_KEY
+    from .trainable import EPOCHS_KEY, FINAL_KEY, REPLAY_KEY
 
     rows: list[dict[str, Any]] = []
     epochs = list(json.loads(result[REPLAY_KEY])["epochs"]) if REPLAY_KEY in result else []
-    if EPOCH_KEY in result:
-        epochs.append(json.loads(result[EPOCH_KEY]))
+    if EPOCHS_KEY in result:
+        epochs.extend(row for row, _updates in json.loads(result[EPOCHS_KEY]))
     for row in epochs:
         metrics: dict[str, Any] = {"epoch": int(row["epoch"])}
         metrics.update({tag: float(row[k]) for k, tag in EPOCH_TAGS.items() if row.get(k) is not None})

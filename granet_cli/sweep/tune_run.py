@@ -180,6 +180,8 @@ def _search_cell(tp, tplan, res: CellResult, store, outcome: SweepOutcome, conso
     )
     search_alg, space, samples = _search_alg(tp, res)
     space["point"] = trial_config(tp, res.cell, threads=max(1, int(resources["cpu"])))
+    if tp.scheduler == "asha":  # the trials report at its rungs, whatever else they batch
+        space["point"]["report_at"] = asha_rungs(res.cell.spec.optim.epochs)
     for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     tuner = tune.Tuner(
@@ -208,6 +210,8 @@ def _search_cell(tp, tplan, res: CellResult, store, outcome: SweepOutcome, conso
             tuner.fit()
     except KeyboardInterrupt:
         outcome.interrupted = True
+    finally:
+        callback.flush()  # epochs still waiting, before running trials are marked interrupted
     for t in outcome.trials:
         if t.status in ("running", "pending"):
             t.status = "interrupted"
@@ -272,10 +276,31 @@ def _scheduler(tp: TunePlan, res: CellResult):
         return None
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
-    epochs = res.cell.spec.optim.epochs
     return AsyncHyperBandScheduler(
-        time_attr="epoch", max_t=max(1, epochs - 1), grace_period=1, reduction_factor=2, stop_last_trials=False
+        time_attr="epoch",
+        max_t=_asha_max_t(res.cell.spec.optim.epochs),
+        grace_period=ASHA_GRACE,
+        reduction_factor=ASHA_FACTOR,
+        stop_last_trials=False,
     )
+
+
+#: ASHA's first rung (epochs) and the factor between rungs
+ASHA_GRACE, ASHA_FACTOR = 1, 2
+
+
+def _asha_max_t(epochs: int) -> int:
+    return max(1, epochs - 1)
+
+
+def asha_rungs(epochs: int) -> list[int]:
+    """The epochs ASHA decides at (its rungs, as AsyncHyperBandScheduler places them: grace x
+    factor^k up to max_t): a trial reports there even when it batches its other epochs."""
+    rungs, milestone = [], ASHA_GRACE
+    while milestone <= _asha_max_t(epochs):
+        rungs.append(milestone)
+        milestone *= ASHA_FACTOR
+    return rungs
 
 
 def _record_choice(db_path: Path, tp: TunePlan, cells: list[CellResult]) -> None:

@@ -25,10 +25,9 @@ import pytest
 from granet_cli import train
 from granet_cli.store import Store
 from granet_cli.sweep import (
-    EPOCH_KEY,
+    EPOCHS_KEY,
     FINAL_KEY,
     MARKER,
-    UPDATES_KEY,
     Display,
     SweepOutcome,
     TrialOutcome,
@@ -139,7 +138,7 @@ def test_driver_callback_writes_run_rows_and_diverged(tmp_path):
         upd = [{"step": 10, "target_density": 0.1, "dropped": 3, "grown": 3, "density": 0.1}]
         for f in fake:
             cb.on_trial_start(0, [], f)
-            cb.on_trial_result(0, [], f, {EPOCH_KEY: json.dumps(row), UPDATES_KEY: json.dumps(upd)})
+            cb.on_trial_result(0, [], f, {EPOCHS_KEY: json.dumps([[row, upd]])})
         layers = [{"name": "fc1.weight", "shape": "[64, 64]", "numel": 4096, "achieved_density": 0.1}]
         cb.on_trial_result(
             0,

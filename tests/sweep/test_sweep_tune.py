@@ -13,10 +13,9 @@ import pytest
 
 from granet_cli.store import Store
 from granet_cli.sweep import (
-    EPOCH_KEY,
+    EPOCHS_KEY,
     FINAL_KEY,
     REPLAY_KEY,
-    UPDATES_KEY,
     Display,
     TrialOutcome,
     make_callback,
@@ -172,15 +171,15 @@ def test_a_retried_trial_replaces_its_rows_instead_of_appending(tmp_path):
                 0,
                 [],
                 trial,
-                {EPOCH_KEY: json.dumps(epoch(e)), UPDATES_KEY: json.dumps(update(e)), "node_ip": "10.0.0.9"},
+                {EPOCHS_KEY: json.dumps([[epoch(e), update(e)]]), "node_ip": "10.0.0.9"},
             )
         cb.on_trial_recover(0, [], trial)
         # the retry: the epoch-2 checkpoint's rows in one report, then epochs 3 and 4 again
         cb.on_trial_result(
             0, [], trial, {REPLAY_KEY: json.dumps({"epochs": [epoch(1), epoch(2)], "updates": update(1) + update(2)})}
         )
-        for e in (3, 4):
-            cb.on_trial_result(0, [], trial, {EPOCH_KEY: json.dumps(epoch(e)), UPDATES_KEY: json.dumps(update(e))})
+        # epochs 3 and 4 in one report (a trial batches the epochs of a second)
+        cb.on_trial_result(0, [], trial, {EPOCHS_KEY: json.dumps([[epoch(e), update(e)] for e in (3, 4)])})
         final = {"final_test_acc": 0.54, "best_test_acc": 0.54, "achieved_density": 0.1, "wall_seconds": 3.0}
         cb.on_trial_result(
             0, [], trial, {FINAL_KEY: json.dumps({"status": "completed", "error": None, "final": final, "layers": []})}
