@@ -13,7 +13,10 @@ from .app import EXIT_SIGINT, EXIT_SIGTERM, DbOpt, SetOpt, app, err, fail, out, 
 from .sweep import (
     SweepAddressOpt,
     SweepCheckpointEveryOpt,
+    SweepCpusPerTrialOpt,
     SweepDensitiesOpt,
+    SweepGpusPerTrialOpt,
+    SweepMaxConcurrentOpt,
     SweepMaxFailuresOpt,
     SweepMethodsOpt,
     SweepRunsDirOpt,
@@ -71,6 +74,9 @@ def tune(
     db: DbOpt = None,
     runs_dir: SweepRunsDirOpt = Path("runs"),
     storage_path: SweepStoragePathOpt = None,
+    cpus_per_trial: SweepCpusPerTrialOpt = None,
+    gpus_per_trial: SweepGpusPerTrialOpt = None,
+    max_concurrent: SweepMaxConcurrentOpt = None,
     max_failures: SweepMaxFailuresOpt = None,
     checkpoint_every: SweepCheckpointEveryOpt = None,
     address: SweepAddressOpt = None,
@@ -97,13 +103,17 @@ def tune(
             name=name,
             max_failures=max_failures,
             checkpoint_every=checkpoint_every,
+            cpus_per_trial=cpus_per_trial,
+            gpus_per_trial=gpus_per_trial,
+            max_concurrent=max_concurrent,
         )
     except SpecError as e:
         fail(str(e))
     db_path = resolve_db(db)
     options: dict = {"methods": methods, "densities": densities, "param": param, "samples": samples}
     options.update(search=search, scheduler=scheduler, seeds=seeds, storage_path=storage_path, address=address)
-    options.update(max_failures=max_failures, checkpoint_every=checkpoint_every)
+    options.update(max_failures=max_failures, checkpoint_every=checkpoint_every, cpus_per_trial=cpus_per_trial)
+    options.update(gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
     again = sweep_command(tp.seeds_plan.spec_path, set_, db_path, runs_dir, name=tp.seeds_plan.name, **options)
     again = again.replace("granet sweep", "granet tune", 1)
     if tp.val_defaulted:

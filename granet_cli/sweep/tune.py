@@ -35,8 +35,10 @@ SEARCHES = ("random", "optuna", "grid")
 SCHEDULERS = ("asha", "none")
 #: the validation split `granet tune` uses when the spec has none
 DEFAULT_VAL_FRACTION = 0.1
-#: trial statuses that count as a finished sample (not run again on resume)
-FINISHED = ("completed", "stopped", "diverged")
+#: trial statuses that count as a finished sample (not run again on resume): a failed trial used its
+#: sample in a search that was never interrupted, so it does in a resumed one (the budget stays the
+#: same for every cell, and rerunning a finished tune runs nothing); only `interrupted` ones are redrawn
+FINISHED = ("completed", "stopped", "diverged", "failed")
 
 
 @dataclass
@@ -94,8 +96,12 @@ def plan_tune(
     name: str | None = None,
     max_failures: int | None = None,
     checkpoint_every: float | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    max_concurrent: int | None = None,
 ) -> TunePlan:
-    """The tune's cells and search space, every value checked; SpecError (one line per problem)."""
+    """The tune's cells and search space, every value checked; SpecError (one line per problem).
+    Resources and retries are `granet sweep`'s, for the trials and the seeds sweep alike."""
     problems = []
     if samples < 1:
         problems.append(f"--samples: at least 1 trial per cell, got {samples}")
@@ -114,6 +120,9 @@ def plan_tune(
         name=name,
         max_failures=max_failures,
         checkpoint_every=checkpoint_every,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        max_concurrent=max_concurrent,
     )
     val_defaulted = not plan.base.data.val_fraction
     base = with_overrides(plan.base, {"data.val_fraction": DEFAULT_VAL_FRACTION}) if val_defaulted else plan.base

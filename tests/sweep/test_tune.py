@@ -4,6 +4,7 @@ stopped early, the seeds sweep of the chosen values, an instant rerun, and bad i
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -181,16 +182,40 @@ def test_optuna_search_resumes_after_kill_9_without_repeating_trials(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_grid_search_without_scheduler_runs_every_choice_to_the_end(tmp_path):
+def test_grid_search_stopped_by_sigterm_resumes_and_runs_every_choice_to_the_end(tmp_path):
+    """SIGTERM (a scheduler's kill) once one grid point has finished: exit 143 with the command that
+    resumes, no row left `running`; that command then runs only the points not finished, each to
+    its last epoch, and the seeds sweep takes the best of all of them."""
     db = tmp_path / "r.duckdb"
-    args = ["--methods", "set", "--densities", "0.1", "--param", "optim.lr=choice:0.05,0.2", "--search", "grid"]
-    proc = granet_tune(tmp_path, *args, "--scheduler", "none", "--name", "gr")
+    choices = (0.02, 0.05, 0.2)
+    args = ["--methods", "set", "--densities", "0.1", "--param", f"optim.lr=choice:{','.join(map(str, choices))}"]
+    args += ["--search", "grid", "--scheduler", "none", "--name", "gr", "--max-concurrent", 1]
+    cmd = [sys.executable, "-m", "granet_cli.cli", "tune", str(QUICKSTART), *map(str, args), *FEW]
+    cmd += ["--set", "optim.epochs=12", "--db", str(db), "--runs-dir", str(tmp_path / "runs")]
+    log = tmp_path / "first.txt"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None and "completed after epoch" not in log.read_text():
+            time.sleep(0.2)
+        assert driver.poll() is None, log.read_text()  # still searching
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) == 143, log.read_text()
+    said = " ".join(log.read_text().split())
+    assert "terminated (SIGTERM); resume (finished trials are kept) with: granet tune" in said, said
+    before = tuning_trials(db, "gr")
+    statuses = sorted(t[2] for t in before.values())
+    assert "completed" in statuses and "running" not in statuses, statuses
+    assert set(statuses) <= {"completed", "interrupted"}
+    done_before = {r: t for r, t in before.items() if t[2] == "completed"}
+
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trials = tuning_trials(db, "gr")
-    assert sorted((t[2], t[3], t[4]) for t in trials.values()) == [
-        ("completed", 0.05, EPOCHS),
-        ("completed", 0.2, EPOCHS),
-    ]
+    completed = {r: t for r, t in trials.items() if t[2] == "completed"}
+    assert sorted(t[3] for t in completed.values()) == list(choices)  # each grid point once, none twice
+    assert all(t[4] == 12 for t in completed.values())  # to the last epoch
+    assert {r: completed[r] for r in done_before} == done_before  # the finished one was not run again
     [(_m, _d, _seed, status, spec)] = seeds_runs(db, "gr")
     assert status == "completed" and spec["optim"]["lr"] == expected_choice(trials)[("set", 0.1)]
 
@@ -226,3 +251,30 @@ def test_optuna_missing_is_one_line_exit_2(cli, tmp_path, monkeypatch):
         "error: --search optuna needs the optuna package: pip install 'granet[tune]'"
     ]
     assert not db.exists()
+
+
+@pytest.mark.parametrize("search", ["random", "grid"])
+def test_failed_trials_use_their_sample_and_only_interrupted_ones_are_drawn_again(search):
+    """What a resumed (or rerun) tune still has to run: every trial that ended, failed included,
+    used one sample, as in a search that was never interrupted; a trial a killed driver left
+    `interrupted` did not. Grid search: the points that ended are not run again."""
+    from granet_cli.sweep.tune import CellResult, plan_tune
+    from granet_cli.sweep.tune_run import _grid_todo, _todo
+
+    lrs = [0.01, 0.02, 0.05, 0.1, 0.2]
+    tp = plan_tune(
+        QUICKSTART,
+        None,
+        params=[f"optim.lr=choice:{','.join(map(str, lrs))}"],
+        samples=len(lrs),
+        search=search,
+        scheduler="asha",
+        methods="gmp",
+        densities="0.1",
+    )
+    statuses = ["completed", "stopped", "failed", "diverged", "interrupted"]
+    trials = [{"status": s, "params": {"optim.lr": lr}} for s, lr in zip(statuses, lrs, strict=True)]
+    res = CellResult(tp.cells[0], trials=trials)
+    assert _todo(tp, res) == 1  # 5 samples, 4 of them ended
+    if search == "grid":
+        assert _grid_todo(tp, res) == [{"optim.lr": 0.2}]  # the interrupted point's value, only
