@@ -434,19 +434,19 @@ def test_results_db_failure_mid_run_is_one_line_and_resumable(cli, tmp_path, mon
     from granet_cli.store import StoreError
 
     db, runs = tmp_path / "r.duckdb", tmp_path / "runs"
-    real_add_epoch = Store.add_epoch
+    real_add_epochs = Store.add_epochs  # what a run's epochs are written through
 
-    def add_epoch(self, run_id, row, mask_updates=None):
-        if row["epoch"] == 2:
+    def add_epochs(self, run_id, rows_, mask_updates=None):
+        if any(row["epoch"] == 2 for row in rows_):
             raise StoreError(f"results db {db}: IO Error: No space left on device")
-        return real_add_epoch(self, run_id, row, mask_updates=mask_updates)
+        return real_add_epochs(self, run_id, rows_, mask_updates)
 
-    monkeypatch.setattr(Store, "add_epoch", add_epoch)
+    monkeypatch.setattr(Store, "add_epochs", add_epochs)
     result = cli("run", Q, *SHORT, "--db", db, "--runs-dir", runs, "-q")
     _check_one_error_line(result, 1, ["No space left on device", "recorded as interrupted", "--resume"])
     assert rows(db, "select status from runs") == [("interrupted",)]  # never a stale 'running' row
     assert rows(db, "select epoch from epochs") == [(1,)]
-    monkeypatch.setattr(Store, "add_epoch", real_add_epoch)
+    monkeypatch.setattr(Store, "add_epochs", real_add_epochs)
     again = cli("run", Q, *SHORT, "--db", db, "--runs-dir", runs, "-q", "--resume")
     assert again.exit_code == 0, again.output
     assert rows(db, "select count(*), min(status) from runs") == [(1, "completed")]
