@@ -926,3 +926,19 @@ def test_zero_variance_cells_that_differ_are_ranked():
     assert rank_column([[0.9] * 3, [0.9] * 3]).tied == (0, 1)  # the same values: no difference
     # a textbook Holm example: p = (0.01, 0.04, 0.03, 0.005) -> (0.03, 0.06, 0.06, 0.02)
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_welch_with_one_side_all_equal_is_exact_and_says_nothing_on_the_terminal():
+    """Seeds that agree exactly on one side (97.56 on all three in the demo) made scipy's ttest_ind
+    warn of 'catastrophic cancellation' on the report's terminal, for a correct result: the test is
+    the textbook one, with no warning."""
+    import warnings
+
+    from granet_cli.report.stats import welch
+
+    a, b = [0.9755555555555555] * 3, [0.97, 0.975, 0.99]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = welch(a, b)
+    assert got is not None
+    assert (got.diff, got.t, got.df, got.p) == pytest.approx(welch_by_hand(a, b), rel=1e-9)
