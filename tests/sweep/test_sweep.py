@@ -259,6 +259,12 @@ def test_corrupt_checkpoint_fails_its_trial_once_and_the_others_complete(tmp_pat
     assert statuses == ["completed", "failed"]
 
 
+#: epochs of the killed sweep's trials: ~3 s each, so that when one has completed another has been
+#: training for longer than the driver's db writes trail it (about 2 s; at 20 epochs, ~1 s trials
+#: on an idle machine, the sweep could finish before the test saw a trial mid-way)
+KILL_EPOCHS = 60
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_only_missing_points(tmp_path):
     db = tmp_path / "r.duckdb"
@@ -268,9 +274,9 @@ def test_killed_sweep_resumes_only_missing_points(tmp_path):
         "--densities",
         "0.1,0.2",
         "--set",
-        "optim.epochs=20",
+        f"optim.epochs={KILL_EPOCHS}",
         "--set",
-        "sparsity.final_prune_epoch=10",
+        f"sparsity.final_prune_epoch={KILL_EPOCHS // 2}",
         "--name",
         "kill-me",
         "--checkpoint-every",  # a Tune checkpoint every epoch: the killed trials resume from one
@@ -291,7 +297,7 @@ def test_killed_sweep_resumes_only_missing_points(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 150
-        while time.time() < deadline:
+        while time.time() < deadline and proc.poll() is None:
             time.sleep(0.3)
             if not db.exists():
                 continue
@@ -336,17 +342,17 @@ def test_killed_sweep_resumes_only_missing_points(tmp_path):
     continued = {rid for rid in left_running if after[rid][0] == "completed"}
     assert len(continued) == len(resumed) and all(after[rid][1] == 2 for rid in continued), after
     assert all(after[rid] == ("interrupted", 1) for rid in left_running - continued), after
-    # no row twice, none missing: every completed run has epochs 1..20 once
+    # no row twice, none missing: every completed run has epochs 1..KILL_EPOCHS once
     per_run = rows(
         db,
         "select r.run_id, count(e.epoch), count(distinct e.epoch), min(e.epoch), max(e.epoch) "
         "from runs r join epochs e using (run_id) where r.status = 'completed' group by r.run_id",
     )
-    assert len(per_run) == 6 and all(row[1:] == (20, 20, 1, 20) for row in per_run), per_run
+    assert len(per_run) == 6 and all(row[1:] == (KILL_EPOCHS, KILL_EPOCHS, 1, KILL_EPOCHS) for row in per_run), per_run
     # and a continued run ends exactly where an uninterrupted one does, mask updates included
     plan = plan_sweep(
         None,
-        ["optim.epochs=20", "sparsity.final_prune_epoch=10"],
+        [f"optim.epochs={KILL_EPOCHS}", f"sparsity.final_prune_epoch={KILL_EPOCHS // 2}"],
         methods="granet,rigl,gmp",
         densities="0.1,0.2",
         name="kill-me",
@@ -375,7 +381,7 @@ def test_sigterm_to_a_sweep_driver_exits_143_and_leaves_its_run_interrupted(tmp_
         "--densities",
         "0.1",
         "--set",
-        "optim.epochs=60",
+        "optim.epochs=150",  # ~8 s: its first epochs reach the db (~2 s behind) well before its end
         "--set",
         "sparsity.final_prune_epoch=10",
     ]
