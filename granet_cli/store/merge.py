@@ -53,23 +53,16 @@ class Merging(Reads):
             new = [r for r in runs if r["run_id"] not in have]
             new_ids = {r["run_id"] for r in new}
             counts["runs"], counts["skipped"] = len(new), len(runs) - len(new)
-            if new:
-                for r in new:
-                    r["attempts"] = 1 if r["attempts"] is None else r["attempts"]
-                con.executemany(
-                    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES (?{', ?' * (len(RUN_COLUMNS) - 1)})",
-                    [[r[c] for c in RUN_COLUMNS] for r in new],
-                )
+            for r in new:
+                r["attempts"] = 1 if r["attempts"] is None else r["attempts"]
+            insert_rows(con, "runs", RUN_COLUMNS, [[r[c] for c in RUN_COLUMNS] for r in new])
             for table, (cols, rows_) in children.items():
                 mine = [[r["run_id"], *(r[c] for c in cols)] for r in rows_ if r["run_id"] in new_ids]
-                insert_rows(con, table, cols, mine)
+                insert_rows(con, table, ("run_id", *cols), mine)
                 counts[table] = len(mine)
             have_sweeps = {r[0] for r in con.execute("SELECT sweep_id FROM sweeps").fetchall()}
             new_sweeps = [s for s in sweeps if s["sweep_id"] not in have_sweeps]
-            if new_sweeps:
-                con.executemany(
-                    "INSERT INTO sweeps (sweep_id, name, created_at, grid_json) VALUES (?, ?, ?, ?)",
-                    [[s["sweep_id"], s["name"], s["created_at"], s["grid_json"]] for s in new_sweeps],
-                )
+            sweep_columns = ("sweep_id", "name", "created_at", "grid_json")
+            insert_rows(con, "sweeps", sweep_columns, [[s[c] for c in sweep_columns] for s in new_sweeps])
             counts["sweeps"] = len(new_sweeps)
         return counts

@@ -50,14 +50,14 @@ INSERT_CHUNK = 256
 
 
 def insert_sql(table: str, columns: tuple[str, ...], *, replace: bool = False, rows: int = 1) -> str:
-    """INSERT of `rows` rows keyed by run_id; column names only ever come from the fixed lists."""
+    """INSERT of `rows` rows of `columns`; column names only ever come from the fixed lists."""
     verb = "INSERT OR REPLACE" if replace else "INSERT"
-    one = f"(?{', ?' * len(columns)})"
-    return f"{verb} INTO {table} (run_id, {', '.join(columns)}) VALUES {', '.join([one] * rows)}"
+    one = f"({', '.join('?' * len(columns))})"
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
 
 
 def insert_rows(con: Any, table: str, columns: tuple[str, ...], values: list[list], *, replace: bool = False) -> None:
-    """Insert rows ([run_id, *columns] each) with one multi-row statement per INSERT_CHUNK rows:
+    """Insert rows (one value per column each) with one multi-row statement per INSERT_CHUNK rows:
     DuckDB's executemany runs a statement per row (~3 ms each, 10x one statement's cost per row)."""
     for start in range(0, len(values), INSERT_CHUNK):
         chunk = values[start : start + INSERT_CHUNK]
@@ -194,9 +194,9 @@ class Writes(Transactions):
                     )
                 latest = {row["epoch"]: row for row in rows}  # an epoch twice: the later row, as row by row
                 values = [[run_id, *(row.get(c) for c in EPOCH_COLUMNS)] for row in latest.values()]
-                insert_rows(con, "epochs", EPOCH_COLUMNS, values, replace=True)
+                insert_rows(con, "epochs", ("run_id", *EPOCH_COLUMNS), values, replace=True)
                 values = [[run_id, *(r.get(c) for c in MASK_UPDATE_COLUMNS)] for r in updates]
-                insert_rows(con, "mask_updates", MASK_UPDATE_COLUMNS, values)
+                insert_rows(con, "mask_updates", ("run_id", *MASK_UPDATE_COLUMNS), values)
 
     def add_mask_updates(self, run_id: str, rows: list[dict]) -> None:
         """Append mask-update rows (keys: MASK_UPDATE_COLUMNS) in one transaction."""
@@ -225,7 +225,7 @@ class Writes(Transactions):
                 raise StoreError(f"results db {self.path}: finish_run: unknown run {run_id}")
             con.execute("DELETE FROM layers WHERE run_id = ?", [run_id])
             values = [[run_id, *(layer_value(c, r.get(c)) for c in LAYER_COLUMNS)] for r in layers]
-            insert_rows(con, "layers", LAYER_COLUMNS, values)
+            insert_rows(con, "layers", ("run_id", *LAYER_COLUMNS), values)
             con.execute(
                 f"UPDATE runs SET {', '.join([*sets, 'status = ?', 'finished_at = ?', 'error = NULL'])} "
                 "WHERE run_id = ?",
