@@ -42,6 +42,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def training_sets(epochs: int, batch_size: int) -> list[str]:
+    """The overrides every trial and every run alone share: one place, so they train the same."""
+    return [
+        f"optim.epochs={epochs}",
+        f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
+        f"data.batch_size={batch_size}",
+    ]
+
+
 def timed_sweep(
     work: Path, max_concurrent: int, epochs: int, batch_size: int, grid: tuple[str, str], checkpoint_every: float
 ) -> tuple[float, str]:
@@ -58,12 +67,7 @@ def timed_sweep(
         grid[1],
         "--seeds",
         "0",
-        "--set",
-        f"optim.epochs={epochs}",
-        "--set",
-        f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
-        "--set",
-        f"data.batch_size={batch_size}",
+        *[arg for s in training_sets(epochs, batch_size) for arg in ("--set", s)],
         "--cpus-per-trial",
         "1",
         "--max-concurrent",
@@ -96,13 +100,8 @@ print(train.run(spec, sys.argv[2], threads=1).final["wall_seconds"])
 
 
 def bare_sets(epochs: int, batch_size: int, method: str = "granet", density: str = "0.1") -> list[str]:
-    return [
-        f"optim.epochs={epochs}",
-        f"sparsity.final_prune_epoch={max(1, epochs * 2 // 3)}",
-        f"data.batch_size={batch_size}",
-        f"sparsity.method={method}",
-        f"sparsity.final_density={density}",
-    ]
+    """The sweep's training of one of its points, as `--set` overrides of the quickstart."""
+    return [*training_sets(epochs, batch_size), f"sparsity.method={method}", f"sparsity.final_density={density}"]
 
 
 def start_bare(work: Path, tag: str, sets: list[str]) -> subprocess.Popen:
