@@ -10,6 +10,7 @@ import pytest
 
 from granet_cli.interrupts import SignalGuard, Terminated
 from granet_cli.recorder import RunRecorder
+from granet_cli.records import record_for
 from granet_cli.spec import load_run_spec
 from granet_cli.store import Store, columns
 
@@ -141,7 +142,6 @@ def test_a_shared_buffer_writes_every_runs_epochs_together_and_loses_none(tmp_pa
 def test_a_batch_of_epochs_lands_whole_or_not_at_all(tmp_path):
     """One transaction: a batch with a row the db refuses (a step that is no number, a run that was
     never started) writes none of its rows, not even another run's."""
-    from granet_cli.records import record_for
     from granet_cli.store import StoreError
 
     db = tmp_path / "r.duckdb"
@@ -253,8 +253,6 @@ def test_a_metric_added_in_columns_reaches_the_db_by_migration(tmp_path):
 def test_an_epoch_twice_in_one_batch_keeps_the_later_row(tmp_path):
     """Row by row, a later row of an epoch replaced the earlier; one multi-row INSERT OR REPLACE in
     DuckDB would keep the first, so a batch must keep the later one itself."""
-    from granet_cli.records import record_for
-
     db = tmp_path / "r.duckdb"
     with Store(db) as store:
         store.start_run(record_for(load_run_spec(QUICKSTART), "run-f", None))
@@ -263,7 +261,6 @@ def test_an_epoch_twice_in_one_batch_keeps_the_later_row(tmp_path):
 
 
 def test_batches_longer_than_one_statement_land_in_full(tmp_path):
-    from granet_cli.records import record_for
     from granet_cli.store.writes import INSERT_CHUNK
 
     n = 2 * INSERT_CHUNK + 3  # three statements, the last of 3 rows
